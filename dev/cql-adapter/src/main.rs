@@ -1,0 +1,144 @@
+//! `locus-cql-adapter`: lets the `scylla` Rust driver (CQL protocol v4 only) talk to the local
+//! stack's Apache Cassandra 2.1 (protocol v3 only). It sits on the CQL port, forwards every
+//! frame, and rewrites the few places where v3 and v4 differ (see `rewrite.rs`).
+//!
+//! Development tooling for the local stack and CI. Production connects the driver straight to
+//! ScyllaDB or Cassandra 4+, which speak v4 themselves.
+
+mod frame;
+mod rewrite;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::frame::Frame;
+use crate::rewrite::{Outcome, Pending, PreparedPatches};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "CQL v4 → v3 adapter in front of the local stack's Cassandra 2.1"
+)]
+struct Args {
+    /// Address the driver connects to.
+    #[arg(long, env = "LOCUS_CQL_LISTEN", default_value = "127.0.0.1:9042")]
+    listen: SocketAddr,
+    /// Cassandra's native-protocol address.
+    #[arg(long, env = "LOCUS_CQL_UPSTREAM", default_value = "127.0.0.1:19042")]
+    upstream: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, upstream = %args.upstream, "CQL adapter serving");
+    let prepared: Arc<PreparedPatches> = Arc::default();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (client, peer) = match accepted {
+                    Ok(c) => c,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        continue;
+                    }
+                };
+                let upstream = args.upstream;
+                let prepared = prepared.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = proxy(client, upstream, prepared).await {
+                        tracing::warn!(%peer, error = format!("{error:#}"), "connection ended with an error");
+                    }
+                });
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    Ok(())
+}
+
+async fn proxy(
+    client: TcpStream,
+    upstream: SocketAddr,
+    prepared: Arc<PreparedPatches>,
+) -> anyhow::Result<()> {
+    client.set_nodelay(true)?;
+    let adapter_ip = client.local_addr()?.ip();
+    let server = TcpStream::connect(upstream)
+        .await
+        .with_context(|| format!("connecting to Cassandra at {upstream}"))?;
+    server.set_nodelay(true)?;
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut server_rd, mut server_wr) = server.into_split();
+    let pending: Arc<Mutex<HashMap<i16, Pending>>> = Arc::default();
+
+    // Frames to the client come from both directions (answers from Cassandra, and errors
+    // the adapter gives itself), so one writer task owns the client socket.
+    let (to_client, mut to_client_rx) = mpsc::channel::<Frame>(1024);
+    let writer = tokio::spawn(async move {
+        while let Some(f) = to_client_rx.recv().await {
+            f.write(&mut client_wr).await?;
+        }
+        Ok::<_, frame::ProtoError>(())
+    });
+
+    let up_pending = pending.clone();
+    let up_prepared = prepared.clone();
+    let up_to_client = to_client.clone();
+    let upward = async move {
+        while let Some(f) = Frame::read(&mut client_rd).await? {
+            match rewrite::request(f, &up_prepared)? {
+                Outcome::Forward(f, p) => {
+                    if let Some(p) = p {
+                        lock(&up_pending).insert(f.stream, p);
+                    }
+                    f.write(&mut server_wr).await?;
+                }
+                Outcome::Reply(e) => {
+                    if up_to_client.send(e).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok::<_, frame::ProtoError>(())
+    };
+    let downward = async move {
+        while let Some(f) = Frame::read(&mut server_rd).await? {
+            let p = if f.stream >= 0 {
+                lock(&pending).remove(&f.stream)
+            } else {
+                None
+            };
+            let f = rewrite::response(f, p, &prepared, adapter_ip)?;
+            if to_client.send(f).await.is_err() {
+                break;
+            }
+        }
+        Ok::<_, frame::ProtoError>(())
+    };
+    let result = tokio::select! {
+        r = upward => r.context("client → Cassandra"),
+        r = downward => r.context("Cassandra → client"),
+    };
+    writer.abort();
+    result
+}
+
+fn lock(m: &Mutex<HashMap<i16, Pending>>) -> std::sync::MutexGuard<'_, HashMap<i16, Pending>> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
