@@ -1,1 +1,18 @@
-//! placeholder
+//! The Locus data contract: `location.avsc`, the [`LocationFix`] type, its validation, and
+//! the Avro codec in the Confluent wire format (magic byte, 4-byte schema id, Avro datum)
+//! backed by a Schema Registry.
+
+mod codec;
+mod error;
+mod fix;
+mod secret;
+
+pub use codec::{
+    Codec, RegistryConfig, decode_with_schema, encode_with_schema, location_schema, value_subject,
+};
+pub use error::{CodecError, InvalidFix};
+pub use fix::{FixLimits, LocationFix};
+pub use secret::Secret;
+
+/// The Avro schema of [`LocationFix`], as registered under `<topic>-value`.
+pub const LOCATION_AVSC: &str = include_str!("../location.avsc");

@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod session;
 
-pub use config::{ScyllaConfig, Secret};
+pub use config::ScyllaConfig;
 pub use error::ScyllaError;
+pub use locus_schemas::Secret;
 pub use session::connect;

@@ -174,8 +174,9 @@ async fn schema_usages(
 
 #[derive(Debug, Deserialize)]
 struct VerboseQuery {
+    /// `true`/`false` in any case (Python clients send `True`).
     #[serde(default)]
-    verbose: bool,
+    verbose: Option<String>,
 }
 
 async fn check_compatibility(
@@ -204,7 +205,7 @@ async fn check_compatibility(
         }
     };
     let mut out = json!({ "is_compatible": reasons.is_empty() });
-    if q.verbose {
+    if q.verbose.is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         out["messages"] = json!(reasons);
     }
     Ok(reply(out))
@@ -245,7 +246,7 @@ async fn put_global_config(
 #[serde(rename_all = "camelCase")]
 struct DefaultToGlobal {
     #[serde(default)]
-    default_to_global: bool,
+    default_to_global: Option<String>,
 }
 
 async fn get_subject_config(
@@ -256,7 +257,10 @@ async fn get_subject_config(
     let store = store.lock().await;
     match store.level(Some(&subject)) {
         Some(level) => Ok(reply(json!({ "compatibilityLevel": level }))),
-        None if q.default_to_global => {
+        None if q
+            .default_to_global
+            .is_some_and(|v| v.eq_ignore_ascii_case("true")) =>
+        {
             Ok(reply(json!({ "compatibilityLevel": store.level(None) })))
         }
         None => Err(ApiError::new(

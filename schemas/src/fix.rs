@@ -1,0 +1,252 @@
+use serde::{Deserialize, Serialize};
+
+use crate::InvalidFix;
+
+/// One GPS fix of one device, as it travels through Kafka (see `location.avsc`).
+///
+/// Identity is `(user_id, device_id, seq)`; `ts` is the event time in ms since the epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocationFix {
+    pub tenant: String,
+    pub user_id: String,
+    pub device_id: String,
+    pub seq: i64,
+    pub ts: i64,
+    pub lat: f64,
+    pub lon: f64,
+    #[serde(default)]
+    pub accuracy_m: Option<f32>,
+    #[serde(default)]
+    pub altitude_m: Option<f64>,
+    #[serde(default)]
+    pub speed_mps: Option<f32>,
+    #[serde(default)]
+    pub heading_deg: Option<f32>,
+    #[serde(default)]
+    pub battery_pct: Option<i32>,
+    #[serde(default)]
+    pub activity: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    pub received_at: i64,
+}
+
+/// Plausibility bounds applied by [`LocationFix::validate`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FixLimits {
+    /// How far in the future an event time may be (device clock skew), ms.
+    pub max_future_ms: i64,
+    /// How old an event time may be (offline buffering), ms.
+    pub max_age_ms: i64,
+    /// Longest tenant / user / device id, bytes.
+    pub max_id_len: usize,
+}
+
+impl Default for FixLimits {
+    fn default() -> Self {
+        FixLimits {
+            max_future_ms: 5 * 60 * 1000,
+            max_age_ms: 7 * 24 * 3600 * 1000,
+            max_id_len: 128,
+        }
+    }
+}
+
+fn range(field: &'static str, value: f64, min: f64, max: f64) -> Result<(), InvalidFix> {
+    if !value.is_finite() {
+        return Err(InvalidFix::NotFinite { field });
+    }
+    if value < min || value > max {
+        return Err(InvalidFix::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+impl LocationFix {
+    /// Checks required ids, coordinate and measurement ranges, and event time against
+    /// `now_ms` (the receive time).
+    pub fn validate(&self, limits: &FixLimits, now_ms: i64) -> Result<(), InvalidFix> {
+        for (field, v) in [
+            ("tenant", &self.tenant),
+            ("user_id", &self.user_id),
+            ("device_id", &self.device_id),
+        ] {
+            if v.is_empty() {
+                return Err(InvalidFix::Missing { field });
+            }
+            if v.len() > limits.max_id_len {
+                return Err(InvalidFix::TooLong {
+                    field,
+                    len: v.len(),
+                    max: limits.max_id_len,
+                });
+            }
+        }
+        if self.seq < 0 {
+            return Err(InvalidFix::NegativeSeq(self.seq));
+        }
+        range("lat", self.lat, -90.0, 90.0)?;
+        range("lon", self.lon, -180.0, 180.0)?;
+        if let Some(v) = self.accuracy_m {
+            range("accuracy_m", v.into(), 0.0, 1.0e6)?;
+        }
+        if let Some(v) = self.altitude_m {
+            range("altitude_m", v, -12_000.0, 100_000.0)?;
+        }
+        if let Some(v) = self.speed_mps {
+            range("speed_mps", v.into(), 0.0, 1_000.0)?;
+        }
+        if let Some(v) = self.heading_deg {
+            range("heading_deg", v.into(), 0.0, 360.0)?;
+        }
+        if let Some(v) = self.battery_pct {
+            range("battery_pct", v.into(), 0.0, 100.0)?;
+        }
+        for (field, v) in [("activity", &self.activity), ("source", &self.source)] {
+            if let Some(v) = v {
+                if v.len() > limits.max_id_len {
+                    return Err(InvalidFix::TooLong {
+                        field,
+                        len: v.len(),
+                        max: limits.max_id_len,
+                    });
+                }
+            }
+        }
+        let skew = self.ts - now_ms;
+        if skew > limits.max_future_ms {
+            return Err(InvalidFix::InFuture {
+                ts: self.ts,
+                skew_ms: skew,
+                max_ms: limits.max_future_ms,
+            });
+        }
+        if -skew > limits.max_age_ms {
+            return Err(InvalidFix::TooOld {
+                ts: self.ts,
+                age_ms: -skew,
+                max_ms: limits.max_age_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn fix() -> LocationFix {
+        LocationFix {
+            tenant: "acme".into(),
+            user_id: "u1".into(),
+            device_id: "d1".into(),
+            seq: 1,
+            ts: 1_000_000,
+            lat: 52.5,
+            lon: 13.4,
+            accuracy_m: Some(5.0),
+            altitude_m: None,
+            speed_mps: Some(1.5),
+            heading_deg: Some(359.0),
+            battery_pct: Some(80),
+            activity: Some("walking".into()),
+            source: None,
+            received_at: 1_000_100,
+        }
+    }
+
+    #[test]
+    fn a_plausible_fix_is_valid() {
+        fix().validate(&FixLimits::default(), 1_000_100).unwrap();
+    }
+
+    #[test]
+    fn each_bound_is_enforced() {
+        let l = FixLimits::default();
+        let now = 1_000_100;
+        let cases: Vec<(LocationFix, &str)> = vec![
+            (LocationFix { lat: 90.5, ..fix() }, "out_of_range"),
+            (
+                LocationFix {
+                    lon: -180.1,
+                    ..fix()
+                },
+                "out_of_range",
+            ),
+            (
+                LocationFix {
+                    lat: f64::NAN,
+                    ..fix()
+                },
+                "out_of_range",
+            ),
+            (
+                LocationFix {
+                    user_id: "".into(),
+                    ..fix()
+                },
+                "missing_field",
+            ),
+            (
+                LocationFix {
+                    device_id: "x".repeat(200),
+                    ..fix()
+                },
+                "field_too_long",
+            ),
+            (
+                LocationFix {
+                    speed_mps: Some(-1.0),
+                    ..fix()
+                },
+                "out_of_range",
+            ),
+            (
+                LocationFix {
+                    accuracy_m: Some(-0.1),
+                    ..fix()
+                },
+                "out_of_range",
+            ),
+            (
+                LocationFix {
+                    heading_deg: Some(361.0),
+                    ..fix()
+                },
+                "out_of_range",
+            ),
+            (
+                LocationFix {
+                    battery_pct: Some(101),
+                    ..fix()
+                },
+                "out_of_range",
+            ),
+            (LocationFix { seq: -1, ..fix() }, "bad_seq"),
+            (
+                LocationFix {
+                    ts: now + l.max_future_ms + 1,
+                    ..fix()
+                },
+                "ts_in_future",
+            ),
+            (
+                LocationFix {
+                    ts: now - l.max_age_ms - 1,
+                    ..fix()
+                },
+                "ts_too_old",
+            ),
+        ];
+        for (f, reason) in cases {
+            let err = f.validate(&l, now).unwrap_err();
+            assert_eq!(err.reason(), reason, "{err}");
+        }
+    }
+}
