@@ -1,1 +1,13 @@
-//! placeholder
+//! Kafka plumbing shared by every Locus stage: connection settings, the producer and the
+//! at-least-once consumer runner (added with the stages that use them), and health checks.
+
+mod config;
+mod error;
+mod health;
+
+pub use config::{KafkaConfig, ProducerSettings};
+pub use error::KafkaError;
+pub use health::{check_reachable, partition_count};
+
+/// Re-exported so stages use the same rdkafka as this crate.
+pub use rdkafka;

@@ -1,0 +1,230 @@
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::KafkaError;
+
+/// `[kafka]`: how every stage reaches Kafka.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated `host:port`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Client id prefix; each stage appends its name.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Longest a broker may hold a fetch when no data is ready, ms (librdkafka
+    /// `fetch.wait.max.ms`). Bounds consumer latency on brokers that always wait it out.
+    #[serde(default = "default_fetch_wait_max_ms")]
+    pub fetch_wait_max_ms: u32,
+    /// Timeout of admin and metadata requests, ms.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Producer tuning.
+    #[serde(default)]
+    pub producer: ProducerSettings,
+    /// Extra librdkafka properties passed through verbatim (security.protocol, sasl.*, ...).
+    /// Values of keys containing "password" or "secret" are redacted by `config check`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// `[kafka.producer]`. The producer is always idempotent with acks=all.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProducerSettings {
+    /// How long to wait to fill a batch, ms (`linger.ms`).
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u32,
+    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// Give up delivering a record after this long, ms (`message.timeout.ms`); 0 = retry
+    /// forever. Locus retries forever: an undelivered fix is never acknowledged upstream.
+    #[serde(default)]
+    pub message_timeout_ms: u32,
+    /// Records buffered in the producer before `send` applies back-pressure.
+    #[serde(default = "default_queue_max_messages")]
+    pub queue_max_messages: u32,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_client_id() -> String {
+    "locus".into()
+}
+fn default_fetch_wait_max_ms() -> u32 {
+    100
+}
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+fn default_linger_ms() -> u32 {
+    5
+}
+fn default_compression() -> String {
+    "lz4".into()
+}
+fn default_queue_max_messages() -> u32 {
+    100_000
+}
+
+impl Default for ProducerSettings {
+    fn default() -> Self {
+        ProducerSettings {
+            linger_ms: default_linger_ms(),
+            compression: default_compression(),
+            message_timeout_ms: 0,
+            queue_max_messages: default_queue_max_messages(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: default_brokers(),
+            client_id: default_client_id(),
+            fetch_wait_max_ms: default_fetch_wait_max_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+            producer: ProducerSettings::default(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// librdkafka properties that Locus sets itself; overriding them would break a guarantee.
+const RESERVED: &[&str] = &[
+    "bootstrap.servers",
+    "enable.idempotence",
+    "acks",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "partitioner",
+];
+
+impl KafkaConfig {
+    pub fn validate(&self) -> Result<(), KafkaError> {
+        if self.brokers.trim().is_empty() {
+            return Err(KafkaError::Config("kafka.brokers must not be empty".into()));
+        }
+        for b in self.brokers.split(',') {
+            if !b.trim().contains(':') {
+                return Err(KafkaError::Config(format!(
+                    "kafka.brokers entry '{}' must be host:port",
+                    b.trim()
+                )));
+            }
+        }
+        match self.producer.compression.as_str() {
+            "none" | "gzip" | "snappy" | "lz4" | "zstd" => {}
+            other => {
+                return Err(KafkaError::Config(format!(
+                    "kafka.producer.compression '{other}' is not one of none, gzip, snappy, lz4, zstd"
+                )));
+            }
+        }
+        if self.fetch_wait_max_ms == 0 {
+            return Err(KafkaError::Config(
+                "kafka.fetch_wait_max_ms must be > 0".into(),
+            ));
+        }
+        if self.producer.queue_max_messages == 0 {
+            return Err(KafkaError::Config(
+                "kafka.producer.queue_max_messages must be > 0".into(),
+            ));
+        }
+        for key in self.properties.keys() {
+            if RESERVED.contains(&key.as_str()) {
+                return Err(KafkaError::Config(format!(
+                    "kafka.properties.{key} is set by Locus itself and cannot be overridden"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings every client shares: brokers, client id, pass-through properties.
+    pub fn client_config(&self, stage: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", format!("{}-{stage}", self.client_id));
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// An idempotent, acks=all producer with Java-compatible key partitioning.
+    pub fn producer_config(&self, stage: &str) -> ClientConfig {
+        let p = &self.producer;
+        let mut c = self.client_config(stage);
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            // murmur2 like the Java client, so every client puts a user on the same partition.
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", p.linger_ms.to_string())
+            .set("compression.type", &p.compression)
+            .set("message.timeout.ms", p.message_timeout_ms.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                p.queue_max_messages.to_string(),
+            );
+        c
+    }
+
+    /// A consumer that stores offsets only when told to (at-least-once).
+    pub fn consumer_config(&self, stage: &str, group: &str) -> ClientConfig {
+        let mut c = self.client_config(stage);
+        c.set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
+            .set("partition.assignment.strategy", "cooperative-sticky");
+        c
+    }
+
+    /// The config as `locus config check` prints it: secrets in pass-through properties redacted.
+    pub fn redacted(&self) -> KafkaConfig {
+        let mut c = self.clone();
+        for (k, v) in c.properties.iter_mut() {
+            if k.contains("password") || k.contains("secret") || k.contains("key.pem") {
+                *v = "***".into();
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_properties_are_refused() {
+        let mut c = KafkaConfig::default();
+        c.properties.insert("acks".into(), "1".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("kafka.properties.acks"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut c = KafkaConfig::default();
+        c.properties
+            .insert("sasl.password".into(), "hunter2".into());
+        assert_eq!(c.redacted().properties["sasl.password"], "***");
+    }
+
+    #[test]
+    fn producer_keeps_the_guarantees() {
+        let c = KafkaConfig::default().producer_config("bridge");
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("partitioner"), Some("murmur2_random"));
+    }
+}

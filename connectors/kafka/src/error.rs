@@ -1,0 +1,18 @@
+/// Errors of the Kafka connector.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("invalid kafka config: {0}")]
+    Config(String),
+    #[error("cannot create the Kafka client: {0}")]
+    Client(#[source] rdkafka::error::KafkaError),
+    #[error("Kafka at {brokers} did not answer a metadata request: {source}")]
+    Unreachable {
+        brokers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("topic '{0}' does not exist (create it with `locus topics apply`)")]
+    MissingTopic(String),
+    #[error("blocking task failed: {0}")]
+    Join(String),
+}
