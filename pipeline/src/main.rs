@@ -1,1 +1,106 @@
-fn main() {}
+//! `locus`: the Locus real-time location pipeline in one binary. Each stage runs alone as
+//! its own subcommand (to scale it on its own); admin subcommands manage topics, schemas
+//! and config. See README.md and `locus --help`.
+
+mod admin;
+mod config;
+mod runtime;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "locus", version, about = "Locus: real-time location pipeline (MQTT → Kafka → Cassandra, Redis, SSE)")]
+struct Cli {
+    /// Config file (TOML). Without one, defaults apply; LOCUS_<SECTION>__<KEY> variables
+    /// override either.
+    #[arg(long, short, global = true, env = config::CONFIG_ENV)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Reconcile Kafka topics with topics.yaml.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// Manage the Avro schemas in the Schema Registry.
+    Schemas {
+        #[command(subcommand)]
+        action: SchemasAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Validate the config and print the effective values, secrets redacted.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsAction {
+    /// Print what differs between topics.yaml and the cluster.
+    Plan,
+    /// Create missing topics, add partitions, set configs. Never deletes or shrinks.
+    Apply,
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemasAction {
+    /// Register location.avsc under <locations topic>-value (no-op if present).
+    Register,
+    /// Print location.avsc.
+    Show,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("locus: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime::telemetry::init(&config.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("locus: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Config { action: ConfigAction::Check } => admin::config_check(&config),
+            Command::Topics { action: TopicsAction::Plan } => admin::topics_plan(&config).await,
+            Command::Topics { action: TopicsAction::Apply } => admin::topics_apply(&config).await,
+            Command::Schemas { action: SchemasAction::Register } => {
+                admin::schemas_register(&config).await
+            }
+            Command::Schemas { action: SchemasAction::Show } => {
+                print!("{}", locus_schemas::LOCATION_AVSC);
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("locus: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

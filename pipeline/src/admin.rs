@@ -1,0 +1,49 @@
+//! Admin subcommands: `config check`, `topics plan|apply`, `schemas register`.
+
+use anyhow::Context;
+use locus_topics::TopicsFile;
+
+use crate::config::Config;
+
+pub fn config_check(config: &Config) -> anyhow::Result<()> {
+    println!("# effective config (valid); secrets redacted");
+    print!("{}", config.redacted_toml());
+    Ok(())
+}
+
+fn topics_file(config: &Config) -> anyhow::Result<TopicsFile> {
+    Ok(TopicsFile::load(&config.topics.file)?)
+}
+
+pub async fn topics_plan(config: &Config) -> anyhow::Result<()> {
+    let file = topics_file(config)?;
+    let plan = locus_topics::plan(&config.kafka, &file, config.topics.max_replication_factor).await?;
+    print!("{plan}");
+    Ok(())
+}
+
+pub async fn topics_apply(config: &Config) -> anyhow::Result<()> {
+    let file = topics_file(config)?;
+    let plan = locus_topics::plan(&config.kafka, &file, config.topics.max_replication_factor).await?;
+    print!("{plan}");
+    if plan.is_empty() {
+        return Ok(());
+    }
+    for line in locus_topics::apply(&config.kafka, &plan).await? {
+        println!("applied: {line}");
+    }
+    Ok(())
+}
+
+pub async fn schemas_register(config: &Config) -> anyhow::Result<()> {
+    let codec = locus_schemas::Codec::new(&config.registry, &config.topics.locations)?;
+    let id = codec
+        .register()
+        .await
+        .with_context(|| format!("registering location.avsc at {}", config.registry.url))?;
+    println!(
+        "location.avsc is schema id {id} under subject {}",
+        locus_schemas::value_subject(&config.topics.locations)
+    );
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The process's HTTP server: `/metrics`, `/healthz`, `/readyz`, plus whatever routes the
+//! stages add (query APIs, SSE).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+
+type CheckFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// Named dependency checks, re-run in the background; `/readyz` serves their last results.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Arc<std::sync::Mutex<Vec<(String, CheckFn)>>>,
+    results: Arc<RwLock<BTreeMap<String, Result<(), String>>>>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness").finish_non_exhaustive()
+    }
+}
+
+impl Readiness {
+    /// Adds a check; the process is ready only when every check passed its last run.
+    pub fn add<F, Fut>(&self, name: &str, check: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let f: CheckFn = Arc::new(move || Box::pin(check()));
+        if let Ok(mut c) = self.checks.lock() {
+            c.push((name.to_string(), f));
+        }
+    }
+
+    async fn run_once(&self) {
+        let checks: Vec<(String, CheckFn)> = match self.checks.lock() {
+            Ok(c) => c.clone(),
+            Err(_) => return,
+        };
+        for (name, check) in checks {
+            let result = check().await;
+            if let Err(error) = &result {
+                tracing::debug!(check = name, error, "not ready");
+            }
+            self.results.write().await.insert(name, result);
+        }
+    }
+
+    /// Re-runs the checks every `every` until `cancel`.
+    pub fn spawn(&self, every: Duration, cancel: CancellationToken) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                me.run_once().await;
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+    }
+
+    async fn report(&self) -> (bool, serde_json::Value) {
+        let results = self.results.read().await;
+        let expected = self.checks.lock().map(|c| c.len()).unwrap_or(0);
+        let ready = results.len() == expected && results.values().all(Result::is_ok);
+        let checks: BTreeMap<&String, String> = results
+            .iter()
+            .map(|(k, v)| (k, v.as_ref().map_or_else(|e| e.clone(), |_| "ok".into())))
+            .collect();
+        (ready, json!({ "ready": ready, "checks": checks }))
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        super::metrics::render(),
+    )
+}
+
+async fn readyz(State(r): State<Readiness>) -> impl IntoResponse {
+    let (ready, body) = r.report().await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}
+
+/// The health and metrics routes, to merge with the stages' own routes.
+pub fn base_router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { axum::Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz))
+        .with_state(readiness)
+}
+
+/// Serves `router` on `listen` until `cancel`.
+pub async fn serve(
+    listen: SocketAddr,
+    router: Router,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (http.listen): {e}"))?;
+    tracing::info!(%listen, "HTTP server: /metrics /healthz /readyz");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! What every `locus` process has: logging, metrics, health endpoints, graceful shutdown.
+
+pub mod http;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
