@@ -17,14 +17,16 @@ fn topics_file(config: &Config) -> anyhow::Result<TopicsFile> {
 
 pub async fn topics_plan(config: &Config) -> anyhow::Result<()> {
     let file = topics_file(config)?;
-    let plan = locus_topics::plan(&config.kafka, &file, config.topics.max_replication_factor).await?;
+    let plan =
+        locus_topics::plan(&config.kafka, &file, config.topics.max_replication_factor).await?;
     print!("{plan}");
     Ok(())
 }
 
 pub async fn topics_apply(config: &Config) -> anyhow::Result<()> {
     let file = topics_file(config)?;
-    let plan = locus_topics::plan(&config.kafka, &file, config.topics.max_replication_factor).await?;
+    let plan =
+        locus_topics::plan(&config.kafka, &file, config.topics.max_replication_factor).await?;
     print!("{plan}");
     if plan.is_empty() {
         return Ok(());

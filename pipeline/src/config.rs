@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use locus_kafka::KafkaConfig;
+use locus_mqtt::BridgeConfig;
 use locus_schemas::RegistryConfig;
 use locus_scylla::ScyllaConfig;
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,8 @@ pub struct Config {
     pub http: HttpSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub bridge: BridgeConfig,
 }
 
 /// `[topics]`: which topics the stages use and where they are declared.
@@ -176,10 +179,11 @@ impl Config {
                     path: p.display().to_string(),
                     source,
                 })?;
-                let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-                    path: p.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                let table: toml::Table =
+                    toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+                        path: p.display().to_string(),
+                        message: e.to_string(),
+                    })?;
                 (table, p.display().to_string())
             }
             None => (toml::Table::new(), "defaults".to_string()),
@@ -188,7 +192,9 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let mut overridden = vec![];
         for (var, raw) in env {
-            let Some(rest) = var.strip_prefix("LOCUS_") else { continue };
+            let Some(rest) = var.strip_prefix("LOCUS_") else {
+                continue;
+            };
             if var == CONFIG_ENV || !rest.contains("__") {
                 continue; // LOCUS_CONFIG, and the local stack's LOCUS_KAFKA_PORT & co.
             }
@@ -228,6 +234,9 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.registry.validate().map_err(ConfigError::Invalid)?;
         self.scylla
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.bridge
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.topics.locations == self.topics.dlq {
@@ -282,7 +291,9 @@ fn set_path(
         _ => {
             let wrapped = format!("v = {raw}");
             match toml::from_str::<toml::Table>(&wrapped) {
-                Ok(mut parsed) => parsed.remove("v").unwrap_or(toml::Value::String(raw.into())),
+                Ok(mut parsed) => parsed
+                    .remove("v")
+                    .unwrap_or(toml::Value::String(raw.into())),
                 Err(_) => toml::Value::String(raw.to_string()),
             }
         }
@@ -312,9 +323,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let e = load("[kafka]\nbrokerz = \"x:1\"\n", &[]).unwrap_err().to_string();
+        let e = load("[kafka]\nbrokerz = \"x:1\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kafka") && e.contains("brokerz"), "{e}");
-        let e = load("[kafka.producer]\nlinger = 3\n", &[]).unwrap_err().to_string();
+        let e = load("[kafka.producer]\nlinger = 3\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kafka.producer") && e.contains("linger"), "{e}");
         let e = load("[nonsense]\n", &[]).unwrap_err().to_string();
         assert!(e.contains("nonsense"), "{e}");
@@ -322,9 +337,13 @@ mod tests {
 
     #[test]
     fn wrong_types_and_values_are_named() {
-        let e = load("[http]\nlisten = 8080\n", &[]).unwrap_err().to_string();
+        let e = load("[http]\nlisten = 8080\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("http.listen"), "{e}");
-        let e = load("[kafka.producer]\ncompression = \"brotli\"\n", &[]).unwrap_err().to_string();
+        let e = load("[kafka.producer]\ncompression = \"brotli\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("brotli"), "{e}");
         let e = load("[kafka\n", &[]).unwrap_err().to_string();
         assert!(e.contains("not valid TOML"), "{e}");
@@ -349,7 +368,9 @@ mod tests {
         assert!(!c.scylla.fetch_schema_metadata);
         assert_eq!(c.topics.max_replication_factor, Some(1));
         assert_eq!(c.registry.url, "http://r:1");
-        let e = load("", &[("LOCUS_KAFKA__NOPE", "1")]).unwrap_err().to_string();
+        let e = load("", &[("LOCUS_KAFKA__NOPE", "1")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("LOCUS_KAFKA__NOPE") && e.contains("nope"), "{e}");
     }
 

@@ -5,6 +5,7 @@
 mod admin;
 mod config;
 mod runtime;
+mod stages;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +15,11 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "locus", version, about = "Locus: real-time location pipeline (MQTT → Kafka → Cassandra, Redis, SSE)")]
+#[command(
+    name = "locus",
+    version,
+    about = "Locus: real-time location pipeline (MQTT → Kafka → Cassandra, Redis, SSE)"
+)]
 struct Cli {
     /// Config file (TOML). Without one, defaults apply; LOCUS_<SECTION>__<KEY> variables
     /// override either.
@@ -26,6 +31,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run every stage in one process (bridge, ...): a laptop, a small site, the demo.
+    Run,
+    /// MQTT → Kafka bridge: devices' fixes into the locations topic.
+    Bridge,
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -75,7 +84,10 @@ fn main() -> ExitCode {
         }
     };
     runtime::telemetry::init(&config.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("locus: cannot start the async runtime: {e}");
@@ -84,13 +96,23 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Config { action: ConfigAction::Check } => admin::config_check(&config),
-            Command::Topics { action: TopicsAction::Plan } => admin::topics_plan(&config).await,
-            Command::Topics { action: TopicsAction::Apply } => admin::topics_apply(&config).await,
-            Command::Schemas { action: SchemasAction::Register } => {
-                admin::schemas_register(&config).await
-            }
-            Command::Schemas { action: SchemasAction::Show } => {
+            Command::Run => stages::run(&config, stages::Stage::ALL).await,
+            Command::Bridge => stages::run(&config, &[stages::Stage::Bridge]).await,
+            Command::Config {
+                action: ConfigAction::Check,
+            } => admin::config_check(&config),
+            Command::Topics {
+                action: TopicsAction::Plan,
+            } => admin::topics_plan(&config).await,
+            Command::Topics {
+                action: TopicsAction::Apply,
+            } => admin::topics_apply(&config).await,
+            Command::Schemas {
+                action: SchemasAction::Register,
+            } => admin::schemas_register(&config).await,
+            Command::Schemas {
+                action: SchemasAction::Show,
+            } => {
                 print!("{}", locus_schemas::LOCATION_AVSC);
                 Ok(())
             }

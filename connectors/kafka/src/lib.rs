@@ -4,10 +4,12 @@
 mod config;
 mod error;
 mod health;
+mod producer;
 
 pub use config::{KafkaConfig, ProducerSettings};
 pub use error::KafkaError;
 pub use health::{check_reachable, partition_count};
+pub use producer::{Delivered, DeliveryError, Pending, Producer};
 
 /// Re-exported so stages use the same rdkafka as this crate.
 pub use rdkafka;

@@ -17,7 +17,8 @@ use serde_json::json;
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
-type CheckFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+type CheckFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// Named dependency checks, re-run in the background; `/readyz` serves their last results.
 #[derive(Clone, Default)]
@@ -87,7 +88,10 @@ impl Readiness {
 
 async fn metrics() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         super::metrics::render(),
     )
 }
@@ -106,7 +110,10 @@ async fn readyz(State(r): State<Readiness>) -> impl IntoResponse {
 pub fn base_router(readiness: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { axum::Json(json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({ "status": "ok" })) }),
+        )
         .route("/readyz", get(readyz))
         .with_state(readiness)
 }

@@ -1,0 +1,177 @@
+use locus_schemas::{FixLimits, Secret};
+use serde::{Deserialize, Serialize};
+
+use crate::BridgeError;
+use crate::payload::TopicTemplate;
+
+/// `[bridge]`: the MQTT → Kafka bridge.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// MQTT broker host.
+    #[serde(default = "default_host")]
+    pub mqtt_host: String,
+    /// MQTT broker port.
+    #[serde(default = "default_port")]
+    pub mqtt_port: u16,
+    /// MQTT client id. Must be stable per replica (e.g. the StatefulSet pod name): the broker
+    /// keeps a replica's unacked messages in the session of this id until it returns.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Username; empty: anonymous.
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: Secret,
+    /// Shared-subscription group: replicas in one group split the messages.
+    #[serde(default = "default_share_group")]
+    pub share_group: String,
+    /// Topic devices publish to; `{tenant}` and `{user_id}` are single levels.
+    #[serde(default = "default_topic_template")]
+    pub topic_template: String,
+    /// How long the broker keeps the session (and queued messages) while the bridge is
+    /// away, seconds. Longer than any outage the bridge must survive.
+    #[serde(default = "default_session_expiry_s")]
+    pub session_expiry_s: u32,
+    /// MQTT keep-alive, seconds.
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// Messages received but not yet acknowledged (MQTT receive maximum). Bounds memory;
+    /// when Kafka is slow or down, the broker stops sending beyond it.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u16,
+    /// Largest MQTT packet the bridge reads; larger ones are refused by the broker. Must be
+    /// at least the broker's message_size_limit.
+    #[serde(default = "default_max_packet_bytes")]
+    pub max_packet_bytes: u32,
+    /// Largest payload accepted as fixes; larger messages go to the DLQ (reason oversize).
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Most fixes in one batch payload (a JSON array).
+    #[serde(default = "default_max_batch_len")]
+    pub max_batch_len: usize,
+    /// How far in the future an event time may be (device clock skew), ms.
+    #[serde(default = "default_max_future_ms")]
+    pub max_future_ms: i64,
+    /// How old an event time may be (offline buffering), ms.
+    #[serde(default = "default_max_age_ms")]
+    pub max_age_ms: i64,
+    /// Longest tenant, user and device id, bytes.
+    #[serde(default = "default_max_id_len")]
+    pub max_id_len: usize,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    1883
+}
+fn default_client_id() -> String {
+    "locus-bridge-0".into()
+}
+fn default_share_group() -> String {
+    "locus-bridge".into()
+}
+fn default_topic_template() -> String {
+    "locus/{tenant}/{user_id}/location".into()
+}
+fn default_session_expiry_s() -> u32 {
+    7 * 24 * 3600
+}
+fn default_keep_alive_s() -> u64 {
+    30
+}
+fn default_max_in_flight() -> u16 {
+    1000
+}
+fn default_max_packet_bytes() -> u32 {
+    1024 * 1024
+}
+fn default_max_payload_bytes() -> usize {
+    256 * 1024
+}
+fn default_max_batch_len() -> usize {
+    1000
+}
+fn default_max_future_ms() -> i64 {
+    FixLimits::default().max_future_ms
+}
+fn default_max_age_ms() -> i64 {
+    FixLimits::default().max_age_ms
+}
+fn default_max_id_len() -> usize {
+    FixLimits::default().max_id_len
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            mqtt_host: default_host(),
+            mqtt_port: default_port(),
+            client_id: default_client_id(),
+            username: String::new(),
+            password: Secret::default(),
+            share_group: default_share_group(),
+            topic_template: default_topic_template(),
+            session_expiry_s: default_session_expiry_s(),
+            keep_alive_s: default_keep_alive_s(),
+            max_in_flight: default_max_in_flight(),
+            max_packet_bytes: default_max_packet_bytes(),
+            max_payload_bytes: default_max_payload_bytes(),
+            max_batch_len: default_max_batch_len(),
+            max_future_ms: default_max_future_ms(),
+            max_age_ms: default_max_age_ms(),
+            max_id_len: default_max_id_len(),
+        }
+    }
+}
+
+impl BridgeConfig {
+    pub fn limits(&self) -> FixLimits {
+        FixLimits {
+            max_future_ms: self.max_future_ms,
+            max_age_ms: self.max_age_ms,
+            max_id_len: self.max_id_len,
+        }
+    }
+
+    pub fn template(&self) -> Result<TopicTemplate, BridgeError> {
+        TopicTemplate::parse(&self.topic_template).map_err(BridgeError::Config)
+    }
+
+    pub fn validate(&self) -> Result<(), BridgeError> {
+        let bad = |m: String| Err(BridgeError::Config(m));
+        self.template()?;
+        if self.client_id.is_empty() || self.client_id.len() > 23 * 8 {
+            return bad("bridge.client_id must be 1 to 184 characters".into());
+        }
+        if self.share_group.is_empty() || self.share_group.contains(['/', '+', '#']) {
+            return bad(format!(
+                "bridge.share_group '{}' must be non-empty without '/', '+' or '#'",
+                self.share_group
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return bad("bridge.max_in_flight must be > 0".into());
+        }
+        if self.max_payload_bytes == 0
+            || self.max_payload_bytes as u64 > u64::from(self.max_packet_bytes)
+        {
+            return bad(format!(
+                "bridge.max_payload_bytes must be between 1 and bridge.max_packet_bytes ({})",
+                self.max_packet_bytes
+            ));
+        }
+        if self.max_batch_len == 0 {
+            return bad("bridge.max_batch_len must be > 0".into());
+        }
+        if self.max_future_ms < 0 || self.max_age_ms <= 0 {
+            return bad("bridge.max_future_ms must be >= 0 and bridge.max_age_ms > 0".into());
+        }
+        if self.keep_alive_s < 5 {
+            return bad("bridge.keep_alive_s must be >= 5".into());
+        }
+        Ok(())
+    }
+}

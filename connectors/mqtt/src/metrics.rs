@@ -1,0 +1,97 @@
+//! Every metric the bridge emits (names follow `locus_<stage>_<noun>_<unit>`).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, exponential_buckets,
+};
+
+pub struct Metrics {
+    pub received: IntCounter,
+    pub produced: IntCounter,
+    pub acked: IntCounter,
+    pub dlq: IntCounterVec,
+    pub not_acked: IntCounter,
+    pub in_flight: IntGauge,
+    pub produce_latency: Histogram,
+    pub freshness: Histogram,
+    pub mqtt_connected: IntGauge,
+    pub mqtt_errors: IntCounter,
+    pub registry_retries: IntCounter,
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let _ = prometheus::register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let _ = prometheus::register(Box::new(g.clone()));
+    g
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let _ = prometheus::register(Box::new(h.clone()));
+    h
+}
+
+pub static M: LazyLock<Metrics> = LazyLock::new(|| {
+    let dlq = IntCounterVec::new(
+        Opts::new(
+            "locus_bridge_dlq_messages_total",
+            "Messages (or batch elements) sent to the DLQ, by reason",
+        ),
+        &["reason"],
+    )
+    .unwrap_or_else(|e| unreachable!("metric dlq: {e}"));
+    let _ = prometheus::register(Box::new(dlq.clone()));
+    Metrics {
+        received: counter(
+            "locus_bridge_messages_received_total",
+            "MQTT messages received",
+        ),
+        produced: counter(
+            "locus_bridge_fixes_produced_total",
+            "Fixes acknowledged by Kafka on the locations topic",
+        ),
+        acked: counter(
+            "locus_bridge_messages_acked_total",
+            "MQTT messages acknowledged (PUBACK) after delivery",
+        ),
+        dlq,
+        not_acked: counter(
+            "locus_bridge_messages_not_acked_total",
+            "Messages left unacknowledged because neither the topic nor the DLQ took them (the broker redelivers them)",
+        ),
+        in_flight: gauge(
+            "locus_bridge_in_flight_messages",
+            "MQTT messages received and not yet acknowledged",
+        ),
+        produce_latency: histogram(
+            "locus_bridge_produce_latency_seconds",
+            "From receiving an MQTT message to Kafka acknowledging all its records",
+            exponential_buckets(0.0005, 2.0, 16).unwrap_or_default(),
+        ),
+        freshness: histogram(
+            "locus_bridge_freshness_seconds",
+            "Receive time minus event time of each valid fix",
+            exponential_buckets(0.01, 2.5, 16).unwrap_or_default(),
+        ),
+        mqtt_connected: gauge(
+            "locus_bridge_mqtt_connected",
+            "1 while connected to the MQTT broker",
+        ),
+        mqtt_errors: counter(
+            "locus_bridge_mqtt_connection_errors_total",
+            "MQTT connection errors (each followed by a reconnect)",
+        ),
+        registry_retries: counter(
+            "locus_bridge_registry_retries_total",
+            "Avro encodes retried because the Schema Registry did not answer",
+        ),
+    }
+});

@@ -1,0 +1,466 @@
+//! The bridge's run loop: three tasks joined by bounded channels.
+//!
+//! ```text
+//! MQTT event loop ──publish──▶ worker ──(message, pending deliveries)──▶ acker ──PUBACK──▶ broker
+//!  (never blocks)              parse, validate, encode, send             awaits deliveries in order
+//! ```
+//! The broker never has more than `max_in_flight` unacknowledged messages out (MQTT receive
+//! maximum), so the channels never hold more than that, and when Kafka stops acknowledging,
+//! the acker stops acking, the broker stops sending, and the devices' messages wait at the
+//! broker: back-pressure, never loss and never unbounded memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use locus_kafka::{KafkaConfig, Pending, Producer};
+use locus_schemas::{Codec, CodecError, FixLimits, LocationFix, RegistryConfig};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::metrics::M;
+use crate::payload::{Rejection, TopicTemplate, check_fix, parse_payload};
+use crate::{BridgeConfig, BridgeError};
+
+/// Liveness of the bridge's MQTT side, for `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct BridgeHealth {
+    mqtt_connected: Arc<AtomicBool>,
+}
+
+impl BridgeHealth {
+    pub fn check(&self) -> Result<(), String> {
+        if self.mqtt_connected.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("not connected to the MQTT broker".into())
+        }
+    }
+}
+
+/// A built bridge, ready to [`Bridge::run`].
+#[derive(Debug)]
+pub struct Bridge {
+    cfg: BridgeConfig,
+    template: TopicTemplate,
+    limits: FixLimits,
+    producer: Producer,
+    codec: Arc<Codec>,
+    locations: String,
+    dlq: String,
+    health: BridgeHealth,
+    shutdown_grace: Duration,
+}
+
+/// One MQTT message on its way to being acknowledged.
+struct InFlight {
+    publish: Publish,
+    received: Instant,
+    deliveries: Vec<(Pending, Delivery)>,
+    /// False when a record could not even be enqueued (nor sent to the DLQ).
+    ackable: bool,
+}
+
+/// What a pending delivery is, so a permanent failure can fall back to the DLQ.
+enum Delivery {
+    Fix,
+    Dlq,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Bridge {
+    /// Builds the bridge (Kafka producer, registry codec) and its health handle. Connectivity
+    /// is checked separately (`/readyz`), so a bridge starts even while a dependency is down.
+    pub fn build(
+        cfg: &BridgeConfig,
+        kafka: &KafkaConfig,
+        registry: &RegistryConfig,
+        locations: &str,
+        dlq: &str,
+        shutdown_grace: Duration,
+    ) -> Result<(Bridge, BridgeHealth), BridgeError> {
+        cfg.validate()?;
+        let health = BridgeHealth::default();
+        let bridge = Bridge {
+            template: cfg.template()?,
+            limits: cfg.limits(),
+            producer: Producer::new(kafka, "bridge")?,
+            codec: Arc::new(Codec::new(registry, locations)?),
+            cfg: cfg.clone(),
+            locations: locations.to_string(),
+            dlq: dlq.to_string(),
+            health: health.clone(),
+            shutdown_grace,
+        };
+        Ok((bridge, health))
+    }
+
+    fn mqtt_options(&self) -> MqttOptions {
+        let c = &self.cfg;
+        let mut o = MqttOptions::new(c.client_id.clone(), c.mqtt_host.clone(), c.mqtt_port);
+        o.set_keep_alive(Duration::from_secs(c.keep_alive_s))
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(c.session_expiry_s))
+            .set_manual_acks(true)
+            .set_receive_maximum(Some(c.max_in_flight))
+            .set_max_packet_size(Some(c.max_packet_bytes));
+        if !c.username.is_empty() {
+            o.set_credentials(c.username.clone(), c.password.expose().to_string());
+        }
+        o
+    }
+
+    /// Runs until `cancel`; then stops reading, waits (up to the shutdown grace) for the
+    /// deliveries of what it already read, acknowledges those, and disconnects. What was
+    /// read but not delivered stays unacknowledged: the broker redelivers it.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), BridgeError> {
+        let me = Arc::new(self);
+        let cap = usize::from(me.cfg.max_in_flight);
+        let (client, mut eventloop) = AsyncClient::new(me.mqtt_options(), cap * 2 + 16);
+        let subscription = format!("$share/{}/{}", me.cfg.share_group, me.template.filter());
+        info!(
+            broker = format!("{}:{}", me.cfg.mqtt_host, me.cfg.mqtt_port),
+            client_id = me.cfg.client_id,
+            subscription,
+            topic = me.locations,
+            dlq = me.dlq,
+            "bridge starting"
+        );
+
+        let (publish_tx, mut publish_rx) = mpsc::channel::<Publish>(cap);
+        let (ack_tx, mut ack_rx) = mpsc::channel::<InFlight>(cap);
+        let loop_stop = CancellationToken::new();
+
+        // 1. The MQTT event loop: polled continuously, never blocked by the pipeline.
+        let health = me.health.clone();
+        let sub_client = client.clone();
+        let stop = loop_stop.clone();
+        let event_loop = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let event = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    e = eventloop.poll() => e,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        info!(session_present = ack.session_present, "MQTT connected");
+                        health.mqtt_connected.store(true, Ordering::Relaxed);
+                        M.mqtt_connected.set(1);
+                        backoff = Duration::from_millis(100);
+                        // Resubscribe after every (re)connect; a no-op if the session kept it.
+                        if let Err(error) =
+                            sub_client.try_subscribe(subscription.clone(), QoS::AtLeastOnce)
+                        {
+                            error!(%error, "cannot queue the MQTT subscription");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        info!(reasons = ?ack.return_codes, "MQTT subscription acknowledged");
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        M.received.inc();
+                        M.in_flight.inc();
+                        // The broker's receive maximum keeps this channel from filling; if
+                        // it ever does, waiting here is the back-pressure.
+                        if let Err(mpsc::error::TrySendError::Full(p)) = publish_tx.try_send(p) {
+                            if publish_tx.send(p).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                        debug!("MQTT disconnect sent");
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        health.mqtt_connected.store(false, Ordering::Relaxed);
+                        M.mqtt_connected.set(0);
+                        M.mqtt_errors.inc();
+                        warn!(%error, retry_in = ?backoff, "MQTT connection error; reconnecting");
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            health.mqtt_connected.store(false, Ordering::Relaxed);
+            M.mqtt_connected.set(0);
+        });
+
+        // 2. The worker: one message at a time, in arrival order.
+        let worker_me = me.clone();
+        let worker_cancel = cancel.clone();
+        let worker = tokio::spawn(async move {
+            loop {
+                let publish = tokio::select! {
+                    biased;
+                    _ = worker_cancel.cancelled() => break,
+                    p = publish_rx.recv() => match p { Some(p) => p, None => break },
+                };
+                let inflight = worker_me.process(publish, &worker_cancel).await;
+                if ack_tx.send(inflight).await.is_err() {
+                    break;
+                }
+            }
+            // Unprocessed messages are dropped unacknowledged: the broker redelivers them.
+            let left = publish_rx.len();
+            if left > 0 {
+                info!(messages = left, "left unacknowledged for redelivery");
+                M.in_flight.sub(left as i64);
+            }
+        });
+
+        // 3. The acker: awaits each message's deliveries in order, then PUBACKs it.
+        let acker_me = me.clone();
+        let ack_client = client.clone();
+        let acker = tokio::spawn(async move {
+            while let Some(m) = ack_rx.recv().await {
+                acker_me.settle(m, &ack_client).await;
+            }
+        });
+
+        cancel.cancelled().await;
+        info!("bridge stopping: no new messages; settling what is in flight");
+        let _ = worker.await;
+        if tokio::time::timeout(me.shutdown_grace, acker)
+            .await
+            .is_err()
+        {
+            warn!(grace = ?me.shutdown_grace, "deliveries still pending at the end of the grace period; those messages stay unacknowledged");
+        }
+        let _ = client.try_disconnect();
+        if tokio::time::timeout(Duration::from_secs(2), event_loop)
+            .await
+            .is_err()
+        {
+            loop_stop.cancel();
+        }
+        info!("bridge stopped");
+        Ok(())
+    }
+
+    async fn settle(&self, m: InFlight, client: &AsyncClient) {
+        let mut ok = m.ackable;
+        for (pending, kind) in m.deliveries {
+            match pending.delivered().await {
+                Ok(_) => {
+                    if matches!(kind, Delivery::Fix) {
+                        M.produced.inc();
+                    }
+                }
+                Err(e) if matches!(kind, Delivery::Fix) => {
+                    // Kafka refused the record for good: keep it, in the DLQ.
+                    warn!(error = %e, "Kafka refused a fix; sending the message to the DLQ");
+                    let reason = e.reason();
+                    let sent = self
+                        .dead_letter(
+                            &m.publish,
+                            &Rejection::new("kafka_refused", format!("{reason}: {e}")),
+                            None,
+                        )
+                        .await;
+                    ok &= match sent {
+                        Some(p) => p.delivered().await.is_ok(),
+                        None => false,
+                    };
+                }
+                Err(e) => {
+                    error!(error = %e, "the DLQ refused a record");
+                    ok = false;
+                }
+            }
+        }
+        M.produce_latency
+            .observe(m.received.elapsed().as_secs_f64());
+        M.in_flight.dec();
+        if ok {
+            match client.ack(&m.publish).await {
+                Ok(()) => M.acked.inc(),
+                Err(error) => warn!(%error, "cannot queue the PUBACK; the broker will redeliver"),
+            }
+        } else {
+            M.not_acked.inc();
+            error!(topic = %String::from_utf8_lossy(&m.publish.topic), "message not acknowledged: neither the topic nor the DLQ took it; the broker will redeliver it");
+        }
+    }
+
+    /// Sends the original message to the DLQ with the reason in headers.
+    async fn dead_letter(
+        &self,
+        p: &Publish,
+        r: &Rejection,
+        rejected_indexes: Option<&str>,
+    ) -> Option<Pending> {
+        M.dlq.with_label_values(&[r.reason]).inc();
+        debug!(reason = r.reason, detail = r.detail, "to DLQ");
+        let received = now_ms().to_string();
+        let mut headers: Vec<(&str, &[u8])> = vec![
+            ("locus-reason", r.reason.as_bytes()),
+            ("locus-error", r.detail.as_bytes()),
+            ("locus-mqtt-topic", &p.topic),
+            ("locus-received-at", received.as_bytes()),
+        ];
+        if let Some(ix) = rejected_indexes {
+            headers.push(("locus-rejected-indexes", ix.as_bytes()));
+        }
+        match self
+            .producer
+            .send(&self.dlq, &p.topic, &p.payload, &headers)
+            .await
+        {
+            Ok(pending) => Some(pending),
+            Err(e) => {
+                error!(error = %e, "cannot enqueue a DLQ record");
+                None
+            }
+        }
+    }
+
+    async fn encode(
+        &self,
+        fix: &LocationFix,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u8>, CodecError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.codec.encode(fix).await {
+                Err(CodecError::Registry(e)) if !cancel.is_cancelled() => {
+                    // Not the input's fault: wait for the registry, never drop.
+                    M.registry_retries.inc();
+                    warn!(error = e, retry_in = ?backoff, "Schema Registry unavailable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Turns one MQTT message into pending Kafka deliveries (fixes and/or a DLQ record).
+    async fn process(&self, p: Publish, cancel: &CancellationToken) -> InFlight {
+        let now = now_ms();
+        let mut m = InFlight {
+            received: Instant::now(),
+            deliveries: vec![],
+            ackable: true,
+            publish: p,
+        };
+        let p = &m.publish;
+        let rejection = |r: Rejection| (vec![], vec![], Some(r));
+        let (fixes, rejected, whole): (
+            Vec<LocationFix>,
+            Vec<(usize, Rejection)>,
+            Option<Rejection>,
+        ) = match std::str::from_utf8(&p.topic) {
+            Err(_) => rejection(Rejection::new("bad_topic", "topic is not UTF-8")),
+            Ok(topic) if p.payload.len() > self.cfg.max_payload_bytes => rejection(Rejection::new(
+                "oversize",
+                format!(
+                    "payload of {} bytes on {topic} exceeds bridge.max_payload_bytes ({})",
+                    p.payload.len(),
+                    self.cfg.max_payload_bytes
+                ),
+            )),
+            Ok(topic) => match self.template.extract(topic) {
+                Err(r) => rejection(r),
+                Ok((tenant, user)) if p.payload.first() == Some(&0) => {
+                    match self.codec.decode(&p.payload).await {
+                        Ok(mut fix) => {
+                            fix.received_at = now;
+                            match check_fix(&fix, tenant, user, now, &self.limits) {
+                                Ok(()) => (vec![fix], vec![], None),
+                                Err(r) => rejection(r),
+                            }
+                        }
+                        Err(e) => rejection(Rejection::new(e.reason(), e.to_string())),
+                    }
+                }
+                Ok((tenant, user)) => match parse_payload(
+                    &p.payload,
+                    tenant,
+                    user,
+                    now,
+                    &self.limits,
+                    self.cfg.max_batch_len,
+                ) {
+                    Ok(parsed) => (parsed.fixes, parsed.rejected, None),
+                    Err(r) => rejection(r),
+                },
+            },
+        };
+
+        for fix in &fixes {
+            M.freshness.observe(((now - fix.ts).max(0) as f64) / 1000.0);
+            let bytes = match self.encode(fix, cancel).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let r = Rejection::new(e.reason(), e.to_string());
+                    match self.dead_letter(p, &r, None).await {
+                        Some(d) => m.deliveries.push((d, Delivery::Dlq)),
+                        None => m.ackable = false,
+                    }
+                    continue;
+                }
+            };
+            let seq = fix.seq.to_string();
+            let received = fix.received_at.to_string();
+            let headers: [(&str, &[u8]); 4] = [
+                ("locus-device-id", fix.device_id.as_bytes()),
+                ("locus-seq", seq.as_bytes()),
+                ("locus-received-at", received.as_bytes()),
+                ("locus-mqtt-topic", &p.topic),
+            ];
+            match self
+                .producer
+                .send(&self.locations, fix.user_id.as_bytes(), &bytes, &headers)
+                .await
+            {
+                Ok(d) => m.deliveries.push((d, Delivery::Fix)),
+                Err(e) => {
+                    let r = Rejection::new("kafka_refused", format!("{}: {e}", e.reason()));
+                    match self.dead_letter(p, &r, None).await {
+                        Some(d) => m.deliveries.push((d, Delivery::Dlq)),
+                        None => m.ackable = false,
+                    }
+                }
+            }
+        }
+        if let Some(r) = whole {
+            match self.dead_letter(p, &r, None).await {
+                Some(d) => m.deliveries.push((d, Delivery::Dlq)),
+                None => m.ackable = false,
+            }
+        } else if !rejected.is_empty() {
+            // One DLQ record for the message: its original bytes, with which elements were
+            // rejected and why (the first reason; every reason is counted).
+            for (_, r) in rejected.iter().skip(1) {
+                M.dlq.with_label_values(&[r.reason]).inc();
+            }
+            let indexes: Vec<String> = rejected.iter().map(|(i, _)| i.to_string()).collect();
+            let detail = rejected
+                .iter()
+                .map(|(i, r)| format!("[{i}] {}", r.detail))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let first = Rejection::new(rejected[0].1.reason, detail);
+            match self.dead_letter(p, &first, Some(&indexes.join(","))).await {
+                Some(d) => m.deliveries.push((d, Delivery::Dlq)),
+                None => m.ackable = false,
+            }
+        }
+        m
+    }
+}

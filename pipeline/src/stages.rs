@@ -1,0 +1,122 @@
+//! Wiring of the long-running stages: each runs alone (`locus bridge`, ...) to scale on its
+//! own, or together (`locus run`) on a laptop or a small site. Every process gets the same
+//! runtime: one HTTP server (/metrics, /healthz, /readyz), graceful shutdown on SIGTERM.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::runtime::http::{Readiness, base_router, serve};
+use crate::runtime::shutdown;
+
+/// The stages this binary can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Bridge,
+}
+
+impl Stage {
+    pub const ALL: &'static [Stage] = &[Stage::Bridge];
+
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Bridge => "bridge",
+        }
+    }
+}
+
+pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
+    let cancel = shutdown::on_signal();
+    let readiness = Readiness::default();
+    let kafka = config.kafka.clone();
+    readiness.add("kafka", move || {
+        let kafka = kafka.clone();
+        async move {
+            locus_kafka::check_reachable(&kafka)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
+
+    let grace = Duration::from_millis(config.http.shutdown_grace_ms);
+    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    for stage in stages {
+        match stage {
+            Stage::Bridge => {
+                let (bridge, health) = locus_mqtt::Bridge::build(
+                    &config.bridge,
+                    &config.kafka,
+                    &config.registry,
+                    &config.topics.locations,
+                    &config.topics.dlq,
+                    grace,
+                )
+                .context("building the bridge")?;
+                readiness.add("mqtt", move || {
+                    let h = health.clone();
+                    async move { h.check() }
+                });
+                let c = cancel.child_token();
+                tasks.spawn(async move { ("bridge", bridge.run(c).await.map_err(Into::into)) });
+            }
+        }
+    }
+    readiness.spawn(
+        Duration::from_millis(config.http.readiness_interval_ms),
+        cancel.child_token(),
+    );
+    let router = base_router(readiness);
+    let http_cancel = CancellationToken::new();
+    let listen = config.http.listen;
+    let http_stop = http_cancel.clone();
+    let http = tokio::spawn(async move { serve(listen, router, http_stop).await });
+
+    let names: Vec<&str> = stages.iter().map(|s| s.name()).collect();
+    tracing::info!(stages = ?names, "locus running");
+
+    // A stage that ends on its own (an error) stops the whole process.
+    let mut failure = None;
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        Some(done) = tasks.join_next() => {
+            match done {
+                Ok((name, Err(e))) => failure = Some(anyhow::anyhow!("stage {name} failed: {e:#}")),
+                Ok((name, Ok(()))) => failure = Some(anyhow::anyhow!("stage {name} ended unexpectedly")),
+                Err(e) => failure = Some(anyhow::anyhow!("a stage panicked: {e}")),
+            }
+            cancel.cancel();
+        }
+    }
+    // Drain within the grace period (each stage flushes and commits what is done), then abort.
+    let drained = tokio::time::timeout(grace + Duration::from_secs(2), async {
+        while let Some(done) = tasks.join_next().await {
+            if let Ok((name, Err(e))) = done {
+                tracing::error!(
+                    stage = name,
+                    error = format!("{e:#}"),
+                    "stage stopped with an error"
+                );
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("stages did not stop within the grace period; aborting them");
+        tasks.abort_all();
+    }
+    http_cancel.cancel();
+    match http.await {
+        Ok(Err(e)) if failure.is_none() => failure = Some(e),
+        _ => {}
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("locus stopped");
+            Ok(())
+        }
+    }
+}
