@@ -11,7 +11,7 @@ pub struct Metrics {
     pub produced: IntCounter,
     pub acked: IntCounter,
     pub dlq: IntCounterVec,
-    pub not_acked: IntCounter,
+    pub produce_retries: IntCounter,
     pub in_flight: IntGauge,
     pub produce_latency: Histogram,
     pub freshness: Histogram,
@@ -63,9 +63,9 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
             "MQTT messages acknowledged (PUBACK) after delivery",
         ),
         dlq,
-        not_acked: counter(
-            "locus_bridge_messages_not_acked_total",
-            "Messages left unacknowledged because neither the topic nor the DLQ took them (the broker redelivers them)",
+        produce_retries: counter(
+            "locus_bridge_produce_retries_total",
+            "Records sent again because Kafka did not take them (broker down, leader moving, ...)",
         ),
         in_flight: gauge(
             "locus_bridge_in_flight_messages",

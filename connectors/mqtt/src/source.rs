@@ -60,15 +60,15 @@ pub struct Bridge {
 struct InFlight {
     publish: Publish,
     received: Instant,
-    deliveries: Vec<(Pending, Delivery)>,
-    /// False when a record could not even be enqueued (nor sent to the DLQ).
-    ackable: bool,
+    deliveries: Vec<(Pending, Outgoing)>,
 }
 
-/// What a pending delivery is, so a permanent failure can fall back to the DLQ.
-enum Delivery {
-    Fix,
-    Dlq,
+/// A record as sent, kept until Kafka acknowledges it so it can be sent again.
+struct Outgoing {
+    dlq: bool,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    headers: Vec<(&'static str, Vec<u8>)>,
 }
 
 fn now_ms() -> i64 {
@@ -252,80 +252,109 @@ impl Bridge {
         Ok(())
     }
 
+    /// Waits for every record of one message, sending again what Kafka failed to take
+    /// (backing off, for as long as it takes: the pipeline stalls, nothing is skipped), and
+    /// diverting to the DLQ a fix Kafka refuses for good. Then acknowledges the message.
     async fn settle(&self, m: InFlight, client: &AsyncClient) {
-        let mut ok = m.ackable;
-        for (pending, kind) in m.deliveries {
-            match pending.delivered().await {
-                Ok(_) => {
-                    if matches!(kind, Delivery::Fix) {
-                        M.produced.inc();
+        for (mut pending, mut out) in m.deliveries {
+            let mut backoff = Duration::from_millis(100);
+            let mut failures = 0u32;
+            loop {
+                let generation = pending.generation();
+                match pending.delivered().await {
+                    Ok(_) => {
+                        if !out.dlq {
+                            M.produced.inc();
+                        }
+                        break;
+                    }
+                    Err(e) if e.is_permanent() && !out.dlq => {
+                        warn!(error = %e, "Kafka refused a fix for good; sending the message to the DLQ");
+                        let r = Rejection::new("kafka_refused", format!("{}: {e}", e.reason()));
+                        out = self.dead_letter_record(&m.publish, &r, None);
+                    }
+                    Err(e) => {
+                        M.produce_retries.inc();
+                        failures += 1;
+                        warn!(error = %e, retry_in = ?backoff, dlq = out.dlq, "Kafka did not take a record; sending it again");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        if failures % 3 == 0 {
+                            // Repeated failures of one record: the idempotent producer's
+                            // state may be what the broker rejects. Start afresh.
+                            if let Err(error) = self.producer.renew(generation) {
+                                error!(%error, "cannot create a new Kafka producer");
+                            }
+                        }
                     }
                 }
-                Err(e) if matches!(kind, Delivery::Fix) => {
-                    // Kafka refused the record for good: keep it, in the DLQ.
-                    warn!(error = %e, "Kafka refused a fix; sending the message to the DLQ");
-                    let reason = e.reason();
-                    let sent = self
-                        .dead_letter(
-                            &m.publish,
-                            &Rejection::new("kafka_refused", format!("{reason}: {e}")),
-                            None,
-                        )
-                        .await;
-                    ok &= match sent {
-                        Some(p) => p.delivered().await.is_ok(),
-                        None => false,
-                    };
-                }
-                Err(e) => {
-                    error!(error = %e, "the DLQ refused a record");
-                    ok = false;
-                }
+                pending = self.enqueue(&mut out, &m.publish).await;
             }
         }
         M.produce_latency
             .observe(m.received.elapsed().as_secs_f64());
         M.in_flight.dec();
-        if ok {
-            match client.ack(&m.publish).await {
-                Ok(()) => M.acked.inc(),
-                Err(error) => warn!(%error, "cannot queue the PUBACK; the broker will redeliver"),
-            }
-        } else {
-            M.not_acked.inc();
-            error!(topic = %String::from_utf8_lossy(&m.publish.topic), "message not acknowledged: neither the topic nor the DLQ took it; the broker will redeliver it");
+        match client.ack(&m.publish).await {
+            Ok(()) => M.acked.inc(),
+            Err(error) => warn!(%error, "cannot queue the PUBACK; the broker will redeliver"),
         }
     }
 
-    /// Sends the original message to the DLQ with the reason in headers.
-    async fn dead_letter(
+    /// Enqueues `out` (to the DLQ topic or the locations topic), retrying until librdkafka
+    /// takes it. A fix it refuses for good is turned into a DLQ record.
+    async fn enqueue(&self, out: &mut Outgoing, p: &Publish) -> Pending {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let topic = if out.dlq { &self.dlq } else { &self.locations };
+            let headers: Vec<(&str, &[u8])> = out
+                .headers
+                .iter()
+                .map(|(k, v)| (*k, v.as_slice()))
+                .collect();
+            match self
+                .producer
+                .send(topic, &out.key, &out.value, &headers)
+                .await
+            {
+                Ok(pending) => return pending,
+                Err(e) if e.is_permanent() && !out.dlq => {
+                    warn!(error = %e, "Kafka refuses a fix; sending the message to the DLQ");
+                    let r = Rejection::new("kafka_refused", format!("{}: {e}", e.reason()));
+                    *out = self.dead_letter_record(p, &r, None);
+                }
+                Err(e) => {
+                    M.produce_retries.inc();
+                    error!(error = %e, topic, retry_in = ?backoff, "cannot enqueue a record; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// The DLQ record of a message: its original bytes, the reason in headers.
+    fn dead_letter_record(
         &self,
         p: &Publish,
         r: &Rejection,
         rejected_indexes: Option<&str>,
-    ) -> Option<Pending> {
+    ) -> Outgoing {
         M.dlq.with_label_values(&[r.reason]).inc();
         debug!(reason = r.reason, detail = r.detail, "to DLQ");
-        let received = now_ms().to_string();
-        let mut headers: Vec<(&str, &[u8])> = vec![
-            ("locus-reason", r.reason.as_bytes()),
-            ("locus-error", r.detail.as_bytes()),
-            ("locus-mqtt-topic", &p.topic),
-            ("locus-received-at", received.as_bytes()),
+        let mut headers: Vec<(&'static str, Vec<u8>)> = vec![
+            ("locus-reason", r.reason.as_bytes().to_vec()),
+            ("locus-error", r.detail.as_bytes().to_vec()),
+            ("locus-mqtt-topic", p.topic.to_vec()),
+            ("locus-received-at", now_ms().to_string().into_bytes()),
         ];
         if let Some(ix) = rejected_indexes {
-            headers.push(("locus-rejected-indexes", ix.as_bytes()));
+            headers.push(("locus-rejected-indexes", ix.as_bytes().to_vec()));
         }
-        match self
-            .producer
-            .send(&self.dlq, &p.topic, &p.payload, &headers)
-            .await
-        {
-            Ok(pending) => Some(pending),
-            Err(e) => {
-                error!(error = %e, "cannot enqueue a DLQ record");
-                None
-            }
+        Outgoing {
+            dlq: true,
+            key: p.topic.to_vec(),
+            value: p.payload.to_vec(),
+            headers,
         }
     }
 
@@ -355,7 +384,6 @@ impl Bridge {
         let mut m = InFlight {
             received: Instant::now(),
             deliveries: vec![],
-            ackable: true,
             publish: p,
         };
         let p = &m.publish;
@@ -402,50 +430,35 @@ impl Bridge {
             },
         };
 
+        let mut records: Vec<Outgoing> = vec![];
         for fix in &fixes {
             M.freshness.observe(((now - fix.ts).max(0) as f64) / 1000.0);
-            let bytes = match self.encode(fix, cancel).await {
-                Ok(b) => b,
+            match self.encode(fix, cancel).await {
+                Ok(bytes) => records.push(Outgoing {
+                    dlq: false,
+                    key: fix.user_id.as_bytes().to_vec(),
+                    value: bytes,
+                    headers: vec![
+                        ("locus-device-id", fix.device_id.as_bytes().to_vec()),
+                        ("locus-seq", fix.seq.to_string().into_bytes()),
+                        (
+                            "locus-received-at",
+                            fix.received_at.to_string().into_bytes(),
+                        ),
+                        ("locus-mqtt-topic", p.topic.to_vec()),
+                    ],
+                }),
                 Err(e) => {
                     let r = Rejection::new(e.reason(), e.to_string());
-                    match self.dead_letter(p, &r, None).await {
-                        Some(d) => m.deliveries.push((d, Delivery::Dlq)),
-                        None => m.ackable = false,
-                    }
-                    continue;
-                }
-            };
-            let seq = fix.seq.to_string();
-            let received = fix.received_at.to_string();
-            let headers: [(&str, &[u8]); 4] = [
-                ("locus-device-id", fix.device_id.as_bytes()),
-                ("locus-seq", seq.as_bytes()),
-                ("locus-received-at", received.as_bytes()),
-                ("locus-mqtt-topic", &p.topic),
-            ];
-            match self
-                .producer
-                .send(&self.locations, fix.user_id.as_bytes(), &bytes, &headers)
-                .await
-            {
-                Ok(d) => m.deliveries.push((d, Delivery::Fix)),
-                Err(e) => {
-                    let r = Rejection::new("kafka_refused", format!("{}: {e}", e.reason()));
-                    match self.dead_letter(p, &r, None).await {
-                        Some(d) => m.deliveries.push((d, Delivery::Dlq)),
-                        None => m.ackable = false,
-                    }
+                    records.push(self.dead_letter_record(p, &r, None));
                 }
             }
         }
         if let Some(r) = whole {
-            match self.dead_letter(p, &r, None).await {
-                Some(d) => m.deliveries.push((d, Delivery::Dlq)),
-                None => m.ackable = false,
-            }
+            records.push(self.dead_letter_record(p, &r, None));
         } else if !rejected.is_empty() {
             // One DLQ record for the message: its original bytes, with which elements were
-            // rejected and why (the first reason; every reason is counted).
+            // rejected and why (the first reason labels it; every reason is counted).
             for (_, r) in rejected.iter().skip(1) {
                 M.dlq.with_label_values(&[r.reason]).inc();
             }
@@ -456,10 +469,12 @@ impl Bridge {
                 .collect::<Vec<_>>()
                 .join("; ");
             let first = Rejection::new(rejected[0].1.reason, detail);
-            match self.dead_letter(p, &first, Some(&indexes.join(","))).await {
-                Some(d) => m.deliveries.push((d, Delivery::Dlq)),
-                None => m.ackable = false,
-            }
+            records.push(self.dead_letter_record(p, &first, Some(&indexes.join(","))));
+        }
+        let publish = m.publish.clone();
+        for mut out in records {
+            let pending = self.enqueue(&mut out, &publish).await;
+            m.deliveries.push((pending, out));
         }
         m
     }

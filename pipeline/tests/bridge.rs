@@ -1,0 +1,429 @@
+//! The bridge end to end, against the local stack's Mosquitto, Kafka (tansu) and registry:
+//! what devices publish is what arrives on Kafka, bad input goes to the DLQ, and nothing is
+//! lost when Kafka goes away or the bridge is killed.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use locus_schemas::{Codec, LocationFix, RegistryConfig};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+fn codec(topic: &str) -> Codec {
+    Codec::new(
+        &RegistryConfig {
+            url: registry_url(),
+            ..Default::default()
+        },
+        topic,
+    )
+    .unwrap()
+}
+
+async fn decode_all(topic: &str, records: &[Record]) -> Vec<LocationFix> {
+    let c = codec(topic);
+    let mut out = vec![];
+    for r in records {
+        out.push(c.decode(&r.value).await.expect("every record decodes"));
+    }
+    out
+}
+
+fn identities(fixes: &[LocationFix]) -> BTreeSet<(String, String, i64)> {
+    fixes
+        .iter()
+        .map(|f| (f.user_id.clone(), f.device_id.clone(), f.seq))
+        .collect()
+}
+
+/// Publishes raw payloads at QoS1 and waits for the broker's acknowledgements.
+async fn publish(messages: &[(String, Vec<u8>)]) {
+    let mut o = MqttOptions::new(unique("test-pub-"), "127.0.0.1", mqtt_port());
+    o.set_keep_alive(Duration::from_secs(10));
+    let (client, mut el) = AsyncClient::new(o, 100);
+    for (topic, payload) in messages {
+        client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    while acked < messages.len() {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("publishing failed: {other:?}"),
+        }
+    }
+    let _ = client.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn published_fixes_arrive_keyed_ordered_and_decodable() {
+    let s = Scope::new("bridge-e2e");
+    s.create_topics().await;
+    let (_bridge, port) = s.bridge(&unique("b-"), &[]);
+    wait_ready(port, Duration::from_secs(30)).await;
+
+    let report = s.sim(&[
+        "--devices",
+        "20",
+        "--connections",
+        "2",
+        "--fixes-per-device",
+        "10",
+        "--interval-ms",
+        "50",
+        "--jitter-ms",
+        "10",
+    ]);
+    let expected = expected_fixes(&report);
+    assert_eq!(expected.len(), 200);
+
+    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(30), |r| {
+        r.len() >= 200
+    });
+    assert_eq!(records.len(), 200, "exactly the published fixes");
+    let fixes = decode_all(&s.locations, &records).await;
+    let got: Vec<(String, String, i64)> = {
+        let mut v: Vec<_> = identities(&fixes).into_iter().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(got, expected);
+
+    // Key = user id, and one user always on one partition, in device order.
+    let mut partition_of: HashMap<Vec<u8>, i32> = HashMap::new();
+    let mut last_seq: HashMap<(i32, Vec<u8>), i64> = HashMap::new();
+    let mut by_offset = records.clone();
+    by_offset.sort_by_key(|r| (r.partition, r.offset));
+    for (r, f) in records.iter().zip(&fixes) {
+        assert_eq!(r.key, f.user_id.as_bytes());
+        assert_eq!(
+            *partition_of.entry(r.key.clone()).or_insert(r.partition),
+            r.partition
+        );
+        assert_eq!(r.headers["locus-device-id"], f.device_id);
+        assert_eq!(r.headers["locus-seq"], f.seq.to_string());
+        assert!(r.headers["locus-mqtt-topic"].ends_with(&format!("/{}/location", f.user_id)));
+        assert!(f.received_at >= f.ts);
+    }
+    let c = codec(&s.locations);
+    for r in &by_offset {
+        let f = c.decode(&r.value).await.unwrap();
+        let prev = last_seq.insert((r.partition, r.key.clone()), f.seq);
+        assert!(
+            prev.is_none_or(|p| p < f.seq),
+            "per-user order kept on the partition"
+        );
+    }
+
+    // A Confluent client in another language reads the same bytes.
+    let hex: Vec<String> = records
+        .iter()
+        .take(5)
+        .map(|r| r.value.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let mut py = Command::new(
+        tansu_bin()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("venv/bin/python"),
+    )
+    .arg(repo().join("pipeline/tests/confluent_decode.py"))
+    .arg(&s.locations)
+    .env("LOCUS_REGISTRY_URL", registry_url())
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("python venv from dev/stack");
+    use std::io::Write;
+    py.stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&hex).unwrap().as_bytes())
+        .unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "confluent-kafka AvroDeserializer failed"
+    );
+    let decoded: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for (d, f) in decoded.iter().zip(&fixes) {
+        assert_eq!(d["user_id"], f.user_id.as_str());
+        assert_eq!(d["seq"], f.seq);
+        assert!((d["lat"].as_f64().unwrap() - f.lat).abs() < 1e-9);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_and_every_kind_of_bad_input() {
+    let s = Scope::new("bridge-bad");
+    s.create_topics().await;
+    let (_bridge, port) = s.bridge(
+        &unique("b-"),
+        &[("LOCUS_BRIDGE__MAX_PAYLOAD_BYTES", "2048".into())],
+    );
+    wait_ready(port, Duration::from_secs(30)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let fix = |seq: i64, lat: f64| {
+        format!(r#"{{"device_id":"d1","seq":{seq},"ts":{now},"lat":{lat},"lon":13.4}}"#)
+    };
+    let t = s.topic("acme", "u1");
+    let messages: Vec<(String, Vec<u8>, Option<&str>)> = vec![
+        (
+            t.clone(),
+            format!("[{},{},{}]", fix(1, 52.0), fix(2, 52.1), fix(3, 52.2)).into_bytes(),
+            None,
+        ),
+        (
+            t.clone(),
+            b"not json at all".to_vec(),
+            Some("malformed_payload"),
+        ),
+        (
+            t.clone(),
+            b"{\"device_id\": ".to_vec(),
+            Some("malformed_json"),
+        ),
+        (t.clone(), fix(4, 91.0).into_bytes(), Some("out_of_range")),
+        (
+            t.clone(),
+            format!(r#"{{"device_id":"d1","seq":5,"ts":{now},"lat":1,"lon":2,"mood":"happy"}}"#)
+                .into_bytes(),
+            Some("unknown_field"),
+        ),
+        (t.clone(), vec![b' '; 4096], Some("oversize")),
+        (
+            t.clone(),
+            format!(r#"{{"user_id":"u2","device_id":"d1","seq":6,"ts":{now},"lat":1,"lon":2}}"#)
+                .into_bytes(),
+            Some("user_mismatch"),
+        ),
+        (
+            t.clone(),
+            format!(
+                r#"{{"device_id":"d1","seq":7,"ts":{},"lat":1,"lon":2}}"#,
+                now + 86_400_000
+            )
+            .into_bytes(),
+            Some("ts_in_future"),
+        ),
+        (
+            format!("{}/acme/u1/elsewhere", s.prefix),
+            fix(8, 1.0).into_bytes(),
+            None,
+        ), // not subscribed: never seen
+        // A batch with one bad element: the good ones go on, the message goes to the DLQ too.
+        (
+            t.clone(),
+            format!("[{},{}]", fix(9, 10.0), fix(10, -100.0)).into_bytes(),
+            Some("out_of_range"),
+        ),
+        // And the bridge keeps going.
+        (t.clone(), fix(11, 52.3).into_bytes(), None),
+    ];
+    publish(
+        &messages
+            .iter()
+            .map(|(t, p, _)| (t.clone(), p.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+
+    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(20), |r| {
+        r.len() >= 5
+    });
+    let seqs: BTreeSet<i64> = decode_all(&s.locations, &records)
+        .await
+        .iter()
+        .map(|f| f.seq)
+        .collect();
+    assert_eq!(seqs, BTreeSet::from([1, 2, 3, 9, 11]));
+
+    let expected_reasons: Vec<&str> = messages.iter().filter_map(|(_, _, r)| *r).collect();
+    let dlq = consume_until(&s.brokers, &s.dlq, Duration::from_secs(20), |r| {
+        r.len() >= expected_reasons.len()
+    });
+    let mut reasons: Vec<String> = dlq
+        .iter()
+        .map(|r| r.headers["locus-reason"].clone())
+        .collect();
+    reasons.sort();
+    let mut want: Vec<String> = expected_reasons.iter().map(|r| r.to_string()).collect();
+    want.sort();
+    assert_eq!(reasons, want);
+    for r in &dlq {
+        assert_eq!(r.headers["locus-mqtt-topic"], t);
+        assert!(!r.headers["locus-error"].is_empty());
+        // The original bytes, untouched.
+        assert!(messages.iter().any(|(_, p, _)| *p == r.value));
+    }
+    let partial = dlq
+        .iter()
+        .find(|r| r.headers.contains_key("locus-rejected-indexes"))
+        .expect("batch element rejection");
+    assert_eq!(partial.headers["locus-rejected-indexes"], "1");
+    assert_eq!(
+        metric(port, "locus_bridge_messages_acked_total").await,
+        10.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_down_for_30s_loses_nothing() {
+    let mut kafka = PrivateKafka::start();
+    let mut s = Scope::new("bridge-outage");
+    s.brokers = kafka.brokers();
+    s.create_topics().await;
+    let (_bridge, port) = s.bridge(&unique("b-"), &[]);
+    wait_ready(port, Duration::from_secs(30)).await;
+
+    // 10 devices, one fix every 200 ms each, for ~40 s.
+    let (mut sim, report_path) = s.sim_background(&[
+        "--devices",
+        "10",
+        "--fixes-per-device",
+        "200",
+        "--interval-ms",
+        "200",
+        "--jitter-ms",
+        "0",
+    ]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    kafka.stop();
+    let produced_before = metric(port, "locus_bridge_fixes_produced_total").await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let produced_during = metric(port, "locus_bridge_fixes_produced_total").await;
+    let in_flight = metric(port, "locus_bridge_in_flight_messages").await;
+    assert_eq!(
+        produced_before, produced_during,
+        "nothing is acknowledged while Kafka is down"
+    );
+    assert!(in_flight <= 1000.0, "bounded in flight: {in_flight}");
+    kafka.resume();
+    let status = sim.child.wait().unwrap();
+    assert!(status.success());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_path).unwrap()).unwrap();
+    let expected = expected_fixes(&report);
+    assert_eq!(expected.len(), 2000);
+    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(60), |r| {
+        r.len() >= 2000
+    });
+    let fixes = decode_all(&s.locations, &records).await;
+    let got = identities(&fixes);
+    let missing: Vec<_> = expected.iter().filter(|e| !got.contains(*e)).collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} of {} fixes ({} records read), e.g. {:?} .. {:?}; produced {}, retries {}",
+        missing.len(),
+        expected.len(),
+        records.len(),
+        missing.first(),
+        missing.last(),
+        metric(port, "locus_bridge_fixes_produced_total").await,
+        metric(port, "locus_bridge_produce_retries_total").await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bridge_killed_mid_stream_loses_nothing() {
+    let s = Scope::new("bridge-kill");
+    s.create_topics().await;
+    let client_id = unique("b-");
+    let (mut bridge, port) = s.bridge(&client_id, &[]);
+    wait_ready(port, Duration::from_secs(30)).await;
+    let (mut sim, report_path) = s.sim_background(&[
+        "--devices",
+        "10",
+        "--fixes-per-device",
+        "100",
+        "--interval-ms",
+        "100",
+        "--jitter-ms",
+        "0",
+    ]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    bridge.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The same client id: the broker kept its session and the unacknowledged messages.
+    let (_bridge, port) = s.bridge(&client_id, &[]);
+    wait_ready(port, Duration::from_secs(30)).await;
+    assert!(sim.child.wait().unwrap().success());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_path).unwrap()).unwrap();
+    let expected = expected_fixes(&report);
+    assert_eq!(expected.len(), 1000);
+    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(60), |r| {
+        let ids: BTreeSet<(i32, Vec<u8>, String)> = r
+            .iter()
+            .map(|x| {
+                (
+                    x.partition,
+                    x.key.clone(),
+                    x.headers.get("locus-seq").cloned().unwrap_or_default()
+                        + x.headers
+                            .get("locus-device-id")
+                            .map(String::as_str)
+                            .unwrap_or(""),
+                )
+            })
+            .collect();
+        ids.len() >= 1000
+    });
+    let got = identities(&decode_all(&s.locations, &records).await);
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|e| !got.contains(*e))
+        .take(5)
+        .collect();
+    assert!(missing.is_empty(), "lost fixes, e.g. {missing:?}");
+    println!(
+        "records {} for {} fixes ({} duplicates after the kill)",
+        records.len(),
+        expected.len(),
+        records.len() - got.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_share_the_load() {
+    let s = Scope::new("bridge-share");
+    s.create_topics().await;
+    let (_a, port_a) = s.bridge(&unique("a-"), &[]);
+    let (_b, port_b) = s.bridge(&unique("b-"), &[]);
+    wait_ready(port_a, Duration::from_secs(30)).await;
+    wait_ready(port_b, Duration::from_secs(30)).await;
+    let report = s.sim(&[
+        "--devices",
+        "30",
+        "--connections",
+        "3",
+        "--fixes-per-device",
+        "10",
+        "--interval-ms",
+        "50",
+    ]);
+    let expected = expected_fixes(&report);
+    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(30), |r| {
+        r.len() >= expected.len()
+    });
+    let got = identities(&decode_all(&s.locations, &records).await);
+    assert_eq!(got.len(), expected.len());
+    let a = metric(port_a, "locus_bridge_fixes_produced_total").await;
+    let b = metric(port_b, "locus_bridge_fixes_produced_total").await;
+    assert_eq!(a + b, expected.len() as f64);
+    assert!(a > 0.0 && b > 0.0, "both replicas took a share: {a} / {b}");
+}

@@ -1,0 +1,393 @@
+//! Helpers for end-to-end tests against the local stack: unique names, the `locus` and
+//! `locus-sim` binaries as child processes, a private tansu broker for outage tests, and a
+//! consumer that reads a whole topic.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use locus_kafka::KafkaConfig;
+use locus_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use locus_kafka::rdkafka::message::{Headers, Message};
+use locus_kafka::rdkafka::{Offset, TopicPartitionList};
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_locus"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn brokers() -> String {
+    std::env::var("LOCUS_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn registry_url() -> String {
+    std::env::var("LOCUS_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into())
+}
+
+pub fn mqtt_port() -> u16 {
+    std::env::var("LOCUS_MQTT_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1883)
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn term(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Names that keep one test's data apart from every other's.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub prefix: String,
+    pub locations: String,
+    pub dlq: String,
+    pub template: String,
+    pub share_group: String,
+    pub brokers: String,
+}
+
+impl Scope {
+    pub fn new(name: &str) -> Scope {
+        let prefix = unique(&format!("{name}-"));
+        Scope {
+            locations: format!("{prefix}.locations"),
+            dlq: format!("{prefix}.dlq"),
+            template: format!("{prefix}/{{tenant}}/{{user_id}}/location"),
+            share_group: prefix.clone(),
+            brokers: brokers(),
+            prefix,
+        }
+    }
+
+    pub fn topic(&self, tenant: &str, user: &str) -> String {
+        format!("{}/{tenant}/{user}/location", self.prefix)
+    }
+
+    pub fn kafka(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: self.brokers.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Creates this scope's topics (4 partitions for fixes, 1 for the DLQ).
+    pub async fn create_topics(&self) {
+        let yaml = format!(
+            "topics:\n\
+             - {{name: {}, partitions: 4, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3600000, cleanup_policy: delete, compression: producer}}\n\
+             - {{name: {}, partitions: 1, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3600000, cleanup_policy: delete, compression: producer}}\n",
+            self.locations, self.dlq
+        );
+        let file = locus_topics::TopicsFile::parse(&yaml, "test").unwrap();
+        let k = self.kafka();
+        let plan = locus_topics::plan(&k, &file, Some(1)).await.unwrap();
+        locus_topics::apply(&k, &plan).await.unwrap();
+    }
+
+    /// Starts `locus bridge` for this scope; returns it and its HTTP port.
+    pub fn bridge(&self, client_id: &str, extra_env: &[(&str, String)]) -> (Proc, u16) {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_locus"));
+        cmd.arg("--config")
+            .arg(repo().join("dev/locus.dev.toml"))
+            .arg("bridge")
+            .env("LOCUS_KAFKA__BROKERS", &self.brokers)
+            .env("LOCUS_REGISTRY__URL", registry_url())
+            .env("LOCUS_TOPICS__LOCATIONS", &self.locations)
+            .env("LOCUS_TOPICS__DLQ", &self.dlq)
+            .env("LOCUS_BRIDGE__TOPIC_TEMPLATE", &self.template)
+            .env("LOCUS_BRIDGE__SHARE_GROUP", &self.share_group)
+            .env("LOCUS_BRIDGE__CLIENT_ID", client_id)
+            .env("LOCUS_BRIDGE__MQTT_PORT", mqtt_port().to_string())
+            .env("LOCUS_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("LOCUS_LOG__FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(log_file(&format!("{}-{client_id}-bridge", self.prefix)));
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start locus bridge");
+        (
+            Proc {
+                child,
+                name: "bridge".into(),
+            },
+            port,
+        )
+    }
+
+    /// Runs `locus-sim` to completion for this scope; returns its report.
+    pub fn sim(&self, args: &[&str]) -> serde_json::Value {
+        let report = std::env::temp_dir().join(format!("{}-sim-{}.json", self.prefix, unique("")));
+        let status = Command::new(bin_dir().join("locus-sim"))
+            .args(["--port", &mqtt_port().to_string(), "--quiet"])
+            .args([
+                "--topic-template",
+                &self.template,
+                "--id-prefix",
+                &format!("{}-", self.prefix),
+            ])
+            .arg("--report")
+            .arg(&report)
+            .args(args)
+            .status()
+            .expect("run locus-sim (built by `cargo build --workspace`)");
+        assert!(status.success(), "locus-sim failed");
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+    }
+
+    /// Starts `locus-sim` in the background.
+    pub fn sim_background(&self, args: &[&str]) -> (Proc, PathBuf) {
+        let report = std::env::temp_dir().join(format!("{}-sim-{}.json", self.prefix, unique("")));
+        let child = Command::new(bin_dir().join("locus-sim"))
+            .args(["--port", &mqtt_port().to_string(), "--quiet"])
+            .args([
+                "--topic-template",
+                &self.template,
+                "--id-prefix",
+                &format!("{}-", self.prefix),
+            ])
+            .arg("--report")
+            .arg(&report)
+            .args(args)
+            .spawn()
+            .expect("start locus-sim");
+        (
+            Proc {
+                child,
+                name: "sim".into(),
+            },
+            report,
+        )
+    }
+}
+
+pub fn log_file(name: &str) -> Stdio {
+    let dir = repo().join("target/test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::File::create(dir.join(format!("{name}.log")))
+        .unwrap()
+        .into()
+}
+
+/// The (tenant, user, device, seq) of every fix a sim report says the broker acknowledged.
+pub fn expected_fixes(report: &serde_json::Value) -> Vec<(String, String, i64)> {
+    let mut out = vec![];
+    for d in report["devices"].as_array().unwrap() {
+        for r in d["seqs"].as_array().unwrap() {
+            for seq in r[0].as_i64().unwrap()..=r[1].as_i64().unwrap() {
+                out.push((
+                    d["user_id"].as_str().unwrap().to_string(),
+                    d["device_id"].as_str().unwrap().to_string(),
+                    seq,
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning until `want(records)` holds or `timeout` passes.
+pub fn consume_until(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    want: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    let k = KafkaConfig {
+        brokers: brokers.to_string(),
+        ..Default::default()
+    };
+    let consumer: BaseConsumer = k
+        .consumer_config("test", &unique("test-"))
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut out = vec![];
+    while Instant::now() < deadline && !want(&out) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let mut headers = HashMap::new();
+            if let Some(h) = m.headers() {
+                for i in 0..h.count() {
+                    let hd = h.get(i);
+                    headers.insert(
+                        hd.key.to_string(),
+                        String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            out.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().unwrap_or_default().to_vec(),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+/// Polls the bridge's /readyz until ready.
+pub async fn wait_ready(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let c = reqwest::Client::new();
+    while Instant::now() < deadline {
+        if let Ok(r) = c
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("locus on port {port} not ready within {timeout:?}");
+}
+
+pub async fn metric(port: u16, name: &str) -> f64 {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A private tansu broker (for tests that stop Kafka), with its own data folder.
+pub struct PrivateKafka {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub proc: Option<Proc>,
+}
+
+pub fn tansu_bin() -> PathBuf {
+    let cache = std::env::var("LOCUS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/locus"));
+    cache.join("tansu-0.6.0-p1/bin/tansu")
+}
+
+impl PrivateKafka {
+    pub fn start() -> PrivateKafka {
+        let mut k = PrivateKafka {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            proc: None,
+        };
+        k.resume();
+        k
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn resume(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(tansu_bin())
+            .current_dir(self.dir.path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu (built by dev/stack up)");
+        self.proc = Some(Proc {
+            child,
+            name: "tansu".into(),
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.term();
+        }
+    }
+}
