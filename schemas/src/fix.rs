@@ -108,14 +108,14 @@ impl LocationFix {
             range("battery_pct", v.into(), 0.0, 100.0)?;
         }
         for (field, v) in [("activity", &self.activity), ("source", &self.source)] {
-            if let Some(v) = v {
-                if v.len() > limits.max_id_len {
-                    return Err(InvalidFix::TooLong {
-                        field,
-                        len: v.len(),
-                        max: limits.max_id_len,
-                    });
-                }
+            if let Some(v) = v
+                && v.len() > limits.max_id_len
+            {
+                return Err(InvalidFix::TooLong {
+                    field,
+                    len: v.len(),
+                    max: limits.max_id_len,
+                });
             }
         }
         let skew = self.ts - now_ms;

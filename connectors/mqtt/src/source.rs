@@ -172,10 +172,10 @@ impl Bridge {
                         M.in_flight.inc();
                         // The broker's receive maximum keeps this channel from filling; if
                         // it ever does, waiting here is the back-pressure.
-                        if let Err(mpsc::error::TrySendError::Full(p)) = publish_tx.try_send(p) {
-                            if publish_tx.send(p).await.is_err() {
-                                break;
-                            }
+                        if let Err(mpsc::error::TrySendError::Full(p)) = publish_tx.try_send(p)
+                            && publish_tx.send(p).await.is_err()
+                        {
+                            break;
                         }
                     }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
@@ -279,7 +279,7 @@ impl Bridge {
                         warn!(error = %e, retry_in = ?backoff, dlq = out.dlq, "Kafka did not take a record; sending it again");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
-                        if failures % 3 == 0 {
+                        if failures.is_multiple_of(3) {
                             // Repeated failures of one record: the idempotent producer's
                             // state may be what the broker rejects. Start afresh.
                             if let Err(error) = self.producer.renew(generation) {

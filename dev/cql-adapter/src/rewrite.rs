@@ -279,14 +279,14 @@ fn copy_metadata(
     if flags & ROWS_HAS_MORE_PAGES != 0 {
         let start = r.pos();
         r.bytes()?;
-        out.put_slice(&r.slice_from(start));
+        out.put_slice(r.slice_from(start));
     }
     let global = flags & ROWS_GLOBAL_SPEC != 0;
     if global {
         let start = r.pos();
         r.string()?;
         r.string()?;
-        out.put_slice(&r.slice_from(start));
+        out.put_slice(r.slice_from(start));
     }
     if flags & ROWS_NO_METADATA != 0 {
         return Ok(count);
@@ -309,7 +309,7 @@ fn copy_metadata(
             }
             r.string()?;
             r.skip_type()?;
-            out.put_slice(&r.slice_from(start));
+            out.put_slice(r.slice_from(start));
         }
     }
     Ok(count)

@@ -319,21 +319,21 @@ impl Store {
         let mut reasons = vec![];
         for v in against {
             let existing = &self.schemas[&v.id].parsed;
-            if level.backward() {
-                if let Err(e) = SchemaCompatibility::can_read(existing, candidate) {
-                    reasons.push(format!(
-                        "new schema cannot read data written with version {}: {e}",
-                        v.version
-                    ));
-                }
+            if level.backward()
+                && let Err(e) = SchemaCompatibility::can_read(existing, candidate)
+            {
+                reasons.push(format!(
+                    "new schema cannot read data written with version {}: {e}",
+                    v.version
+                ));
             }
-            if level.forward() {
-                if let Err(e) = SchemaCompatibility::can_read(candidate, existing) {
-                    reasons.push(format!(
-                        "version {} cannot read data written with the new schema: {e}",
-                        v.version
-                    ));
-                }
+            if level.forward()
+                && let Err(e) = SchemaCompatibility::can_read(candidate, existing)
+            {
+                reasons.push(format!(
+                    "version {} cannot read data written with the new schema: {e}",
+                    v.version
+                ));
             }
         }
         reasons
@@ -344,13 +344,12 @@ impl Store {
     pub fn register(&mut self, subject: &str, text: &str) -> Result<u32, ApiError> {
         let parsed = parse(text)?;
         let canonical = parsed.canonical_form();
-        if let Some(versions) = self.subjects.get(subject) {
-            if let Some(v) = versions
+        if let Some(v) = self.subjects.get(subject).and_then(|versions| {
+            versions
                 .iter()
                 .find(|v| self.schemas[&v.id].canonical == canonical)
-            {
-                return Ok(v.id);
-            }
+        }) {
+            return Ok(v.id);
         }
         let reasons = self.incompatibilities(subject, &parsed, None);
         if !reasons.is_empty() {

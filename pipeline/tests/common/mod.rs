@@ -302,14 +302,9 @@ pub async fn wait_ready(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     let c = reqwest::Client::new();
     while Instant::now() < deadline {
-        if let Ok(r) = c
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                return;
-            }
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        if c.get(url).send().await.is_ok_and(|r| r.status() == 200) {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
