@@ -39,4 +39,4 @@ stack-status:
 	./dev/stack status
 
 build-release:
-	cargo build --release -p locus
+	cargo build --release -p locus -p locus-loadtest

@@ -1,4 +1,4 @@
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
 use apache_avro::Schema;
@@ -89,6 +89,8 @@ fn registry_error(e: SRCError) -> CodecError {
 /// Encodes and decodes [`LocationFix`] values of one topic in the Confluent wire format.
 pub struct Codec {
     settings: SrSettings,
+    schema: Schema,
+    writer_id: OnceLock<u32>,
     encoder: EasyAvroEncoder,
     decoder: EasyAvroDecoder,
     strategy: SubjectNameStrategy,
@@ -126,6 +128,8 @@ impl Codec {
         });
         let settings = cfg.settings()?;
         Ok(Codec {
+            schema: location_schema(),
+            writer_id: OnceLock::new(),
             encoder: EasyAvroEncoder::new(settings.clone()),
             decoder: EasyAvroDecoder::new(settings.clone()),
             settings,
@@ -151,17 +155,29 @@ impl Codec {
         .map_err(registry_error)
     }
 
+    /// Encodes with `location.avsc`. The first call registers the schema (or finds its id)
+    /// through the registry; later calls encode locally with the cached id.
     pub async fn encode(&self, fix: &LocationFix) -> Result<Vec<u8>, CodecError> {
-        self.encoder
-            .encode_struct(fix, &self.strategy)
-            .await
-            .map_err(|e| {
-                if e.retriable {
-                    registry_error(e)
-                } else {
-                    CodecError::Encode(e.to_string())
-                }
-            })
+        let id = match self.writer_id.get() {
+            Some(id) => *id,
+            None => {
+                // The converter's own path registers (idempotently) and caches the schema.
+                self.encoder
+                    .encode_struct(fix, &self.strategy)
+                    .await
+                    .map_err(|e| {
+                        if e.retriable {
+                            registry_error(e)
+                        } else {
+                            CodecError::Encode(e.to_string())
+                        }
+                    })?;
+                let id = self.register().await?;
+                let _ = self.writer_id.set(id);
+                id
+            }
+        };
+        encode_with_schema(&self.schema, id, fix)
     }
 
     /// Decodes a Confluent-framed Avro value with the writer schema its id names.

@@ -13,6 +13,8 @@ pub enum KafkaError {
     },
     #[error("topic '{0}' does not exist (create it with `locus topics apply`)")]
     MissingTopic(String),
+    #[error("the sink failed: {0}")]
+    Sink(String),
     #[error("blocking task failed: {0}")]
     Join(String),
 }

@@ -13,6 +13,7 @@ pub struct Metrics {
     pub dlq: IntCounterVec,
     pub produce_retries: IntCounter,
     pub in_flight: IntGauge,
+    pub overflow: IntGauge,
     pub produce_latency: Histogram,
     pub freshness: Histogram,
     pub mqtt_connected: IntGauge,
@@ -70,6 +71,10 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         in_flight: gauge(
             "locus_bridge_in_flight_messages",
             "MQTT messages received and not yet acknowledged",
+        ),
+        overflow: gauge(
+            "locus_bridge_overflow_messages",
+            "Messages the broker sent beyond the receive maximum, held until the pipeline has room",
         ),
         produce_latency: histogram(
             "locus_bridge_produce_latency_seconds",

@@ -146,9 +146,23 @@ impl Bridge {
         let stop = loop_stop.clone();
         let event_loop = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
+            // Messages the pipeline has no room for yet. The broker should never send more
+            // than the receive maximum unacknowledged, but brokers do on session resume
+            // (seen with Mosquitto 2.0): hold them here rather than stop polling, which would
+            // stall PUBACKs and deadlock the pipeline.
+            let mut overflow: std::collections::VecDeque<Publish> = Default::default();
             loop {
                 let event = tokio::select! {
+                    biased;
                     _ = stop.cancelled() => break,
+                    permit = publish_tx.reserve(), if !overflow.is_empty() => {
+                        match (permit, overflow.pop_front()) {
+                            (Ok(permit), Some(p)) => permit.send(p),
+                            _ => break,
+                        }
+                        M.overflow.set(overflow.len() as i64);
+                        continue;
+                    }
                     e = eventloop.poll() => e,
                 };
                 match event {
@@ -170,13 +184,22 @@ impl Bridge {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         M.received.inc();
                         M.in_flight.inc();
-                        // The broker's receive maximum keeps this channel from filling; if
-                        // it ever does, waiting here is the back-pressure.
-                        if let Err(mpsc::error::TrySendError::Full(p)) = publish_tx.try_send(p)
-                            && publish_tx.send(p).await.is_err()
-                        {
-                            break;
+                        if !overflow.is_empty() {
+                            overflow.push_back(p);
+                        } else {
+                            match publish_tx.try_send(p) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(p)) => overflow.push_back(p),
+                                Err(mpsc::error::TrySendError::Closed(_)) => break,
+                            }
                         }
+                        if overflow.len() == usize::from(u16::MAX) {
+                            warn!(
+                                held = overflow.len(),
+                                "the MQTT broker ignores the receive maximum; holding messages in memory"
+                            );
+                        }
+                        M.overflow.set(overflow.len() as i64);
                     }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                         debug!("MQTT disconnect sent");

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Bridge benchmark: throughput of the bridge alone and its CPU time per fix, and which part
+# (Mosquitto, tansu, the bridge) saturates first. Prints numbers; not a pass/fail test.
+#
+#   loadtest/bench/bridge.sh [FIXES]        (default 100000; needs `dev/stack up` and
+#                                            `cargo build --release -p locus -p locus-loadtest`)
+#
+# Method: the bridge's persistent session is created, the bridge stopped, and FIXES fixes are
+# published into the broker (queued for the session). Then the bridge starts and drains the
+# backlog into Kafka; we time the drain and read the CPU time (utime+stime from /proc) that the
+# bridge, Mosquitto and tansu spent during it. A part near 100% of a core is the bottleneck.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+FIXES="${1:-100000}"
+DEVICES=1000
+PER_DEVICE=$(( (FIXES + DEVICES - 1) / DEVICES ))
+FIXES=$(( PER_DEVICE * DEVICES ))
+STACK_DIR="${LOCUS_STACK_DIR:-.stack}"
+PORT=18181
+RUN="bench$(date +%s)"
+export LOCUS_CONFIG=dev/locus.dev.toml
+export LOCUS_TOPICS__LOCATIONS="$RUN.locations" LOCUS_TOPICS__DLQ="$RUN.dlq"
+export LOCUS_BRIDGE__TOPIC_TEMPLATE="$RUN/{tenant}/{user_id}/location"
+export LOCUS_BRIDGE__SHARE_GROUP="$RUN" LOCUS_BRIDGE__CLIENT_ID="$RUN-bridge"
+export LOCUS_HTTP__LISTEN="127.0.0.1:$PORT" LOCUS_LOG__FORMAT=json
+LOCUS=./target/release/locus
+SIM=./target/release/locus-sim
+TICK=$(getconf CLK_TCK)
+
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+metric() { curl -fsS "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+
+cat > "/tmp/$RUN-topics.yaml" <<YAML
+topics:
+  - {name: $RUN.locations, partitions: 12, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3600000, cleanup_policy: delete, compression: producer}
+  - {name: $RUN.dlq, partitions: 1, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3600000, cleanup_policy: delete, compression: producer}
+YAML
+LOCUS_TOPICS__FILE="/tmp/$RUN-topics.yaml" $LOCUS topics apply >/dev/null
+$LOCUS schemas register >/dev/null
+
+echo "[bench] creating the bridge's session"
+$LOCUS bridge 2>"/tmp/$RUN-bridge.log" & BP=$!
+until curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; do sleep 0.2; done
+kill -TERM $BP; wait $BP || true
+
+echo "[bench] publishing $FIXES fixes ($DEVICES devices x $PER_DEVICE) into the broker"
+$SIM --devices $DEVICES --connections 4 --fixes-per-device $PER_DEVICE --interval-ms 5 --jitter-ms 0 \
+  --topic-template "$LOCUS_BRIDGE__TOPIC_TEMPLATE" --tenant bench --report "/tmp/$RUN-sim.json" --quiet
+
+MOSQ=$(cat "$STACK_DIR/run/mqtt.pid"); TANSU=$(cat "$STACK_DIR/run/kafka.pid")
+m0=$(cpu $MOSQ); t0=$(cpu $TANSU)
+start=$(date +%s.%N)
+$LOCUS bridge 2>>"/tmp/$RUN-bridge.log" & BP=$!
+until curl -fsS "http://127.0.0.1:$PORT/metrics" >/dev/null 2>&1; do sleep 0.05; done
+last=0
+b0=""
+while :; do
+  produced=$(metric locus_bridge_fixes_produced_total); produced=${produced:-0}
+  # Start the clock at the first produced fix: start-up (connections, schema lookup) excluded.
+  if [[ -z "$b0" && "$produced" -gt 0 ]]; then
+    b0=$(cpu $BP); m0=$(cpu $MOSQ); t0=$(cpu $TANSU); start=$(date +%s.%N); p0=$produced
+  fi
+  now=$(date +%s.%N)
+  elapsed=$(awk -v a="$now" -v b="$start" 'BEGIN {print a - b}')
+  printf '[bench] %6.1fs  produced %s / %s\n' "$elapsed" "$produced" "$FIXES"
+  [[ "$produced" -ge "$FIXES" ]] && break
+  if [[ "$produced" == "$last" ]] && awk -v e="$elapsed" 'BEGIN {exit !(e > 30)}' && [[ "$produced" -gt 0 ]]; then
+    echo "[bench] stalled at $produced"; curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -E "^locus_bridge_(messages|in_flight|fixes)"; break
+  fi
+  last=$produced
+  sleep 0.5
+done
+end=$(date +%s.%N)
+b1=$(cpu $BP); m1=$(cpu $MOSQ); t1=$(cpu $TANSU)
+kill -TERM $BP; wait $BP || true
+wall=$(awk -v a="$end" -v b="$start" 'BEGIN {print a - b}')
+python3 - "$FIXES" "$wall" "$((b1 - b0))" "$((m1 - m0))" "$((t1 - t0))" "$TICK" "$((produced - p0))" <<'PY'
+import sys
+fixes, wall, bridge, mosq, tansu, tick, produced = (float(x) for x in sys.argv[1:])
+print(f"[bench] drained {produced:.0f} fixes in {wall:.2f} s = {produced / wall:,.0f} fixes/s")
+for name, t in (("bridge", bridge), ("mosquitto", mosq), ("tansu", tansu)):
+    cpu_s = t / tick
+    print(f"[bench] {name:<10} CPU {cpu_s:6.2f} s = {100 * cpu_s / wall:5.1f}% of one core"
+          + (f", {1e6 * cpu_s / produced:6.1f} µs per fix" if produced else ""))
+PY
+echo "[bench] (2 cores; the part closest to 100% of a core saturates first)"
