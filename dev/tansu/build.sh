@@ -6,7 +6,7 @@
 set -euo pipefail
 
 VERSION=0.6.0
-PATCH_ID=p1
+PATCH_ID=p2
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${LOCUS_CACHE:-$HOME/.cache/locus}"
 OUT="$CACHE/tansu-$VERSION-$PATCH_ID/bin/tansu"

@@ -49,3 +49,13 @@ pub async fn schemas_register(config: &Config) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+pub async fn history_migrate(config: &Config) -> anyhow::Result<()> {
+    let session = locus_scylla::connect(&config.scylla).await?;
+    locus_scylla::migrate(&session, &config.scylla, &config.history).await?;
+    println!(
+        "history schema ready: {}.{}",
+        config.scylla.keyspace, config.history.table
+    );
+    Ok(())
+}

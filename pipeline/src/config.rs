@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use locus_kafka::KafkaConfig;
 use locus_mqtt::BridgeConfig;
 use locus_schemas::RegistryConfig;
-use locus_scylla::ScyllaConfig;
+use locus_scylla::{HistoryConfig, ScyllaConfig};
 use serde::{Deserialize, Serialize};
 
 /// Environment variables that name the config file rather than override a key.
@@ -31,6 +31,8 @@ pub struct Config {
     pub log: LogSection,
     #[serde(default)]
     pub bridge: BridgeConfig,
+    #[serde(default)]
+    pub history: HistoryConfig,
 }
 
 /// `[topics]`: which topics the stages use and where they are declared.
@@ -234,6 +236,9 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.registry.validate().map_err(ConfigError::Invalid)?;
         self.scylla
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.history
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.bridge

@@ -35,6 +35,11 @@ enum Command {
     Run,
     /// MQTT → Kafka bridge: devices' fixes into the locations topic.
     Bridge,
+    /// History writer (Kafka → Cassandra/Scylla) and the track query API.
+    History {
+        #[command(subcommand)]
+        action: Option<HistoryAction>,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -50,6 +55,12 @@ enum Command {
         #[command(subcommand)]
         action: SchemasAction,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum HistoryAction {
+    /// Create the keyspace and the history table if missing, then exit.
+    Migrate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +109,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run => stages::run(&config, stages::Stage::ALL).await,
             Command::Bridge => stages::run(&config, &[stages::Stage::Bridge]).await,
+            Command::History { action: None } => {
+                stages::run(&config, &[stages::Stage::History]).await
+            }
+            Command::History {
+                action: Some(HistoryAction::Migrate),
+            } => admin::history_migrate(&config).await,
             Command::Config {
                 action: ConfigAction::Check,
             } => admin::config_check(&config),

@@ -2,6 +2,7 @@
 //! own, or together (`locus run`) on a laptop or a small site. Every process gets the same
 //! runtime: one HTTP server (/metrics, /healthz, /readyz), graceful shutdown on SIGTERM.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,14 +17,16 @@ use crate::runtime::shutdown;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Bridge,
+    History,
 }
 
 impl Stage {
-    pub const ALL: &'static [Stage] = &[Stage::Bridge];
+    pub const ALL: &'static [Stage] = &[Stage::Bridge, Stage::History];
 
     fn name(self) -> &'static str {
         match self {
             Stage::Bridge => "bridge",
+            Stage::History => "history",
         }
     }
 }
@@ -43,6 +46,7 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
 
     let grace = Duration::from_millis(config.http.shutdown_grace_ms);
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let mut router = axum::Router::new();
     for stage in stages {
         match stage {
             Stage::Bridge => {
@@ -62,13 +66,33 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
                 let c = cancel.child_token();
                 tasks.spawn(async move { ("bridge", bridge.run(c).await.map_err(Into::into)) });
             }
+            Stage::History => {
+                let store = Arc::new(OnceLock::new());
+                router = router.merge(locus_scylla::router(locus_scylla::TrackApi {
+                    store: store.clone(),
+                    config: config.history.clone(),
+                }));
+                let ready_store = store.clone();
+                readiness.add("cassandra", move || {
+                    let s: Option<locus_scylla::HistoryStore> = ready_store.get().cloned();
+                    async move {
+                        match s {
+                            Some(s) => s.ping().await.map_err(|e| e.to_string()),
+                            None => Err("connecting".to_string()),
+                        }
+                    }
+                });
+                let c = cancel.child_token();
+                let cfg = config.clone();
+                tasks.spawn(async move { ("history", history(cfg, store, c).await) });
+            }
         }
     }
     readiness.spawn(
         Duration::from_millis(config.http.readiness_interval_ms),
         cancel.child_token(),
     );
-    let router = base_router(readiness);
+    let router = base_router(readiness).merge(router);
     let http_cancel = CancellationToken::new();
     let listen = config.http.listen;
     let http_stop = http_cancel.clone();
@@ -119,4 +143,53 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The history stage: connect (retrying while Cassandra is away), migrate if configured,
+/// then consume `locations` into the history table until cancelled.
+async fn history(
+    config: Config,
+    store_slot: Arc<OnceLock<locus_scylla::HistoryStore>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(200);
+    let session = loop {
+        match locus_scylla::connect(&config.scylla).await {
+            Ok(s) => break Arc::new(s),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach Cassandra/Scylla yet");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if config.history.migrate_on_start {
+        locus_scylla::migrate(&session, &config.scylla, &config.history)
+            .await
+            .context("migrating the history schema")?;
+    }
+    let store = locus_scylla::HistoryStore::prepare(session, &config.scylla, &config.history)
+        .await
+        .context("preparing history statements")?;
+    let _ = store_slot.set(store.clone());
+    let sink = Arc::new(locus_scylla::HistorySink::new(
+        store,
+        locus_schemas::Codec::new(&config.registry, &config.topics.locations)?,
+        locus_kafka::Producer::new(&config.kafka, "history")?,
+        &config.topics.dlq,
+        config.history.concurrency,
+        config.history.rows_per_batch,
+    ));
+    let settings = locus_kafka::RunnerSettings {
+        group: config.history.group.clone(),
+        topic: config.topics.locations.clone(),
+        max_batch: config.history.max_batch,
+        max_batch_wait_ms: config.history.max_batch_wait_ms,
+        max_in_flight_batches: config.history.max_in_flight_batches,
+    };
+    locus_kafka::run_consumer(&config.kafka, "history", &settings, sink, cancel).await?;
+    Ok(())
 }

@@ -5,6 +5,7 @@ mod config;
 mod consumer;
 mod error;
 mod health;
+mod metrics;
 mod producer;
 
 pub use config::{KafkaConfig, ProducerSettings};

@@ -132,3 +132,175 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("host:port"));
     }
 }
+
+/// `[history]`: the history writer (`locus history`) and the track query API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Kafka consumer group.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Table of fixes, in `scylla.keyspace`.
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// Keyspace replication, as CQL options. Local: SimpleStrategy; production:
+    /// `{ class = "NetworkTopologyStrategy", dc1 = "3" }`.
+    #[serde(default = "default_replication")]
+    pub replication: std::collections::BTreeMap<String, String>,
+    /// Run `locus history migrate` at start.
+    #[serde(default = "default_true")]
+    pub migrate_on_start: bool,
+    /// Hours of fixes in one partition (per tenant and user): bounds partition size even for
+    /// a device reporting every second for years.
+    #[serde(default = "default_bucket_hours")]
+    pub bucket_hours: u32,
+    /// How long fixes are kept, days (the table's default TTL).
+    #[serde(default = "default_ttl_days")]
+    pub ttl_days: u32,
+    /// Most records per consumer batch.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Longest a consumer batch waits to fill, ms.
+    #[serde(default = "default_max_batch_wait_ms")]
+    pub max_batch_wait_ms: u64,
+    /// Consumer batches applied concurrently.
+    #[serde(default = "default_max_in_flight_batches")]
+    pub max_in_flight_batches: usize,
+    /// CQL writes in flight at once (each an unlogged batch within one partition).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Most rows in one unlogged batch.
+    #[serde(default = "default_rows_per_batch")]
+    pub rows_per_batch: usize,
+    /// Default and largest page of the track query.
+    #[serde(default = "default_query_limit")]
+    pub query_default_limit: usize,
+    #[serde(default = "default_query_max_limit")]
+    pub query_max_limit: usize,
+    /// Longest time range of one track query, days.
+    #[serde(default = "default_query_max_range_days")]
+    pub query_max_range_days: u32,
+}
+
+fn default_group() -> String {
+    "history".into()
+}
+fn default_table() -> String {
+    "track".into()
+}
+fn default_replication() -> std::collections::BTreeMap<String, String> {
+    [("class", "SimpleStrategy"), ("replication_factor", "1")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_bucket_hours() -> u32 {
+    24
+}
+fn default_ttl_days() -> u32 {
+    30
+}
+fn default_max_batch() -> usize {
+    2000
+}
+fn default_max_batch_wait_ms() -> u64 {
+    50
+}
+fn default_max_in_flight_batches() -> usize {
+    4
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_rows_per_batch() -> usize {
+    32
+}
+fn default_query_limit() -> usize {
+    1000
+}
+fn default_query_max_limit() -> usize {
+    10_000
+}
+fn default_query_max_range_days() -> u32 {
+    31
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            group: default_group(),
+            table: default_table(),
+            replication: default_replication(),
+            migrate_on_start: true,
+            bucket_hours: default_bucket_hours(),
+            ttl_days: default_ttl_days(),
+            max_batch: default_max_batch(),
+            max_batch_wait_ms: default_max_batch_wait_ms(),
+            max_in_flight_batches: default_max_in_flight_batches(),
+            concurrency: default_concurrency(),
+            rows_per_batch: default_rows_per_batch(),
+            query_default_limit: default_query_limit(),
+            query_max_limit: default_query_max_limit(),
+            query_max_range_days: default_query_max_range_days(),
+        }
+    }
+}
+
+impl HistoryConfig {
+    pub fn bucket_ms(&self) -> i64 {
+        i64::from(self.bucket_hours) * 3_600_000
+    }
+
+    pub fn validate(&self) -> Result<(), ScyllaError> {
+        let bad = |m: &str| Err(ScyllaError::Config(m.to_string()));
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 48
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        if !ident(&self.table) {
+            return bad("history.table must be 1-48 letters, digits or underscores");
+        }
+        if self.group.is_empty() {
+            return bad("history.group must not be empty");
+        }
+        if !self.replication.contains_key("class") {
+            return bad(
+                "history.replication needs a class (SimpleStrategy or NetworkTopologyStrategy)",
+            );
+        }
+        for (k, v) in &self.replication {
+            if !ident(k)
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+            {
+                return bad("history.replication keys and values must be plain words or numbers");
+            }
+        }
+        if self.bucket_hours == 0 || self.ttl_days == 0 {
+            return bad("history.bucket_hours and history.ttl_days must be > 0");
+        }
+        if self.max_batch == 0
+            || self.max_in_flight_batches == 0
+            || self.concurrency == 0
+            || self.rows_per_batch == 0
+        {
+            return bad(
+                "history.max_batch, max_in_flight_batches, concurrency and rows_per_batch must be > 0",
+            );
+        }
+        if self.query_default_limit == 0 || self.query_default_limit > self.query_max_limit {
+            return bad(
+                "history.query_default_limit must be between 1 and history.query_max_limit",
+            );
+        }
+        if self.query_max_range_days == 0 {
+            return bad("history.query_max_range_days must be > 0");
+        }
+        Ok(())
+    }
+}

@@ -5,6 +5,8 @@ use std::time::Duration;
 pub enum ScyllaError {
     #[error("invalid scylla config: {0}")]
     Config(String),
+    #[error("Cassandra/Scylla query failed: {0}")]
+    Query(String),
     #[error("cannot connect to Cassandra/Scylla at {nodes} within {timeout:?}: {source}")]
     Connect {
         nodes: String,

@@ -1,13 +1,18 @@
-//! Cassandra/ScyllaDB connector for Locus.
-//!
-//! Today: the connection settings and session set-up shared by every stage that talks to
-//! Cassandra or ScyllaDB. The history writer and its queries build on it.
+//! Cassandra/ScyllaDB connector for Locus: sessions, the history writer (`locus history`:
+//! Kafka → the history table, at-least-once, idempotent by event time) and the track query API.
 
+mod api;
 mod config;
 mod error;
+mod metrics;
 mod session;
+mod sink;
+mod store;
 
-pub use config::ScyllaConfig;
+pub use api::{TrackApi, router};
+pub use config::{HistoryConfig, ScyllaConfig};
 pub use error::ScyllaError;
 pub use locus_schemas::Secret;
 pub use session::connect;
+pub use sink::HistorySink;
+pub use store::{Cursor, HistoryStore, migrate};

@@ -335,7 +335,7 @@ pub fn tansu_bin() -> PathBuf {
     let cache = std::env::var("LOCUS_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/locus"));
-    cache.join("tansu-0.6.0-p1/bin/tansu")
+    cache.join("tansu-0.6.0-p2/bin/tansu")
 }
 
 impl PrivateKafka {
@@ -384,5 +384,69 @@ impl PrivateKafka {
         if let Some(mut p) = self.proc.take() {
             p.term();
         }
+    }
+}
+
+/// Starts `locus <args>` for this scope with extra environment; returns it and its HTTP port.
+pub fn locus(
+    scope: &Scope,
+    name: &str,
+    args: &[&str],
+    extra_env: &[(&str, String)],
+) -> (Proc, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_locus"));
+    cmd.arg("--config")
+        .arg(repo().join("dev/locus.dev.toml"))
+        .args(args)
+        .env("LOCUS_KAFKA__BROKERS", &scope.brokers)
+        .env("LOCUS_REGISTRY__URL", registry_url())
+        .env("LOCUS_TOPICS__LOCATIONS", &scope.locations)
+        .env("LOCUS_TOPICS__DLQ", &scope.dlq)
+        .env("LOCUS_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("LOCUS_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(log_file(&format!("{}-{name}", scope.prefix)));
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start locus");
+    (
+        Proc {
+            child,
+            name: name.into(),
+        },
+        port,
+    )
+}
+
+pub fn cql_addr() -> String {
+    std::env::var("LOCUS_CQL_ADDR").unwrap_or_else(|_| "127.0.0.1:9042".into())
+}
+
+/// A private CQL adapter in front of the stack's Cassandra (to cut the writer off from
+/// Cassandra without disturbing other tests).
+pub fn private_adapter(port: u16) -> Proc {
+    let upstream =
+        std::env::var("LOCUS_CASSANDRA_ADDR").unwrap_or_else(|_| "127.0.0.1:19042".into());
+    let child = Command::new(bin_dir().join("locus-cql-adapter"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &upstream,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start locus-cql-adapter (built by cargo build --workspace)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "adapter did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Proc {
+        child,
+        name: "cql-adapter".into(),
     }
 }

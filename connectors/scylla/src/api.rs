@@ -1,0 +1,218 @@
+//! `GET /v1/tenants/{tenant}/users/{user}/track?from=&to=&limit=&cursor=&format=`
+//!
+//! Fixes of one user in event-time order across time buckets, a page at a time. `from` and
+//! `to` are RFC 3339 or ms since the epoch (`to` exclusive; defaults: the last 24 hours);
+//! `format` is `json` (default), `geojson` or `csv`. The next page's cursor is in the body
+//! (`next_cursor`) and in the `X-Next-Cursor` header; absent on the last page.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use locus_schemas::LocationFix;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{Cursor, HistoryConfig, HistoryStore};
+
+/// What the track route needs. The store is set once the stage has connected; until then
+/// the route answers 503.
+#[derive(Debug, Clone)]
+pub struct TrackApi {
+    pub store: Arc<std::sync::OnceLock<HistoryStore>>,
+    pub config: HistoryConfig,
+}
+
+pub fn router(api: TrackApi) -> Router {
+    Router::new()
+        .route("/v1/tenants/{tenant}/users/{user}/track", get(track))
+        .with_state(Arc::new(api))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrackQuery {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+    format: Option<String>,
+}
+
+fn bad(message: impl Into<String>) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "error": message.into() })),
+    )
+        .into_response()
+}
+
+fn parse_time(name: &str, v: &str) -> Result<i64, Response> {
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            bad(format!(
+                "{name}: '{v}' is neither RFC 3339 (2026-01-31T12:00:00Z) nor ms since the epoch"
+            ))
+        })
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn track(
+    State(api): State<Arc<TrackApi>>,
+    Path((tenant, user)): Path<(String, String)>,
+    query: Result<Query<TrackQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return bad(format!("bad query string: {}", e.body_text())),
+    };
+    let to = match q.to.as_deref().map(|v| parse_time("to", v)).transpose() {
+        Ok(t) => t.unwrap_or_else(now_ms),
+        Err(r) => return r,
+    };
+    let from = match q.from.as_deref().map(|v| parse_time("from", v)).transpose() {
+        Ok(f) => f.unwrap_or(to - 86_400_000),
+        Err(r) => return r,
+    };
+    if from >= to {
+        return bad(format!("from ({from}) must be before to ({to})"));
+    }
+    let max_range = i64::from(api.config.query_max_range_days) * 86_400_000;
+    if to - from > max_range {
+        return bad(format!(
+            "the range is longer than {} days; page through shorter ranges",
+            api.config.query_max_range_days
+        ));
+    }
+    let limit = match q.limit.as_deref() {
+        None => api.config.query_default_limit,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=api.config.query_max_limit).contains(&n) => n,
+            _ => {
+                return bad(format!(
+                    "limit must be a number from 1 to {}",
+                    api.config.query_max_limit
+                ));
+            }
+        },
+    };
+    let cursor = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => match Cursor::decode(c) {
+            Some(c) => Some(c),
+            None => return bad("cursor is not one this API returned"),
+        },
+    };
+    let format = q.format.as_deref().unwrap_or("json");
+    if !matches!(format, "json" | "geojson" | "csv") {
+        return bad(format!("format '{format}' is not json, geojson or csv"));
+    }
+    if tenant.is_empty() || user.is_empty() || tenant.len() > 128 || user.len() > 128 {
+        return bad("tenant and user must be 1 to 128 bytes");
+    }
+    let Some(store) = api.store.get() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            axum::Json(json!({ "error": "the history store is not connected yet; retry" })),
+        )
+            .into_response();
+    };
+    let (fixes, next) = match store.track(&tenant, &user, from, to, cursor, limit).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "track query failed");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                axum::Json(json!({ "error": "the history store did not answer; retry" })),
+            )
+                .into_response();
+        }
+    };
+    let next = next.map(|c| c.encode());
+    let mut resp = match format {
+        "geojson" => geojson(&fixes, next.as_deref()),
+        "csv" => csv(&fixes),
+        _ => axum::Json(json!({
+            "tenant": tenant, "user_id": user, "from": from, "to": to,
+            "count": fixes.len(), "fixes": fixes, "next_cursor": next,
+        }))
+        .into_response(),
+    };
+    if let Some(n) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        resp.headers_mut().insert("x-next-cursor", n);
+    }
+    resp
+}
+
+fn geojson(fixes: &[LocationFix], next: Option<&str>) -> Response {
+    let features: Vec<serde_json::Value> = fixes
+        .iter()
+        .map(|f| {
+            json!({
+                "type": "Feature",
+                "geometry": { "type": "Point", "coordinates": [f.lon, f.lat] },
+                "properties": {
+                    "ts": f.ts, "device_id": f.device_id, "seq": f.seq,
+                    "accuracy_m": f.accuracy_m, "altitude_m": f.altitude_m, "speed_mps": f.speed_mps,
+                    "heading_deg": f.heading_deg, "battery_pct": f.battery_pct,
+                    "activity": f.activity, "source": f.source,
+                },
+            })
+        })
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "application/geo+json")],
+        axum::Json(
+            json!({ "type": "FeatureCollection", "features": features, "next_cursor": next }),
+        ),
+    )
+        .into_response()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map(ToString::to_string).unwrap_or_default()
+}
+
+fn csv(fixes: &[LocationFix]) -> Response {
+    let mut out = String::from(
+        "ts,device_id,seq,lat,lon,accuracy_m,altitude_m,speed_mps,heading_deg,battery_pct,activity,source\n",
+    );
+    for f in fixes {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            f.ts,
+            csv_field(&f.device_id),
+            f.seq,
+            f.lat,
+            f.lon,
+            opt(&f.accuracy_m),
+            opt(&f.altitude_m),
+            opt(&f.speed_mps),
+            opt(&f.heading_deg),
+            opt(&f.battery_pct),
+            csv_field(&opt(&f.activity)),
+            csv_field(&opt(&f.source)),
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
+}

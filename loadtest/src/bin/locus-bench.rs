@@ -1,0 +1,163 @@
+//! `locus-bench`: load generators for the benchmarks in `loadtest/bench/`.
+//!
+//!   locus-bench produce --topic T --count N [--users U]     N Avro fixes straight into Kafka
+//!   locus-bench cql-ceiling --count N --concurrency C       N prepared inserts through the
+//!                                                           scylla driver: the store's ceiling
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use locus_kafka::{KafkaConfig, Producer};
+use locus_schemas::{Codec, LocationFix, RegistryConfig};
+use locus_scylla::{HistoryConfig, HistoryStore, ScyllaConfig};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    Produce {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        registry: String,
+    },
+    CqlCeiling {
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value = "127.0.0.1:9042")]
+        node: String,
+        #[arg(long)]
+        keyspace: String,
+    },
+}
+
+fn fix(i: usize, users: usize, base: i64) -> LocationFix {
+    let u = i % users;
+    LocationFix {
+        tenant: "bench".into(),
+        user_id: format!("user-{u:06}"),
+        device_id: format!("dev-{u:06}"),
+        seq: (i / users) as i64,
+        ts: base + i as i64,
+        lat: 52.5 + (i % 1000) as f64 * 1e-5,
+        lon: 13.4 + (i % 997) as f64 * 1e-5,
+        accuracy_m: Some(5.0),
+        altitude_m: None,
+        speed_mps: Some(3.0),
+        heading_deg: Some(180.0),
+        battery_pct: Some(77),
+        activity: None,
+        source: Some("gps".into()),
+        received_at: base + i as i64 + 50,
+    }
+}
+
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let base = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 - 3_600_000;
+    match Args::parse().cmd {
+        Cmd::Produce {
+            topic,
+            count,
+            users,
+            brokers,
+            registry,
+        } => {
+            let codec = Codec::new(
+                &RegistryConfig {
+                    url: registry,
+                    ..Default::default()
+                },
+                &topic,
+            )?;
+            let kafka = KafkaConfig {
+                brokers,
+                ..Default::default()
+            };
+            let p = Producer::new(&kafka, "bench")?;
+            let started = Instant::now();
+            let mut pending = Vec::with_capacity(count);
+            for i in 0..count {
+                let f = fix(i, users, base);
+                let bytes = codec.encode(&f).await?;
+                pending.push(p.send(&topic, f.user_id.as_bytes(), &bytes, &[]).await?);
+                if i > 0 && i % 50_000 == 0 {
+                    eprintln!("[produce] {i} / {count}");
+                }
+            }
+            for d in pending {
+                d.delivered().await?;
+            }
+            eprintln!(
+                "[produce] {count} fixes in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Cmd::CqlCeiling {
+            count,
+            concurrency,
+            users,
+            node,
+            keyspace,
+        } => {
+            let scylla = ScyllaConfig {
+                nodes: vec![node],
+                keyspace,
+                fetch_schema_metadata: false,
+                ..Default::default()
+            };
+            let history = HistoryConfig::default();
+            let session = Arc::new(locus_scylla::connect(&scylla).await?);
+            locus_scylla::migrate(&session, &scylla, &history).await?;
+            let store = HistoryStore::prepare(session, &scylla, &history).await?;
+            let fixes: Vec<LocationFix> = (0..count).map(|i| fix(i, users, base)).collect();
+            let cpu0 = cpu_seconds();
+            let started = Instant::now();
+            let results: Vec<Result<(), String>> = futures::stream::iter(fixes.iter())
+                .map(|f| {
+                    let store = store.clone();
+                    async move { store.write_one(f).await }
+                })
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+            let wall = started.elapsed().as_secs_f64();
+            let cpu = cpu_seconds() - cpu0;
+            let errors = results.iter().filter(|r| r.is_err()).count();
+            anyhow::ensure!(errors == 0, "{errors} inserts failed");
+            println!(
+                "[ceiling] {count} prepared inserts, concurrency {concurrency}: {:.2} s = {:.0} rows/s, client CPU {:.1} µs/row",
+                wall,
+                count as f64 / wall,
+                1e6 * cpu / count as f64
+            );
+        }
+    }
+    Ok(())
+}
