@@ -227,15 +227,15 @@ pub fn parse_payload(
 ) -> Result<Parsed, Rejection> {
     let first = payload.iter().find(|b| !b.is_ascii_whitespace());
     // Fast path: one well-formed fix, or a batch of them, parsed straight into the type.
-    if first == Some(&b'{') {
-        if let Ok(d) = serde_json::from_slice::<DeviceFix>(payload) {
-            let f = to_fix(d, tenant, user, now_ms);
-            check_fix(&f, tenant, user, now_ms, limits)?;
-            return Ok(Parsed {
-                fixes: vec![f],
-                rejected: vec![],
-            });
-        }
+    if first == Some(&b'{')
+        && let Ok(d) = serde_json::from_slice::<DeviceFix>(payload)
+    {
+        let f = to_fix(d, tenant, user, now_ms);
+        check_fix(&f, tenant, user, now_ms, limits)?;
+        return Ok(Parsed {
+            fixes: vec![f],
+            rejected: vec![],
+        });
     }
     let elements: Vec<serde_json::Value> = match first {
         None => return Err(Rejection::new("empty_payload", "the payload is empty")),

@@ -50,16 +50,17 @@ fn bad(message: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn parse_time(name: &str, v: &str) -> Result<i64, Response> {
+/// ms since the epoch from RFC 3339 or a number; the error is the message for a 400.
+fn parse_time(name: &str, v: &str) -> Result<i64, String> {
     if let Ok(ms) = v.parse::<i64>() {
         return Ok(ms);
     }
     chrono::DateTime::parse_from_rfc3339(v)
         .map(|t| t.timestamp_millis())
         .map_err(|_| {
-            bad(format!(
+            format!(
                 "{name}: '{v}' is neither RFC 3339 (2026-01-31T12:00:00Z) nor ms since the epoch"
-            ))
+            )
         })
 }
 
@@ -78,11 +79,11 @@ async fn track(
     };
     let to = match q.to.as_deref().map(|v| parse_time("to", v)).transpose() {
         Ok(t) => t.unwrap_or_else(now_ms),
-        Err(r) => return r,
+        Err(m) => return bad(m),
     };
     let from = match q.from.as_deref().map(|v| parse_time("from", v)).transpose() {
         Ok(f) => f.unwrap_or(to - 86_400_000),
-        Err(r) => return r,
+        Err(m) => return bad(m),
     };
     if from >= to {
         return bad(format!("from ({from}) must be before to ({to})"));
