@@ -59,3 +59,28 @@ pub async fn history_migrate(config: &Config) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+pub async fn cache_rebuild(config: &Config) -> anyhow::Result<()> {
+    let store = locus_redis::CacheStore::connect(&config.cache).await?;
+    let codec = locus_schemas::Codec::new(&config.registry, &config.topics.locations)?;
+    let sink = locus_redis::CacheSink::new(store, codec, None);
+    let started = std::time::Instant::now();
+    let n = locus_redis::rebuild(
+        &config.kafka,
+        &config.topics.locations,
+        &sink,
+        |done, total| {
+            eprintln!(
+                "[rebuild] {done} / {total} records ({:.0}%)",
+                100.0 * done as f64 / total.max(1) as f64
+            );
+        },
+    )
+    .await?;
+    println!(
+        "cache rebuilt from {}: {n} records in {:.1} s",
+        config.topics.locations,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

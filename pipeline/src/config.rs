@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use locus_kafka::KafkaConfig;
 use locus_mqtt::BridgeConfig;
+use locus_redis::CacheConfig;
 use locus_schemas::RegistryConfig;
 use locus_scylla::{HistoryConfig, ScyllaConfig};
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,8 @@ pub struct Config {
     pub bridge: BridgeConfig,
     #[serde(default)]
     pub history: HistoryConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 /// `[topics]`: which topics the stages use and where they are declared.
@@ -238,6 +241,9 @@ impl Config {
         self.scylla
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.cache
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.history
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -266,6 +272,7 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
         c.kafka = c.kafka.redacted();
+        c.cache = c.cache.redacted();
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }

@@ -35,6 +35,11 @@ enum Command {
     Run,
     /// MQTT → Kafka bridge: devices' fixes into the locations topic.
     Bridge,
+    /// Last-position cache (Kafka → Redis) and the position / nearby query API.
+    Cache {
+        #[command(subcommand)]
+        action: Option<CacheAction>,
+    },
     /// History writer (Kafka → Cassandra/Scylla) and the track query API.
     History {
         #[command(subcommand)]
@@ -55,6 +60,12 @@ enum Command {
         #[command(subcommand)]
         action: SchemasAction,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheAction {
+    /// Refill Redis from the topic's retained window (the live group is not disturbed).
+    Rebuild,
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +120,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run => stages::run(&config, stages::Stage::ALL).await,
             Command::Bridge => stages::run(&config, &[stages::Stage::Bridge]).await,
+            Command::Cache { action: None } => stages::run(&config, &[stages::Stage::Cache]).await,
+            Command::Cache {
+                action: Some(CacheAction::Rebuild),
+            } => admin::cache_rebuild(&config).await,
             Command::History { action: None } => {
                 stages::run(&config, &[stages::Stage::History]).await
             }

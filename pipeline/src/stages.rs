@@ -18,15 +18,17 @@ use crate::runtime::shutdown;
 pub enum Stage {
     Bridge,
     History,
+    Cache,
 }
 
 impl Stage {
-    pub const ALL: &'static [Stage] = &[Stage::Bridge, Stage::History];
+    pub const ALL: &'static [Stage] = &[Stage::Bridge, Stage::History, Stage::Cache];
 
     fn name(self) -> &'static str {
         match self {
             Stage::Bridge => "bridge",
             Stage::History => "history",
+            Stage::Cache => "cache",
         }
     }
 }
@@ -65,6 +67,26 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
                 });
                 let c = cancel.child_token();
                 tasks.spawn(async move { ("bridge", bridge.run(c).await.map_err(Into::into)) });
+            }
+            Stage::Cache => {
+                let store = Arc::new(OnceLock::new());
+                router = router.merge(locus_redis::router(locus_redis::PositionsApi {
+                    store: store.clone(),
+                    config: config.cache.clone(),
+                }));
+                let ready_store = store.clone();
+                readiness.add("redis", move || {
+                    let s: Option<locus_redis::CacheStore> = ready_store.get().cloned();
+                    async move {
+                        match s {
+                            Some(s) => s.ping().await.map_err(|e| e.to_string()),
+                            None => Err("connecting".to_string()),
+                        }
+                    }
+                });
+                let c = cancel.child_token();
+                let cfg = config.clone();
+                tasks.spawn(async move { ("cache", cache(cfg, store, c).await) });
             }
             Stage::History => {
                 let store = Arc::new(OnceLock::new());
@@ -191,5 +213,51 @@ async fn history(
         max_in_flight_batches: config.history.max_in_flight_batches,
     };
     locus_kafka::run_consumer(&config.kafka, "history", &settings, sink, cancel).await?;
+    Ok(())
+}
+
+/// The cache stage: connect (retrying while Redis is away), run the sweeper, and consume
+/// `locations` into Redis until cancelled.
+async fn cache(
+    config: Config,
+    store_slot: Arc<OnceLock<locus_redis::CacheStore>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(200);
+    let store = loop {
+        match locus_redis::CacheStore::connect(&config.cache).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach Redis yet");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let _ = store_slot.set(store.clone());
+    tokio::spawn(locus_redis::sweep_loop(
+        store.clone(),
+        Duration::from_secs(config.cache.sweep_interval_s),
+        cancel.clone(),
+    ));
+    let sink = Arc::new(locus_redis::CacheSink::new(
+        store,
+        locus_schemas::Codec::new(&config.registry, &config.topics.locations)?,
+        Some((
+            locus_kafka::Producer::new(&config.kafka, "cache")?,
+            config.topics.dlq.clone(),
+        )),
+    ));
+    let settings = locus_kafka::RunnerSettings {
+        group: config.cache.group.clone(),
+        topic: config.topics.locations.clone(),
+        max_batch: config.cache.max_batch,
+        max_batch_wait_ms: config.cache.max_batch_wait_ms,
+        max_in_flight_batches: config.cache.max_in_flight_batches,
+    };
+    locus_kafka::run_consumer(&config.kafka, "cache", &settings, sink, cancel).await?;
     Ok(())
 }

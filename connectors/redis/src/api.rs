@@ -1,0 +1,199 @@
+//! Position queries on the shared HTTP server:
+//!
+//! - `GET /v1/tenants/{t}/users/{u}/position`
+//! - `GET /v1/tenants/{t}/positions?bbox=minLon,minLat,maxLon,maxLat&status=&limit=`
+//! - `GET /v1/tenants/{t}/nearby?lat=&lon=&radius_m=&limit=` (nearest first, with distance)
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::{CacheConfig, CacheStore, Presence};
+
+/// What the routes need; the store is set once the stage has connected (503 until then).
+#[derive(Debug, Clone)]
+pub struct PositionsApi {
+    pub store: Arc<OnceLock<CacheStore>>,
+    pub config: CacheConfig,
+}
+
+pub fn router(api: PositionsApi) -> Router {
+    Router::new()
+        .route("/v1/tenants/{tenant}/users/{user}/position", get(position))
+        .route("/v1/tenants/{tenant}/positions", get(positions))
+        .route("/v1/tenants/{tenant}/nearby", get(nearby))
+        .with_state(Arc::new(api))
+}
+
+fn bad(message: impl Into<String>) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "error": message.into() })),
+    )
+        .into_response()
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "position query failed");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        axum::Json(json!({ "error": "the position cache did not answer; retry" })),
+    )
+        .into_response()
+}
+
+fn store(api: &PositionsApi) -> Result<&CacheStore, Response> {
+    api.store
+        .get()
+        .ok_or_else(|| unavailable("not connected yet"))
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Response> {
+    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(bad(format!(
+            "unknown parameter '{k}' (allowed: {})",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn number(
+    q: &HashMap<String, String>,
+    name: &str,
+    min: f64,
+    max: f64,
+) -> Result<Option<f64>, Response> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(v) => match v.parse::<f64>() {
+            Ok(n) if n.is_finite() && (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(bad(format!(
+                "{name} must be a number in [{min}, {max}], got '{v}'"
+            ))),
+        },
+    }
+}
+
+fn limit(q: &HashMap<String, String>, max: usize) -> Result<usize, Response> {
+    match q.get("limit") {
+        None => Ok(max.min(100)),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(bad(format!("limit must be a number from 1 to {max}"))),
+        },
+    }
+}
+
+async fn position(
+    State(api): State<Arc<PositionsApi>>,
+    Path((tenant, user)): Path<(String, String)>,
+) -> Response {
+    let s = match store(&api) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match s.position(&tenant, &user).await {
+        Ok(Some(p)) => axum::Json(p).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(
+                json!({ "error": format!("no position for user '{user}' of tenant '{tenant}'") }),
+            ),
+        )
+            .into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn positions(
+    State(api): State<Arc<PositionsApi>>,
+    Path(tenant): Path<String>,
+    Query(q): Params,
+) -> Response {
+    let run = async {
+        only(&q, &["bbox", "status", "limit"])?;
+        let bbox = q
+            .get("bbox")
+            .ok_or_else(|| bad("bbox=minLon,minLat,maxLon,maxLat is required"))?;
+        let parts: Vec<f64> = bbox
+            .split(',')
+            .map(|x| x.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                bad(format!(
+                    "bbox '{bbox}' must be four numbers: minLon,minLat,maxLon,maxLat"
+                ))
+            })?;
+        let [min_lon, min_lat, max_lon, max_lat] = parts[..] else {
+            return Err(bad(format!(
+                "bbox '{bbox}' must be four numbers: minLon,minLat,maxLon,maxLat"
+            )));
+        };
+        if !(-180.0..=180.0).contains(&min_lon)
+            || !(-180.0..=180.0).contains(&max_lon)
+            || !(-90.0..=90.0).contains(&min_lat)
+            || !(-90.0..=90.0).contains(&max_lat)
+            || min_lon >= max_lon
+            || min_lat >= max_lat
+        {
+            return Err(bad(
+                "bbox must have -180 <= minLon < maxLon <= 180 and -90 <= minLat < maxLat <= 90",
+            ));
+        }
+        let status = match q.get("status") {
+            None => None,
+            Some(s) => Some(
+                Presence::parse(s)
+                    .ok_or_else(|| bad(format!("status '{s}' is not online, stale or offline")))?,
+            ),
+        };
+        let limit = limit(&q, api.config.query_max_results)?;
+        let s = store(&api)?;
+        let found = s
+            .in_bbox(&tenant, (min_lon, min_lat, max_lon, max_lat), status, limit)
+            .await
+            .map_err(unavailable)?;
+        Ok(
+            axum::Json(json!({ "tenant": tenant, "count": found.len(), "positions": found }))
+                .into_response(),
+        )
+    };
+    run.await.unwrap_or_else(|r| r)
+}
+
+async fn nearby(
+    State(api): State<Arc<PositionsApi>>,
+    Path(tenant): Path<String>,
+    Query(q): Params,
+) -> Response {
+    let run = async {
+        only(&q, &["lat", "lon", "radius_m", "limit"])?;
+        let lat = number(&q, "lat", -90.0, 90.0)?.ok_or_else(|| bad("lat is required"))?;
+        let lon = number(&q, "lon", -180.0, 180.0)?.ok_or_else(|| bad("lon is required"))?;
+        let radius = number(&q, "radius_m", 0.0, api.config.query_max_radius_m)?.unwrap_or(1000.0);
+        if radius <= 0.0 {
+            return Err(bad("radius_m must be > 0"));
+        }
+        let limit = limit(&q, api.config.query_max_results)?;
+        let s = store(&api)?;
+        let found = s
+            .nearby(&tenant, lat, lon, radius, limit)
+            .await
+            .map_err(unavailable)?;
+        Ok(
+            axum::Json(json!({ "tenant": tenant, "count": found.len(), "positions": found }))
+                .into_response(),
+        )
+    };
+    run.await.unwrap_or_else(|r| r)
+}

@@ -1,0 +1,144 @@
+use serde::{Deserialize, Serialize};
+
+use crate::CacheError;
+
+/// `[cache]`: the last-position cache (`locus cache`) and its queries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Redis URL (`redis://host:port/db`, `rediss://` for TLS; credentials in the URL are
+    /// redacted by `config check`).
+    #[serde(default = "default_url")]
+    pub redis_url: String,
+    /// Prefix of every key Locus writes.
+    #[serde(default = "default_prefix")]
+    pub key_prefix: String,
+    /// Kafka consumer group.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Most records per consumer batch / Redis pipeline, and how long a batch waits to fill.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    #[serde(default = "default_max_batch_wait_ms")]
+    pub max_batch_wait_ms: u64,
+    /// Consumer batches applied concurrently.
+    #[serde(default = "default_max_in_flight_batches")]
+    pub max_in_flight_batches: usize,
+    /// A user is `online` while its last fix is younger than this, s ...
+    #[serde(default = "default_online_s")]
+    pub online_s: u64,
+    /// ... `stale` while younger than this, and `offline` after, s.
+    #[serde(default = "default_offline_s")]
+    pub offline_s: u64,
+    /// Users not seen for this long are removed from the GEO and last-seen sets (and their
+    /// hash expires), s.
+    #[serde(default = "default_forget_after_s")]
+    pub forget_after_s: u64,
+    /// How often the sweeper runs, s.
+    #[serde(default = "default_sweep_interval_s")]
+    pub sweep_interval_s: u64,
+    /// Most results of a nearby or bbox query.
+    #[serde(default = "default_query_max_results")]
+    pub query_max_results: usize,
+    /// Largest nearby radius, m.
+    #[serde(default = "default_query_max_radius_m")]
+    pub query_max_radius_m: f64,
+}
+
+fn default_url() -> String {
+    "redis://127.0.0.1:6379/0".into()
+}
+fn default_prefix() -> String {
+    "locus".into()
+}
+fn default_group() -> String {
+    "last-position".into()
+}
+fn default_max_batch() -> usize {
+    2000
+}
+fn default_max_batch_wait_ms() -> u64 {
+    20
+}
+fn default_max_in_flight_batches() -> usize {
+    2
+}
+fn default_online_s() -> u64 {
+    60
+}
+fn default_offline_s() -> u64 {
+    600
+}
+fn default_forget_after_s() -> u64 {
+    7 * 86_400
+}
+fn default_sweep_interval_s() -> u64 {
+    60
+}
+fn default_query_max_results() -> usize {
+    1000
+}
+fn default_query_max_radius_m() -> f64 {
+    100_000.0
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            redis_url: default_url(),
+            key_prefix: default_prefix(),
+            group: default_group(),
+            max_batch: default_max_batch(),
+            max_batch_wait_ms: default_max_batch_wait_ms(),
+            max_in_flight_batches: default_max_in_flight_batches(),
+            online_s: default_online_s(),
+            offline_s: default_offline_s(),
+            forget_after_s: default_forget_after_s(),
+            sweep_interval_s: default_sweep_interval_s(),
+            query_max_results: default_query_max_results(),
+            query_max_radius_m: default_query_max_radius_m(),
+        }
+    }
+}
+
+impl CacheConfig {
+    pub fn validate(&self) -> Result<(), CacheError> {
+        let bad = |m: &str| Err(CacheError::Config(m.to_string()));
+        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
+            return bad("cache.redis_url must start with redis:// or rediss://");
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains([' ', '{', '}']) {
+            return bad("cache.key_prefix must be non-empty, without spaces or braces");
+        }
+        if self.group.is_empty() || self.max_batch == 0 || self.max_in_flight_batches == 0 {
+            return bad("cache.group, max_batch and max_in_flight_batches must be set and > 0");
+        }
+        if self.online_s == 0
+            || self.offline_s <= self.online_s
+            || self.forget_after_s < self.offline_s
+        {
+            return bad("cache thresholds must satisfy 0 < online_s < offline_s <= forget_after_s");
+        }
+        if self.sweep_interval_s == 0
+            || self.query_max_results == 0
+            || self.query_max_radius_m <= 0.0
+        {
+            return bad(
+                "cache.sweep_interval_s, query_max_results and query_max_radius_m must be > 0",
+            );
+        }
+        Ok(())
+    }
+
+    /// The URL with any password replaced, for printing.
+    pub fn redacted(&self) -> CacheConfig {
+        let mut c = self.clone();
+        if let Some((scheme, rest)) = c.redis_url.split_once("://")
+            && let Some((auth, host)) = rest.split_once('@')
+        {
+            let user = auth.split(':').next().unwrap_or("");
+            c.redis_url = format!("{scheme}://{user}:***@{host}");
+        }
+        c
+    }
+}

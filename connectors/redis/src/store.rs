@@ -1,0 +1,426 @@
+//! The Redis layout and every command Locus sends.
+//!
+//! ```text
+//! {prefix}:pos:{tenant}:{user}   hash: the user's newest fix (expires after forget_after_s)
+//! {prefix}:geo:{tenant}          GEO set of users (member = user id)
+//! {prefix}:seen:{tenant}         sorted set: user → event time of the newest fix (ms)
+//! {prefix}:tenants               set of tenants (for the sweeper)
+//! ```
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use locus_schemas::LocationFix;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+
+use crate::{CacheConfig, CacheError};
+
+/// Moves a user's state forward only: applies the fix if its event time is newer than the
+/// stored one, atomically across the hash, the GEO set and the last-seen set.
+/// KEYS: hash, geo, seen, tenants. ARGV: user, ts, lat, lon, device, seq, speed, heading,
+/// accuracy, battery, received_at, tenant, ttl_s. Returns 1 if applied, 0 if older.
+const UPDATE: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'ts')
+if cur and tonumber(cur) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'ts', ARGV[2], 'lat', ARGV[3], 'lon', ARGV[4], 'device_id', ARGV[5],
+  'seq', ARGV[6], 'speed_mps', ARGV[7], 'heading_deg', ARGV[8], 'accuracy_m', ARGV[9],
+  'battery_pct', ARGV[10], 'received_at', ARGV[11])
+redis.call('EXPIRE', KEYS[1], ARGV[13])
+redis.call('GEOADD', KEYS[2], ARGV[4], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[12])
+return 1
+"#;
+
+/// Removes up to 500 users last seen before ARGV[1] from the GEO (KEYS[1]) and last-seen
+/// (KEYS[2]) sets; returns how many.
+const SWEEP: &str = r#"
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 500)
+if #old > 0 then
+  redis.call('ZREM', KEYS[1], unpack(old))
+  redis.call('ZREM', KEYS[2], unpack(old))
+end
+return #old
+"#;
+
+/// Online, stale or offline, from the age of the last fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    Online,
+    Stale,
+    Offline,
+}
+
+impl Presence {
+    pub fn parse(s: &str) -> Option<Presence> {
+        match s {
+            "online" => Some(Presence::Online),
+            "stale" => Some(Presence::Stale),
+            "offline" => Some(Presence::Offline),
+            _ => None,
+        }
+    }
+}
+
+/// A user's last position as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Position {
+    pub user_id: String,
+    pub device_id: String,
+    pub seq: i64,
+    pub ts: i64,
+    pub lat: f64,
+    pub lon: f64,
+    pub speed_mps: Option<f64>,
+    pub heading_deg: Option<f64>,
+    pub accuracy_m: Option<f64>,
+    pub battery_pct: Option<i64>,
+    pub received_at: i64,
+    pub status: Presence,
+    pub age_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distance_m: Option<f64>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_default()
+}
+
+#[derive(Clone)]
+pub struct CacheStore {
+    conn: ConnectionManager,
+    cfg: CacheConfig,
+    sha: String,
+}
+
+impl std::fmt::Debug for CacheStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheStore")
+            .field("prefix", &self.cfg.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn redis_err(cfg: &CacheConfig, e: impl std::fmt::Display) -> CacheError {
+    CacheError::Redis {
+        url: cfg.redacted().redis_url,
+        message: e.to_string(),
+    }
+}
+
+impl CacheStore {
+    pub async fn connect(cfg: &CacheConfig) -> Result<CacheStore, CacheError> {
+        cfg.validate()?;
+        let client = redis::Client::open(cfg.redis_url.as_str()).map_err(|e| redis_err(cfg, e))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2);
+        let conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| redis_err(cfg, "no answer within 5 s"))?
+        .map_err(|e| redis_err(cfg, e))?;
+        let mut store = CacheStore {
+            conn,
+            cfg: cfg.clone(),
+            sha: String::new(),
+        };
+        store.sha = store.load_script().await?;
+        Ok(store)
+    }
+
+    async fn load_script(&self) -> Result<String, CacheError> {
+        let mut c = self.conn.clone();
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(UPDATE)
+            .query_async::<String>(&mut c)
+            .await
+            .map_err(|e| redis_err(&self.cfg, e))
+    }
+
+    pub fn config(&self) -> &CacheConfig {
+        &self.cfg
+    }
+
+    fn key(&self, kind: &str, tenant: &str) -> String {
+        format!("{}:{kind}:{tenant}", self.cfg.key_prefix)
+    }
+
+    fn pos_key(&self, tenant: &str, user: &str) -> String {
+        format!("{}:pos:{tenant}:{user}", self.cfg.key_prefix)
+    }
+
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        let mut c = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(|e| redis_err(&self.cfg, e))
+    }
+
+    /// Applies fixes in one pipeline; returns how many moved a user forward. Within the
+    /// batch only each user's newest fix is sent (the others could not win anyway).
+    pub async fn update(&self, fixes: &[LocationFix]) -> Result<usize, CacheError> {
+        let mut newest: HashMap<(&str, &str), &LocationFix> = HashMap::new();
+        for f in fixes {
+            let e = newest.entry((&f.tenant, &f.user_id)).or_insert(f);
+            if f.ts > e.ts {
+                *e = f;
+            }
+        }
+        if newest.is_empty() {
+            return Ok(0);
+        }
+        let ttl = self.cfg.forget_after_s.to_string();
+        let tenants = format!("{}:tenants", self.cfg.key_prefix);
+        let build = |sha: &str| {
+            let mut pipe = redis::pipe();
+            for f in newest.values() {
+                pipe.cmd("EVALSHA")
+                    .arg(sha)
+                    .arg(4)
+                    .arg(self.pos_key(&f.tenant, &f.user_id))
+                    .arg(self.key("geo", &f.tenant))
+                    .arg(self.key("seen", &f.tenant))
+                    .arg(&tenants)
+                    .arg(&f.user_id)
+                    .arg(f.ts)
+                    .arg(f.lat)
+                    .arg(f.lon)
+                    .arg(&f.device_id)
+                    .arg(f.seq)
+                    .arg(opt(f.speed_mps))
+                    .arg(opt(f.heading_deg))
+                    .arg(opt(f.accuracy_m))
+                    .arg(opt(f.battery_pct))
+                    .arg(f.received_at)
+                    .arg(&f.tenant)
+                    .arg(&ttl);
+            }
+            pipe
+        };
+        let mut c = self.conn.clone();
+        let result: Result<Vec<i64>, redis::RedisError> =
+            build(&self.sha).query_async(&mut c).await;
+        let applied = match result {
+            Ok(v) => v,
+            // Redis restarted or was flushed: the script is gone. Load it and go again.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let sha = self.load_script().await?;
+                build(&sha)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| redis_err(&self.cfg, e))?
+            }
+            Err(e) => return Err(redis_err(&self.cfg, e)),
+        };
+        Ok(applied.iter().filter(|x| **x == 1).count())
+    }
+
+    fn presence(&self, ts: i64, now: i64) -> (Presence, f64) {
+        let age_s = ((now - ts).max(0) as f64) / 1000.0;
+        let p = if age_s < self.cfg.online_s as f64 {
+            Presence::Online
+        } else if age_s < self.cfg.offline_s as f64 {
+            Presence::Stale
+        } else {
+            Presence::Offline
+        };
+        (p, age_s)
+    }
+
+    fn to_position(&self, user: &str, h: &HashMap<String, String>, now: i64) -> Option<Position> {
+        let num = |k: &str| {
+            h.get(k)
+                .filter(|v| !v.is_empty())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        let int = |k: &str| {
+            h.get(k)
+                .filter(|v| !v.is_empty())
+                .and_then(|v| v.parse::<i64>().ok())
+        };
+        let ts = int("ts")?;
+        let (status, age_s) = self.presence(ts, now);
+        Some(Position {
+            user_id: user.to_string(),
+            device_id: h.get("device_id").cloned().unwrap_or_default(),
+            seq: int("seq").unwrap_or(0),
+            ts,
+            lat: num("lat")?,
+            lon: num("lon")?,
+            speed_mps: num("speed_mps"),
+            heading_deg: num("heading_deg"),
+            accuracy_m: num("accuracy_m"),
+            battery_pct: int("battery_pct"),
+            received_at: int("received_at").unwrap_or(0),
+            status,
+            age_s,
+            distance_m: None,
+        })
+    }
+
+    pub async fn position(&self, tenant: &str, user: &str) -> Result<Option<Position>, CacheError> {
+        let mut c = self.conn.clone();
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.pos_key(tenant, user))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| redis_err(&self.cfg, e))?;
+        Ok(self.to_position(user, &h, now_ms()))
+    }
+
+    async fn positions_of(
+        &self,
+        tenant: &str,
+        users: &[(String, Option<f64>)],
+    ) -> Result<Vec<Position>, CacheError> {
+        if users.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut pipe = redis::pipe();
+        for (u, _) in users {
+            pipe.cmd("HGETALL").arg(self.pos_key(tenant, u));
+        }
+        let mut c = self.conn.clone();
+        let hashes: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut c)
+            .await
+            .map_err(|e| redis_err(&self.cfg, e))?;
+        let now = now_ms();
+        Ok(users
+            .iter()
+            .zip(hashes)
+            .filter_map(|((u, d), h)| {
+                let mut p = self.to_position(u, &h, now)?;
+                p.distance_m = *d;
+                Some(p)
+            })
+            .collect())
+    }
+
+    /// Users within `radius_m` of (lat, lon), nearest first.
+    pub async fn nearby(
+        &self,
+        tenant: &str,
+        lat: f64,
+        lon: f64,
+        radius_m: f64,
+        limit: usize,
+    ) -> Result<Vec<Position>, CacheError> {
+        let mut c = self.conn.clone();
+        let found: Vec<(String, f64)> = redis::cmd("GEOSEARCH")
+            .arg(self.key("geo", tenant))
+            .arg("FROMLONLAT")
+            .arg(lon)
+            .arg(lat)
+            .arg("BYRADIUS")
+            .arg(radius_m)
+            .arg("m")
+            .arg("ASC")
+            .arg("COUNT")
+            .arg(limit)
+            .arg("WITHDIST")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| redis_err(&self.cfg, e))?;
+        let users: Vec<(String, Option<f64>)> =
+            found.into_iter().map(|(u, d)| (u, Some(d))).collect();
+        self.positions_of(tenant, &users).await
+    }
+
+    /// Users inside the box, optionally of one presence.
+    pub async fn in_bbox(
+        &self,
+        tenant: &str,
+        (min_lon, min_lat, max_lon, max_lat): (f64, f64, f64, f64),
+        status: Option<Presence>,
+        limit: usize,
+    ) -> Result<Vec<Position>, CacheError> {
+        // GEOSEARCH BYBOX takes a centre and a size in metres: search the enclosing box, then
+        // keep what is inside the requested degrees exactly.
+        let clat = (min_lat + max_lat) / 2.0;
+        let clon = (min_lon + max_lon) / 2.0;
+        let h = (max_lat - min_lat) * 111_320.0 * 1.01 + 10.0;
+        let w = (max_lon - min_lon)
+            * 111_320.0
+            * min_lat
+                .to_radians()
+                .cos()
+                .max(max_lat.to_radians().cos())
+                .max(0.0)
+            * 1.01
+            + 10.0;
+        let mut c = self.conn.clone();
+        let found: Vec<String> = redis::cmd("GEOSEARCH")
+            .arg(self.key("geo", tenant))
+            .arg("FROMLONLAT")
+            .arg(clon)
+            .arg(clat)
+            .arg("BYBOX")
+            .arg(w.max(1.0))
+            .arg(h.max(1.0))
+            .arg("m")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| redis_err(&self.cfg, e))?;
+        let users: Vec<(String, Option<f64>)> = found.into_iter().map(|u| (u, None)).collect();
+        let mut out: Vec<Position> = self
+            .positions_of(tenant, &users)
+            .await?
+            .into_iter()
+            .filter(|p| {
+                p.lat >= min_lat && p.lat <= max_lat && p.lon >= min_lon && p.lon <= max_lon
+            })
+            .filter(|p| status.is_none_or(|s| p.status == s))
+            .collect();
+        out.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Removes users not seen for `forget_after_s` from every tenant's GEO and last-seen
+    /// sets. Returns how many were removed.
+    pub async fn sweep(&self) -> Result<usize, CacheError> {
+        let mut c = self.conn.clone();
+        let tenants: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{}:tenants", self.cfg.key_prefix))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| redis_err(&self.cfg, e))?;
+        let cutoff = now_ms() - (self.cfg.forget_after_s as i64) * 1000;
+        let mut removed = 0;
+        for t in tenants {
+            loop {
+                // Atomic per chunk: a user updated meanwhile is not in the range any more.
+                let n: usize = redis::cmd("EVAL")
+                    .arg(SWEEP)
+                    .arg(2)
+                    .arg(self.key("geo", &t))
+                    .arg(self.key("seen", &t))
+                    .arg(cutoff)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| redis_err(&self.cfg, e))?;
+                removed += n;
+                if n < 500 {
+                    break;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}

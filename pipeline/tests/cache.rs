@@ -1,0 +1,413 @@
+//! The last-position cache end to end against the local stack's Kafka, registry and Redis.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use locus_kafka::Producer;
+use locus_schemas::{Codec, LocationFix, RegistryConfig};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn fix(user: &str, seq: i64, ts: i64, lat: f64, lon: f64) -> LocationFix {
+    LocationFix {
+        tenant: "acme".into(),
+        user_id: user.into(),
+        device_id: format!("{user}-phone"),
+        seq,
+        ts,
+        lat,
+        lon,
+        accuracy_m: Some(4.0),
+        altitude_m: None,
+        speed_mps: Some(2.0),
+        heading_deg: None,
+        battery_pct: Some(60),
+        activity: None,
+        source: None,
+        received_at: ts,
+    }
+}
+
+async fn produce(s: &Scope, fixes: &[LocationFix]) {
+    let codec = Codec::new(
+        &RegistryConfig {
+            url: registry_url(),
+            ..Default::default()
+        },
+        &s.locations,
+    )
+    .unwrap();
+    let p = Producer::new(&s.kafka(), "test").unwrap();
+    let mut pending = vec![];
+    for f in fixes {
+        pending.push(
+            p.send(
+                &s.locations,
+                f.user_id.as_bytes(),
+                &codec.encode(f).await.unwrap(),
+                &[],
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for d in pending {
+        d.delivered().await.unwrap();
+    }
+}
+
+fn redis_url() -> String {
+    format!(
+        "redis://127.0.0.1:{}/0",
+        std::env::var("LOCUS_REDIS_PORT").unwrap_or_else(|_| "6379".into())
+    )
+}
+
+fn cache_env(prefix: &str, group: &str, url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("LOCUS_CACHE__KEY_PREFIX", prefix.to_string()),
+        ("LOCUS_CACHE__GROUP", group.to_string()),
+        ("LOCUS_CACHE__REDIS_URL", url.to_string()),
+    ]
+}
+
+async fn get_json(port: u16, path: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// (user → (seq, ts)) of every user's position, through the API.
+async fn state(port: u16, users: &[String]) -> HashMap<String, (i64, i64)> {
+    let mut out = HashMap::new();
+    for u in users {
+        let (status, v) = get_json(port, &format!("/v1/tenants/acme/users/{u}/position")).await;
+        if status == 200 {
+            out.insert(
+                u.clone(),
+                (v["seq"].as_i64().unwrap(), v["ts"].as_i64().unwrap()),
+            );
+        }
+    }
+    out
+}
+
+async fn wait_applied(port: u16, n: f64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if metric(port, "locus_consumer_records_total").await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("fewer than {n} records applied within {timeout:?}");
+}
+
+/// 10 users x 30 fixes, shuffled; returns them and each user's newest (seq, ts).
+fn shuffled_fixes() -> (Vec<LocationFix>, HashMap<String, (i64, i64)>) {
+    let base = now_ms() - 600_000;
+    let mut fixes = vec![];
+    let mut newest = HashMap::new();
+    for u in 0..10 {
+        let user = format!("u{u}");
+        for i in 0..30i64 {
+            let ts = base + i * 1000;
+            fixes.push(fix(
+                &user,
+                i,
+                ts,
+                52.0 + u as f64 * 0.01,
+                13.0 + i as f64 * 0.001,
+            ));
+        }
+        newest.insert(user, (29, base + 29_000));
+    }
+    // A deterministic shuffle: late fixes arrive after newer ones.
+    let n = fixes.len();
+    for i in 0..n {
+        fixes.swap(i, (i * 7919 + 13) % n);
+    }
+    (fixes, newest)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newest_fix_wins_replay_changes_nothing_and_rebuild_restores() {
+    let s = Scope::new("cache-state");
+    s.create_topics().await;
+    let prefix = unique("lc");
+    let (fixes, newest) = shuffled_fixes();
+    produce(&s, &fixes).await;
+    let users: Vec<String> = newest.keys().cloned().collect();
+
+    let (mut c1, port) = locus(
+        &s,
+        "cache",
+        &["cache"],
+        &cache_env(&prefix, &unique("g-"), &redis_url()),
+    );
+    wait_ready(port, Duration::from_secs(60)).await;
+    wait_applied(port, 300.0, Duration::from_secs(60)).await;
+    assert_eq!(state(port, &users).await, newest, "each user's newest fix");
+    assert!(
+        metric(port, "locus_cache_updates_ignored_total").await > 0.0,
+        "late fixes were ignored"
+    );
+    c1.term();
+
+    // Replay: a new group reads everything again; nothing moves.
+    let (mut c2, port2) = locus(
+        &s,
+        "cache2",
+        &["cache"],
+        &cache_env(&prefix, &unique("g-"), &redis_url()),
+    );
+    wait_ready(port2, Duration::from_secs(60)).await;
+    wait_applied(port2, 300.0, Duration::from_secs(60)).await;
+    assert_eq!(
+        metric(port2, "locus_cache_updates_applied_total").await,
+        0.0
+    );
+    assert_eq!(state(port2, &users).await, newest);
+
+    // Redis loses everything of this prefix; `locus cache rebuild` restores the same state.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(state(port2, &users).await.is_empty());
+    let out = Command::new(env!("CARGO_BIN_EXE_locus"))
+        .args(["--config"])
+        .arg(repo().join("dev/locus.dev.toml"))
+        .args(["cache", "rebuild"])
+        .env("LOCUS_KAFKA__BROKERS", &s.brokers)
+        .env("LOCUS_REGISTRY__URL", registry_url())
+        .env("LOCUS_TOPICS__LOCATIONS", &s.locations)
+        .env("LOCUS_CACHE__KEY_PREFIX", &prefix)
+        .env("LOCUS_CACHE__REDIS_URL", redis_url())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("300 / 300"),
+        "progress shown"
+    );
+    assert_eq!(state(port2, &users).await, newest, "rebuilt");
+    c2.term();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nearby_bbox_presence_and_bad_parameters() {
+    let s = Scope::new("cache-geo");
+    s.create_topics().await;
+    let prefix = unique("lg");
+    let now = now_ms();
+    // Around Berlin Alexanderplatz (52.5219, 13.4132): near (fresh), mid (stale: 5 min old),
+    // far (offline: 20 min old), and one in Potsdam.
+    let fixes = vec![
+        fix("near", 1, now - 5_000, 52.5219, 13.4132),
+        fix("mid", 1, now - 300_000, 52.5219, 13.4280), // ~1.0 km east
+        fix("far", 1, now - 1_200_000, 52.5400, 13.4132), // ~2.0 km north
+        fix("potsdam", 1, now - 5_000, 52.3906, 13.0645),
+    ];
+    produce(&s, &fixes).await;
+    let (_c, port) = locus(
+        &s,
+        "cache",
+        &["cache"],
+        &cache_env(&prefix, &unique("g-"), &redis_url()),
+    );
+    wait_ready(port, Duration::from_secs(60)).await;
+    wait_applied(port, 4.0, Duration::from_secs(60)).await;
+
+    let (status, v) = get_json(
+        port,
+        "/v1/tenants/acme/nearby?lat=52.5219&lon=13.4132&radius_m=2500&limit=10",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let names: Vec<&str> = v["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["near", "mid", "far"],
+        "nearest first, Potsdam out of range"
+    );
+    let d: Vec<f64> = v["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["distance_m"].as_f64().unwrap())
+        .collect();
+    assert!(d[0] < 5.0, "{d:?}");
+    assert!((d[1] - 1001.6).abs() < 5.0, "haversine 1001.6 m: {d:?}");
+    assert!((d[2] - 2013.2).abs() < 5.0, "haversine 2013.2 m: {d:?}");
+    let statuses: Vec<&str> = v["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, vec!["online", "stale", "offline"]);
+
+    let (_, v) = get_json(
+        port,
+        "/v1/tenants/acme/nearby?lat=52.5219&lon=13.4132&radius_m=1500&limit=1",
+    )
+    .await;
+    assert_eq!(v["count"], 1);
+
+    let (status, v) = get_json(
+        port,
+        "/v1/tenants/acme/positions?bbox=13.40,52.51,13.43,52.53",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = v["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["mid", "near"]);
+    let (_, v) = get_json(
+        port,
+        "/v1/tenants/acme/positions?bbox=13.0,52.3,13.5,52.6&status=online",
+    )
+    .await;
+    let names: Vec<&str> = v["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["near", "potsdam"]);
+    let (_, v) = get_json(port, "/v1/tenants/other/positions?bbox=13.0,52.3,13.5,52.6").await;
+    assert_eq!(v["count"], 0, "tenants are apart");
+
+    let (status, v) = get_json(port, "/v1/tenants/acme/users/far/position").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["status"], "offline");
+    let (status, _) = get_json(port, "/v1/tenants/acme/users/nobody/position").await;
+    assert_eq!(status, 404);
+
+    for q in [
+        "nearby?lon=13.4&radius_m=100",
+        "nearby?lat=95&lon=13.4",
+        "nearby?lat=52&lon=13.4&radius_m=-5",
+        "nearby?lat=52&lon=13.4&radius_m=999999999",
+        "nearby?lat=52&lon=13.4&limit=0",
+        "nearby?lat=abc&lon=13.4",
+        "nearby?lat=52&lon=13.4&colour=red",
+        "positions",
+        "positions?bbox=1,2,3",
+        "positions?bbox=13.5,52.3,13.0,52.6",
+        "positions?bbox=13.0,52.3,13.5,52.6&status=asleep",
+    ] {
+        let (status, v) = get_json(port, &format!("/v1/tenants/acme/{q}")).await;
+        assert_eq!(status, 400, "{q}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{q}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_for_30s_loses_nothing() {
+    let s = Scope::new("cache-outage");
+    s.create_topics().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rport = free_port();
+    let start_redis = |dir: &std::path::Path| Proc {
+        child: Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &rport.to_string(),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (dev/stack installs it)"),
+        name: "redis".into(),
+    };
+    let mut redis_proc = start_redis(dir.path());
+    std::thread::sleep(Duration::from_millis(300));
+    let url = format!("redis://127.0.0.1:{rport}/0");
+    let prefix = unique("lo");
+    let (_c, port) = locus(
+        &s,
+        "cache",
+        &["cache"],
+        &cache_env(&prefix, &unique("g-"), &url),
+    );
+    wait_ready(port, Duration::from_secs(60)).await;
+
+    let base = now_ms() - 3_600_000;
+    let scope = s.clone();
+    let feeder = tokio::spawn(async move {
+        for round in 0..40i64 {
+            let fixes: Vec<LocationFix> = (0..20)
+                .map(|u| {
+                    fix(
+                        &format!("u{u}"),
+                        round,
+                        base + round * 1000,
+                        48.0,
+                        11.0 + round as f64 * 0.001,
+                    )
+                })
+                .collect();
+            produce(&scope, &fixes).await;
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis_proc.term();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let _redis = start_redis(dir.path());
+    feeder.await.unwrap();
+    wait_applied(port, 800.0, Duration::from_secs(90)).await;
+    let users: Vec<String> = (0..20).map(|u| format!("u{u}")).collect();
+    let st = state(port, &users).await;
+    assert_eq!(st.len(), 20);
+    for (u, (seq, ts)) in st {
+        assert_eq!((seq, ts), (39, base + 39_000), "{u} ends at its newest fix");
+    }
+    assert!(
+        metric(port, "locus_cache_write_retries_total").await > 0.0,
+        "the outage was felt"
+    );
+}
