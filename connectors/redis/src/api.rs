@@ -31,25 +31,39 @@ pub fn router(api: PositionsApi) -> Router {
         .with_state(Arc::new(api))
 }
 
-fn bad(message: impl Into<String>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(json!({ "error": message.into() })),
-    )
-        .into_response()
+/// Why a request was not answered.
+#[derive(Debug)]
+enum Reject {
+    Bad(String),
+    Unavailable,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Response {
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        match self {
+            Reject::Bad(m) => {
+                (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": m }))).into_response()
+            }
+            Reject::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                axum::Json(json!({ "error": "the position cache did not answer; retry" })),
+            )
+                .into_response(),
+        }
+    }
+}
+
+fn bad(message: impl Into<String>) -> Reject {
+    Reject::Bad(message.into())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Reject {
     tracing::warn!(error = %e, "position query failed");
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, "1")],
-        axum::Json(json!({ "error": "the position cache did not answer; retry" })),
-    )
-        .into_response()
+    Reject::Unavailable
 }
 
-fn store(api: &PositionsApi) -> Result<&CacheStore, Response> {
+fn store(api: &PositionsApi) -> Result<&CacheStore, Reject> {
     api.store
         .get()
         .ok_or_else(|| unavailable("not connected yet"))
@@ -57,7 +71,7 @@ fn store(api: &PositionsApi) -> Result<&CacheStore, Response> {
 
 type Params = Query<HashMap<String, String>>;
 
-fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Response> {
+fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Reject> {
     match q.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(bad(format!(
             "unknown parameter '{k}' (allowed: {})",
@@ -72,7 +86,7 @@ fn number(
     name: &str,
     min: f64,
     max: f64,
-) -> Result<Option<f64>, Response> {
+) -> Result<Option<f64>, Reject> {
     match q.get(name) {
         None => Ok(None),
         Some(v) => match v.parse::<f64>() {
@@ -84,7 +98,7 @@ fn number(
     }
 }
 
-fn limit(q: &HashMap<String, String>, max: usize) -> Result<usize, Response> {
+fn limit(q: &HashMap<String, String>, max: usize) -> Result<usize, Reject> {
     match q.get("limit") {
         None => Ok(max.min(100)),
         Some(v) => match v.parse::<usize>() {
@@ -100,7 +114,7 @@ async fn position(
 ) -> Response {
     let s = match store(&api) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match s.position(&tenant, &user).await {
         Ok(Some(p)) => axum::Json(p).into_response(),
@@ -111,7 +125,7 @@ async fn position(
             ),
         )
             .into_response(),
-        Err(e) => unavailable(e),
+        Err(e) => unavailable(e).into_response(),
     }
 }
 
@@ -168,7 +182,7 @@ async fn positions(
                 .into_response(),
         )
     };
-    run.await.unwrap_or_else(|r| r)
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn nearby(
@@ -195,5 +209,5 @@ async fn nearby(
                 .into_response(),
         )
     };
-    run.await.unwrap_or_else(|r| r)
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }

@@ -20,7 +20,7 @@ use crate::{CacheConfig, CacheError};
 /// stored one, atomically across the hash, the GEO set and the last-seen set.
 /// KEYS: hash, geo, seen, tenants. ARGV: user, ts, lat, lon, device, seq, speed, heading,
 /// accuracy, battery, received_at, tenant, ttl_s. Returns 1 if applied, 0 if older.
-const UPDATE: &str = r#"
+pub const UPDATE_SCRIPT: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'ts')
 if cur and tonumber(cur) >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'ts', ARGV[2], 'lat', ARGV[3], 'lon', ARGV[4], 'device_id', ARGV[5],
@@ -144,7 +144,7 @@ impl CacheStore {
         let mut c = self.conn.clone();
         redis::cmd("SCRIPT")
             .arg("LOAD")
-            .arg(UPDATE)
+            .arg(UPDATE_SCRIPT)
             .query_async::<String>(&mut c)
             .await
             .map_err(|e| redis_err(&self.cfg, e))

@@ -33,6 +33,18 @@ enum Cmd {
         #[arg(long, default_value = "http://127.0.0.1:8081")]
         registry: String,
     },
+    /// The cache sink alone (Avro decode + forward-only Lua update, pipelined) vs the same
+    /// EVALSHA commands sent raw in pipelines of the same size (the ceiling).
+    Cache {
+        #[arg(long, default_value_t = 200_000)]
+        count: usize,
+        #[arg(long, default_value_t = 2000)]
+        batch: usize,
+        #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
+        redis: String,
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        registry: String,
+    },
     CqlCeiling {
         #[arg(long)]
         count: usize,
@@ -118,6 +130,124 @@ async fn main() -> anyhow::Result<()> {
                 "[produce] {count} fixes in {:.1} s",
                 started.elapsed().as_secs_f64()
             );
+        }
+        Cmd::Cache {
+            count,
+            batch,
+            redis,
+            registry,
+        } => {
+            let topic = format!("bench-cache-{}", std::process::id());
+            let codec = Codec::new(
+                &RegistryConfig {
+                    url: registry.clone(),
+                    ..Default::default()
+                },
+                &topic,
+            )?;
+            // Every fix a different user: no update is deduplicated away, so both sides send
+            // exactly `count` EVALSHA commands.
+            let fixes: Vec<LocationFix> = (0..count).map(|i| fix(i, count, base)).collect();
+            let mut records = Vec::with_capacity(count);
+            for (i, f) in fixes.iter().enumerate() {
+                records.push(locus_kafka::Record {
+                    topic: topic.clone(),
+                    partition: 0,
+                    offset: i as i64,
+                    key: Some(f.user_id.clone().into_bytes()),
+                    value: Some(codec.encode(f).await?),
+                    timestamp_ms: None,
+                    headers: vec![],
+                });
+            }
+            let prefix = format!("bench{}", std::process::id());
+            let cfg = locus_redis::CacheConfig {
+                redis_url: redis.clone(),
+                key_prefix: format!("{prefix}s"),
+                ..Default::default()
+            };
+            let store = locus_redis::CacheStore::connect(&cfg).await?;
+            let sink = locus_redis::CacheSink::new(
+                store,
+                Codec::new(
+                    &RegistryConfig {
+                        url: registry,
+                        ..Default::default()
+                    },
+                    &topic,
+                )?,
+                None,
+            );
+            use locus_kafka::Sink;
+            let cpu0 = cpu_seconds();
+            let started = Instant::now();
+            for chunk in records.chunks(batch) {
+                sink.apply(chunk.to_vec())
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            }
+            let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+            println!(
+                "[cache] sink: {count} updates in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update",
+                count as f64 / wall,
+                1e6 * cpu / count as f64
+            );
+            let sink_rate = count as f64 / wall;
+
+            let client = ::redis::Client::open(redis.as_str())?;
+            let mut con = client.get_multiplexed_async_connection().await?;
+            let sha: String = ::redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(locus_redis::UPDATE_SCRIPT)
+                .query_async(&mut con)
+                .await?;
+            let cpu0 = cpu_seconds();
+            let started = Instant::now();
+            for chunk in fixes.chunks(batch) {
+                let mut pipe = ::redis::pipe();
+                for f in chunk {
+                    pipe.cmd("EVALSHA")
+                        .arg(&sha)
+                        .arg(4)
+                        .arg(format!("{prefix}r:pos:{}:{}", f.tenant, f.user_id))
+                        .arg(format!("{prefix}r:geo:{}", f.tenant))
+                        .arg(format!("{prefix}r:seen:{}", f.tenant))
+                        .arg(format!("{prefix}r:tenants"))
+                        .arg(&f.user_id)
+                        .arg(f.ts)
+                        .arg(f.lat)
+                        .arg(f.lon)
+                        .arg(&f.device_id)
+                        .arg(f.seq)
+                        .arg("3")
+                        .arg("180")
+                        .arg("5")
+                        .arg("77")
+                        .arg(f.received_at)
+                        .arg(&f.tenant)
+                        .arg(600);
+                }
+                let _: Vec<i64> = pipe.query_async(&mut con).await?;
+            }
+            let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+            println!(
+                "[cache] ceiling (raw pipelined EVALSHA): {count} in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update",
+                count as f64 / wall,
+                1e6 * cpu / count as f64
+            );
+            println!(
+                "[cache] sink reaches {:.0}% of the ceiling",
+                100.0 * sink_rate / (count as f64 / wall)
+            );
+            for p in [format!("{prefix}s"), format!("{prefix}r")] {
+                let keys: Vec<String> = ::redis::cmd("KEYS")
+                    .arg(format!("{p}:*"))
+                    .query_async(&mut con)
+                    .await?;
+                for k in keys.chunks(1000) {
+                    let _: () = ::redis::cmd("DEL").arg(k).query_async(&mut con).await?;
+                }
+            }
         }
         Cmd::CqlCeiling {
             count,
