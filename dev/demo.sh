@@ -28,6 +28,9 @@ cat <<MSG
 [demo] Locus is running (log: .stack/log/locus.log)
          metrics  http://$LISTEN/metrics
          health   http://$LISTEN/healthz   http://$LISTEN/readyz
+         where    http://$LISTEN/v1/tenants/demo/nearby?lat=52.52&lon=13.405&radius_m=5000&limit=10
+         who      http://$LISTEN/v1/tenants/demo/positions?bbox=13.3,52.45,13.5,52.6
+         track    http://$LISTEN/v1/tenants/demo/users/user-00001/track?format=geojson
 [demo] driving ${DEMO_DEVICES:-50} simulated devices; Ctrl-C stops
 MSG
 ./target/release/locus-sim --devices "${DEMO_DEVICES:-50}" --connections 2 \

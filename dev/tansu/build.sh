@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds the local Kafka broker: tansu 0.6.0 (sqlite storage) from crates.io, with
-# dev/tansu/fetch-early-return.patch applied to tansu-storage. Idempotent: the binary is
+# dev/tansu/fetch-wakeup.patch applied to tansu-storage. Idempotent: the binary is
 # cached outside the repo ($LOCUS_CACHE, default ~/.cache/locus) and reused by every
 # later run on this machine. A fresh build takes about 20 minutes on 2 cores.
 set -euo pipefail
 
 VERSION=0.6.0
-PATCH_ID=p2
+PATCH_ID=p3
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${LOCUS_CACHE:-$HOME/.cache/locus}"
 OUT="$CACHE/tansu-$VERSION-$PATCH_ID/bin/tansu"
@@ -40,7 +40,7 @@ rm -rf "$BUILD/tansu" "$BUILD/tansu-storage"
 cp -r "$SRC_TANSU" "$BUILD/tansu"
 cp -r "$SRC_STORAGE" "$BUILD/tansu-storage"
 chmod -R u+w "$BUILD/tansu" "$BUILD/tansu-storage"
-patch -p1 -d "$BUILD/tansu-storage" < "$HERE/fetch-early-return.patch"
+patch -p1 -d "$BUILD/tansu-storage" < "$HERE/fetch-wakeup.patch"
 cat >> "$BUILD/tansu/Cargo.toml" <<TOML
 
 [patch.crates-io]
@@ -52,5 +52,5 @@ TOML
 
 mkdir -p "$(dirname "$OUT")"
 cp "$BUILD/target/release/tansu" "$OUT"
-rm -rf "$BUILD/target"
+# The target folder is kept: a changed patch rebuilds incrementally.
 echo "tansu: built $OUT"

@@ -116,9 +116,25 @@ impl Tracker {
 struct RunnerContext {
     tracker: Arc<Mutex<Tracker>>,
     group: String,
+    stage: String,
 }
 
-impl ClientContext for RunnerContext {}
+impl ClientContext for RunnerContext {
+    /// Consumer lag per partition from librdkafka's statistics (computed from the high
+    /// watermarks fetch responses carry: no extra requests to the brokers).
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for topic in stats.topics.values() {
+            for (p, part) in &topic.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    crate::metrics::M
+                        .lag
+                        .with_label_values(&[self.stage.as_str(), &p.to_string()])
+                        .set(part.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RunnerContext {
     fn pre_rebalance(
@@ -171,23 +187,19 @@ pub async fn run<S: Sink>(
     cancel: CancellationToken,
 ) -> Result<(), KafkaError> {
     let tracker: Arc<Mutex<Tracker>> = Arc::default();
-    let consumer: Arc<StreamConsumer<RunnerContext>> = kafka
-        .consumer_config(stage, &settings.group)
+    let mut config = kafka.consumer_config(stage, &settings.group);
+    config.set("statistics.interval.ms", "5000");
+    let consumer: Arc<StreamConsumer<RunnerContext>> = config
         .create_with_context(RunnerContext {
             tracker: tracker.clone(),
             group: settings.group.clone(),
+            stage: stage.to_string(),
         })
         .map(Arc::new)
         .map_err(KafkaError::Client)?;
     consumer
         .subscribe(&[&settings.topic])
         .map_err(KafkaError::Client)?;
-    spawn_lag_reporter(
-        consumer.clone(),
-        stage.to_string(),
-        settings.topic.clone(),
-        cancel.clone(),
-    );
     info!(
         group = settings.group,
         topic = settings.topic,
@@ -251,50 +263,6 @@ pub async fn run<S: Sink>(
         Some(e) => Err(KafkaError::Sink(e)),
         None => Ok(()),
     }
-}
-
-/// Every 5 s: per assigned partition, records between the position and the end.
-fn spawn_lag_reporter<C: ConsumerContext + 'static>(
-    consumer: Arc<StreamConsumer<C>>,
-    stage: String,
-    topic: String,
-    cancel: CancellationToken,
-) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
-            let c = consumer.clone();
-            let t = topic.clone();
-            let lags = tokio::task::spawn_blocking(move || {
-                let mut out = vec![];
-                let Ok(position) = c.position() else {
-                    return out;
-                };
-                for e in position.elements_for_topic(&t) {
-                    let Ok((_, high)) =
-                        c.fetch_watermarks(&t, e.partition(), Duration::from_secs(2))
-                    else {
-                        continue;
-                    };
-                    if let Offset::Offset(pos) = e.offset() {
-                        out.push((e.partition(), (high - pos).max(0)));
-                    }
-                }
-                out
-            })
-            .await
-            .unwrap_or_default();
-            for (p, lag) in lags {
-                crate::metrics::M
-                    .lag
-                    .with_label_values(&[stage.as_str(), &p.to_string()])
-                    .set(lag);
-            }
-        }
-    });
 }
 
 fn dispatch<S: Sink>(

@@ -335,7 +335,7 @@ pub fn tansu_bin() -> PathBuf {
     let cache = std::env::var("LOCUS_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/locus"));
-    cache.join("tansu-0.6.0-p2/bin/tansu")
+    cache.join("tansu-0.6.0-p3/bin/tansu")
 }
 
 impl PrivateKafka {
