@@ -16,7 +16,8 @@ pub struct KafkaConfig {
     #[serde(default = "default_client_id")]
     pub client_id: String,
     /// Longest a broker may hold a fetch when no data is ready, ms (librdkafka
-    /// `fetch.wait.max.ms`). Bounds consumer latency on brokers that always wait it out.
+    /// `fetch.wait.max.ms`). Brokers answer as soon as data arrives, so this does not add
+    /// latency; a longer wait means fewer idle fetches.
     #[serde(default = "default_fetch_wait_max_ms")]
     pub fetch_wait_max_ms: u32,
     /// Timeout of admin and metadata requests, ms.
@@ -57,7 +58,7 @@ fn default_client_id() -> String {
     "locus".into()
 }
 fn default_fetch_wait_max_ms() -> u32 {
-    100
+    500
 }
 fn default_request_timeout_ms() -> u64 {
     10_000

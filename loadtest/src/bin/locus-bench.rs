@@ -40,7 +40,8 @@ enum Cmd {
         count: usize,
         #[arg(long, default_value_t = 2000)]
         batch: usize,
-        #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
+        /// A database of its own: the benchmark flushes it before and after.
+        #[arg(long, default_value = "redis://127.0.0.1:6379/9")]
         redis: String,
         #[arg(long, default_value = "http://127.0.0.1:8081")]
         registry: String,
@@ -161,6 +162,14 @@ async fn main() -> anyhow::Result<()> {
                 });
             }
             let prefix = format!("bench{}", std::process::id());
+            {
+                let client = ::redis::Client::open(redis.as_str())?;
+                let mut con = client.get_multiplexed_async_connection().await?;
+                let _: () = ::redis::cmd("FLUSHDB")
+                    .arg("ASYNC")
+                    .query_async(&mut con)
+                    .await?;
+            }
             let cfg = locus_redis::CacheConfig {
                 redis_url: redis.clone(),
                 key_prefix: format!("{prefix}s"),
@@ -239,15 +248,10 @@ async fn main() -> anyhow::Result<()> {
                 "[cache] sink reaches {:.0}% of the ceiling",
                 100.0 * sink_rate / (count as f64 / wall)
             );
-            for p in [format!("{prefix}s"), format!("{prefix}r")] {
-                let keys: Vec<String> = ::redis::cmd("KEYS")
-                    .arg(format!("{p}:*"))
-                    .query_async(&mut con)
-                    .await?;
-                for k in keys.chunks(1000) {
-                    let _: () = ::redis::cmd("DEL").arg(k).query_async(&mut con).await?;
-                }
-            }
+            let _: () = ::redis::cmd("FLUSHDB")
+                .arg("ASYNC")
+                .query_async(&mut con)
+                .await?;
         }
         Cmd::CqlCeiling {
             count,
