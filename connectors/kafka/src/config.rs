@@ -20,6 +20,10 @@ pub struct KafkaConfig {
     /// latency; a longer wait means fewer idle fetches.
     #[serde(default = "default_fetch_wait_max_ms")]
     pub fetch_wait_max_ms: u32,
+    /// Most bytes one fetch returns (librdkafka `fetch.max.bytes`; per partition at most
+    /// 1 MiB). Smaller answers come back sooner from brokers that read them record by record.
+    #[serde(default = "default_fetch_max_bytes")]
+    pub fetch_max_bytes: u32,
     /// Timeout of admin and metadata requests, ms.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
@@ -60,6 +64,9 @@ fn default_client_id() -> String {
 fn default_fetch_wait_max_ms() -> u32 {
     500
 }
+fn default_fetch_max_bytes() -> u32 {
+    8 * 1024 * 1024
+}
 fn default_request_timeout_ms() -> u64 {
     10_000
 }
@@ -90,6 +97,7 @@ impl Default for KafkaConfig {
             brokers: default_brokers(),
             client_id: default_client_id(),
             fetch_wait_max_ms: default_fetch_wait_max_ms(),
+            fetch_max_bytes: default_fetch_max_bytes(),
             request_timeout_ms: default_request_timeout_ms(),
             producer: ProducerSettings::default(),
             properties: BTreeMap::new(),
@@ -127,6 +135,11 @@ impl KafkaConfig {
                     "kafka.producer.compression '{other}' is not one of none, gzip, snappy, lz4, zstd"
                 )));
             }
+        }
+        if self.fetch_max_bytes < 65_536 {
+            return Err(KafkaError::Config(
+                "kafka.fetch_max_bytes must be at least 65536".into(),
+            ));
         }
         if self.fetch_wait_max_ms == 0 {
             return Err(KafkaError::Config(
@@ -185,6 +198,11 @@ impl KafkaConfig {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
+            .set("fetch.max.bytes", self.fetch_max_bytes.to_string())
+            .set(
+                "max.partition.fetch.bytes",
+                self.fetch_max_bytes.min(1024 * 1024).to_string(),
+            )
             .set("partition.assignment.strategy", "cooperative-sticky");
         c
     }

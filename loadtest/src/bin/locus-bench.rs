@@ -46,6 +46,24 @@ enum Cmd {
         #[arg(long, default_value = "http://127.0.0.1:8081")]
         registry: String,
     },
+    /// The history sink alone (Avro decode, grouping, unlogged batches at `concurrency`) on
+    /// pre-encoded records, without Kafka.
+    HistorySink {
+        #[arg(long, default_value_t = 50_000)]
+        count: usize,
+        #[arg(long, default_value_t = 2000)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value = "127.0.0.1:9042")]
+        node: String,
+        #[arg(long)]
+        keyspace: String,
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        registry: String,
+    },
     CqlCeiling {
         #[arg(long)]
         count: usize,
@@ -252,6 +270,76 @@ async fn main() -> anyhow::Result<()> {
                 .arg("ASYNC")
                 .query_async(&mut con)
                 .await?;
+        }
+        Cmd::HistorySink {
+            count,
+            batch,
+            concurrency,
+            users,
+            node,
+            keyspace,
+            registry,
+        } => {
+            let topic = format!("bench-history-{}", std::process::id());
+            let codec = Codec::new(
+                &RegistryConfig {
+                    url: registry.clone(),
+                    ..Default::default()
+                },
+                &topic,
+            )?;
+            let mut records = Vec::with_capacity(count);
+            for i in 0..count {
+                let f = fix(i, users, base);
+                records.push(locus_kafka::Record {
+                    topic: topic.clone(),
+                    partition: 0,
+                    offset: i as i64,
+                    key: Some(f.user_id.clone().into_bytes()),
+                    value: Some(codec.encode(&f).await?),
+                    timestamp_ms: None,
+                    headers: vec![],
+                });
+            }
+            let scylla = ScyllaConfig {
+                nodes: vec![node],
+                keyspace,
+                fetch_schema_metadata: false,
+                ..Default::default()
+            };
+            let history = HistoryConfig::default();
+            let session = Arc::new(locus_scylla::connect(&scylla).await?);
+            locus_scylla::migrate(&session, &scylla, &history).await?;
+            let store = HistoryStore::prepare(session, &scylla, &history).await?;
+            let producer = Producer::new(&KafkaConfig::default(), "bench")?;
+            let sink = locus_scylla::HistorySink::new(
+                store,
+                Codec::new(
+                    &RegistryConfig {
+                        url: registry,
+                        ..Default::default()
+                    },
+                    &topic,
+                )?,
+                producer,
+                "unused-dlq",
+                concurrency,
+                history.rows_per_batch,
+            );
+            use locus_kafka::Sink;
+            let cpu0 = cpu_seconds();
+            let started = Instant::now();
+            for chunk in records.chunks(batch) {
+                sink.apply(chunk.to_vec())
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            }
+            let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+            println!(
+                "[history] sink: {count} rows in {wall:.2} s = {:.0} rows/s, client CPU {:.1} µs/row",
+                count as f64 / wall,
+                1e6 * cpu / count as f64
+            );
         }
         Cmd::CqlCeiling {
             count,
