@@ -174,20 +174,14 @@ async fn history(
     store_slot: Arc<OnceLock<locus_scylla::HistoryStore>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_millis(200);
-    let session = loop {
-        match locus_scylla::connect(&config.scylla).await {
-            Ok(s) => break Arc::new(s),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach Cassandra/Scylla yet");
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+    let Some(session) = connect_until(&cancel, "Cassandra/Scylla", || {
+        locus_scylla::connect(&config.scylla)
+    })
+    .await
+    else {
+        return Ok(());
     };
+    let session = Arc::new(session);
     if config.history.migrate_on_start {
         locus_scylla::migrate(&session, &config.scylla, &config.history)
             .await
@@ -223,19 +217,12 @@ async fn cache(
     store_slot: Arc<OnceLock<locus_redis::CacheStore>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_millis(200);
-    let store = loop {
-        match locus_redis::CacheStore::connect(&config.cache).await {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach Redis yet");
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+    let Some(store) = connect_until(&cancel, "Redis", || {
+        locus_redis::CacheStore::connect(&config.cache)
+    })
+    .await
+    else {
+        return Ok(());
     };
     let _ = store_slot.set(store.clone());
     tokio::spawn(locus_redis::sweep_loop(
@@ -260,4 +247,27 @@ async fn cache(
     };
     locus_kafka::run_consumer(&config.kafka, "cache", &settings, sink, cancel).await?;
     Ok(())
+}
+
+/// Calls `connect` with backoff (200 ms doubling to 5 s) until it succeeds; `None` if
+/// cancelled first. A stage starts even while its store is away.
+async fn connect_until<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    cancel: &CancellationToken,
+    what: &str,
+    mut connect: impl FnMut() -> F,
+) -> Option<T> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match connect().await {
+            Ok(t) => return Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach {what} yet");
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }

@@ -7,8 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use locus_kafka::Producer;
-use locus_schemas::{Codec, LocationFix, RegistryConfig};
+use locus_schemas::LocationFix;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -34,34 +33,6 @@ fn fix(user: &str, seq: i64, ts: i64, lat: f64, lon: f64) -> LocationFix {
         activity: None,
         source: None,
         received_at: ts,
-    }
-}
-
-async fn produce(s: &Scope, fixes: &[LocationFix]) {
-    let codec = Codec::new(
-        &RegistryConfig {
-            url: registry_url(),
-            ..Default::default()
-        },
-        &s.locations,
-    )
-    .unwrap();
-    let p = Producer::new(&s.kafka(), "test").unwrap();
-    let mut pending = vec![];
-    for f in fixes {
-        pending.push(
-            p.send(
-                &s.locations,
-                f.user_id.as_bytes(),
-                &codec.encode(f).await.unwrap(),
-                &[],
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    for d in pending {
-        d.delivered().await.unwrap();
     }
 }
 

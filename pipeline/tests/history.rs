@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use locus_kafka::Producer;
-use locus_schemas::{Codec, LocationFix, RegistryConfig};
+use locus_schemas::LocationFix;
 use locus_scylla::ScyllaConfig;
 
 const HOUR: i64 = 3_600_000;
@@ -38,30 +38,6 @@ fn fix(user: &str, seq: i64, ts: i64) -> LocationFix {
         activity: Some("walking, fast".into()),
         source: Some("gps".into()),
         received_at: ts + 100,
-    }
-}
-
-async fn produce(s: &Scope, fixes: &[LocationFix]) {
-    let codec = Codec::new(
-        &RegistryConfig {
-            url: registry_url(),
-            ..Default::default()
-        },
-        &s.locations,
-    )
-    .unwrap();
-    let p = Producer::new(&s.kafka(), "test").unwrap();
-    let mut pending = vec![];
-    for f in fixes {
-        let bytes = codec.encode(f).await.unwrap();
-        pending.push(
-            p.send(&s.locations, f.user_id.as_bytes(), &bytes, &[])
-                .await
-                .unwrap(),
-        );
-    }
-    for d in pending {
-        d.delivered().await.unwrap();
     }
 }
 

@@ -450,3 +450,29 @@ pub fn private_adapter(port: u16) -> Proc {
         name: "cql-adapter".into(),
     }
 }
+
+/// Produces `fixes` (Avro, key = user id) to the scope's locations topic and waits for
+/// every delivery.
+pub async fn produce(s: &Scope, fixes: &[locus_schemas::LocationFix]) {
+    let codec = locus_schemas::Codec::new(
+        &locus_schemas::RegistryConfig {
+            url: registry_url(),
+            ..Default::default()
+        },
+        &s.locations,
+    )
+    .unwrap();
+    let p = locus_kafka::Producer::new(&s.kafka(), "test").unwrap();
+    let mut pending = vec![];
+    for f in fixes {
+        let bytes = codec.encode(f).await.unwrap();
+        pending.push(
+            p.send(&s.locations, f.user_id.as_bytes(), &bytes, &[])
+                .await
+                .unwrap(),
+        );
+    }
+    for d in pending {
+        d.delivered().await.unwrap();
+    }
+}
