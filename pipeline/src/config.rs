@@ -10,6 +10,7 @@ use locus_mqtt::BridgeConfig;
 use locus_redis::CacheConfig;
 use locus_schemas::RegistryConfig;
 use locus_scylla::{HistoryConfig, ScyllaConfig};
+use locus_sse::PushConfig;
 use serde::{Deserialize, Serialize};
 
 /// Environment variables that name the config file rather than override a key.
@@ -36,6 +37,8 @@ pub struct Config {
     pub history: HistoryConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    #[serde(default)]
+    pub push: PushConfig,
 }
 
 /// `[topics]`: which topics the stages use and where they are declared.
@@ -248,6 +251,9 @@ impl Config {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.bridge
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.push
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.topics.locations == self.topics.dlq {

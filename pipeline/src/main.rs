@@ -31,7 +31,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run every stage in one process (bridge, ...): a laptop, a small site, the demo.
+    /// Run every stage in one process (bridge, history, cache, push): a laptop, a small site, the demo.
     Run,
     /// MQTT → Kafka bridge: devices' fixes into the locations topic.
     Bridge,
@@ -44,6 +44,11 @@ enum Command {
     History {
         #[command(subcommand)]
         action: Option<HistoryAction>,
+    },
+    /// Live push (Kafka → Server-Sent Events) and the dashboard.
+    Push {
+        #[command(subcommand)]
+        action: Option<PushAction>,
     },
     /// Inspect the configuration.
     Config {
@@ -72,6 +77,23 @@ enum CacheAction {
 enum HistoryAction {
     /// Create the keyspace and the history table if missing, then exit.
     Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+enum PushAction {
+    /// Print a dashboard token signed with push.jwt_hs256_secret (for development and tests;
+    /// production tokens come from the identity provider).
+    Token {
+        /// Tenant the token is for.
+        #[arg(long)]
+        tenant: String,
+        /// Users the holder may see (comma-separated; default: all of the tenant's).
+        #[arg(long, value_delimiter = ',')]
+        users: Option<Vec<String>>,
+        /// Lifetime, s.
+        #[arg(long, default_value_t = 3600)]
+        ttl_s: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +152,15 @@ fn main() -> ExitCode {
             Command::History {
                 action: Some(HistoryAction::Migrate),
             } => admin::history_migrate(&config).await,
+            Command::Push { action: None } => stages::run(&config, &[stages::Stage::Push]).await,
+            Command::Push {
+                action:
+                    Some(PushAction::Token {
+                        tenant,
+                        users,
+                        ttl_s,
+                    }),
+            } => admin::push_token(&config, tenant, users, ttl_s),
             Command::Config {
                 action: ConfigAction::Check,
             } => admin::config_check(&config),

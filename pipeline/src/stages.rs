@@ -19,16 +19,18 @@ pub enum Stage {
     Bridge,
     History,
     Cache,
+    Push,
 }
 
 impl Stage {
-    pub const ALL: &'static [Stage] = &[Stage::Bridge, Stage::History, Stage::Cache];
+    pub const ALL: &'static [Stage] = &[Stage::Bridge, Stage::History, Stage::Cache, Stage::Push];
 
     fn name(self) -> &'static str {
         match self {
             Stage::Bridge => "bridge",
             Stage::History => "history",
             Stage::Cache => "cache",
+            Stage::Push => "push",
         }
     }
 }
@@ -87,6 +89,37 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
                 let c = cancel.child_token();
                 let cfg = config.clone();
                 tasks.spawn(async move { ("cache", cache(cfg, store, c).await) });
+            }
+            Stage::Push => {
+                let auth = locus_sse::Authenticator::from_config(&config.push)
+                    .context("starting the push stage")?;
+                let hub = Arc::new(locus_sse::Hub::default());
+                let store = Arc::new(OnceLock::new());
+                let api = Arc::new(locus_sse::PushApi::new(
+                    hub.clone(),
+                    auth,
+                    config.push.clone(),
+                    config.kafka.clone(),
+                    config.topics.locations.clone(),
+                    locus_schemas::Codec::new(&config.registry, &config.topics.locations)?,
+                    store.clone(),
+                    cancel.clone(),
+                ));
+                router = router.merge(locus_sse::router(api));
+                let ready_hub = hub.clone();
+                readiness.add("push-reader", move || {
+                    let ready = ready_hub.is_ready();
+                    async move {
+                        if ready {
+                            Ok(())
+                        } else {
+                            Err("not assigned yet".to_string())
+                        }
+                    }
+                });
+                let c = cancel.child_token();
+                let cfg = config.clone();
+                tasks.spawn(async move { ("push", push(cfg, hub, store, c).await) });
             }
             Stage::History => {
                 let store = Arc::new(OnceLock::new());
@@ -246,6 +279,35 @@ async fn cache(
         max_in_flight_batches: config.cache.max_in_flight_batches,
     };
     locus_kafka::run_consumer(&config.kafka, "cache", &settings, sink, cancel).await?;
+    Ok(())
+}
+
+/// The push stage: the live reader feeds the hub; the snapshot store connects in the
+/// background (streams start without it and say their snapshot is incomplete).
+async fn push(
+    config: Config,
+    hub: Arc<locus_sse::Hub>,
+    store_slot: Arc<OnceLock<locus_redis::CacheStore>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let c = cancel.clone();
+    let cache = config.cache.clone();
+    tokio::spawn(async move {
+        if let Some(store) =
+            connect_until(&c, "Redis", || locus_redis::CacheStore::connect(&cache)).await
+        {
+            let _ = store_slot.set(store);
+        }
+    });
+    let codec = locus_schemas::Codec::new(&config.registry, &config.topics.locations)?;
+    locus_sse::source::run_live(
+        config.kafka.clone(),
+        config.topics.locations.clone(),
+        hub,
+        codec,
+        cancel,
+    )
+    .await?;
     Ok(())
 }
 

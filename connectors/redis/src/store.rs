@@ -312,6 +312,30 @@ impl CacheStore {
             .collect())
     }
 
+    /// The positions of these users (those the cache has).
+    pub async fn positions(
+        &self,
+        tenant: &str,
+        users: &[String],
+    ) -> Result<Vec<Position>, CacheError> {
+        let users: Vec<(String, Option<f64>)> = users.iter().map(|u| (u.clone(), None)).collect();
+        self.positions_of(tenant, &users).await
+    }
+
+    /// The `limit` users of the tenant seen most recently, newest first.
+    pub async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Position>, CacheError> {
+        let mut c = self.conn.clone();
+        let found: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(self.key("seen", tenant))
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| redis_err(&self.cfg, e))?;
+        let users: Vec<(String, Option<f64>)> = found.into_iter().map(|u| (u, None)).collect();
+        self.positions_of(tenant, &users).await
+    }
+
     /// Users within `radius_m` of (lat, lon), nearest first.
     pub async fn nearby(
         &self,

@@ -1,0 +1,194 @@
+//! Dashboard tokens: a JWT names the tenant and, optionally, the users its holder may see.
+//!
+//! ```json
+//! { "tenant": "acme", "users": ["u-1", "u-2"], "exp": 1795000000, "sub": "dispatcher-7" }
+//! ```
+//!
+//! Signed with HS256 (shared secret) or RS256 / ES256 (public keys from config).
+
+use std::collections::HashSet;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::{PushConfig, PushError};
+
+/// What a valid token grants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    pub tenant: String,
+    /// The users the holder may see (absent: all of the tenant's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<String>>,
+    /// Expiry, s since the epoch (required).
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+impl Claims {
+    pub fn allowed_users(&self) -> Option<HashSet<&str>> {
+        self.users
+            .as_ref()
+            .map(|u| u.iter().map(String::as_str).collect())
+    }
+}
+
+/// Checks tokens against the configured keys.
+pub struct Authenticator {
+    keys: Vec<(Algorithm, DecodingKey)>,
+    issuer: String,
+    audience: String,
+    leeway_s: u64,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algs: Vec<Algorithm> = self.keys.iter().map(|(a, _)| *a).collect();
+        f.debug_struct("Authenticator")
+            .field("algorithms", &algs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn from_config(cfg: &PushConfig) -> Result<Authenticator, PushError> {
+        let mut keys = vec![];
+        if !cfg.jwt_hs256_secret.is_empty() {
+            keys.push((
+                Algorithm::HS256,
+                DecodingKey::from_secret(cfg.jwt_hs256_secret.expose().as_bytes()),
+            ));
+        }
+        for path in &cfg.jwt_public_key_files {
+            let pem = std::fs::read(path).map_err(|e| {
+                PushError::Config(format!(
+                    "push.jwt_public_key_files: cannot read {path}: {e}"
+                ))
+            })?;
+            if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+                keys.push((Algorithm::RS256, k));
+            } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                keys.push((Algorithm::ES256, k));
+            } else {
+                return Err(PushError::Config(format!(
+                    "push.jwt_public_key_files: {path} is neither an RSA nor an EC P-256 public \
+                     key in PEM"
+                )));
+            }
+        }
+        if keys.is_empty() {
+            return Err(PushError::Config(
+                "set push.jwt_hs256_secret or push.jwt_public_key_files: the push stage needs a \
+                 key to check dashboard tokens"
+                    .into(),
+            ));
+        }
+        Ok(Authenticator {
+            keys,
+            issuer: cfg.jwt_issuer.clone(),
+            audience: cfg.jwt_audience.clone(),
+            leeway_s: cfg.jwt_leeway_s,
+        })
+    }
+
+    /// The claims of a valid token, or why it is not valid (safe to show the client).
+    pub fn check(&self, token: &str) -> Result<Claims, String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("bad token: {e}"))?;
+        let mut last = format!("tokens signed with {:?} are not accepted", header.alg);
+        for (alg, key) in self.keys.iter().filter(|(a, _)| *a == header.alg) {
+            let mut v = Validation::new(*alg);
+            v.leeway = self.leeway_s;
+            v.set_required_spec_claims(&["exp"]);
+            if !self.issuer.is_empty() {
+                v.set_issuer(&[&self.issuer]);
+            }
+            if self.audience.is_empty() {
+                v.validate_aud = false;
+            } else {
+                v.set_audience(&[&self.audience]);
+                v.required_spec_claims.insert("aud".into());
+            }
+            match jsonwebtoken::decode::<Claims>(token, key, &v) {
+                Ok(data) => {
+                    let c = data.claims;
+                    if c.tenant.is_empty() {
+                        return Err("bad token: empty tenant claim".into());
+                    }
+                    return Ok(c);
+                }
+                Err(e) => last = format!("bad token: {e}"),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Signs an HS256 token (for `locus push token`, the demo and tests).
+pub fn mint_hs256(secret: &str, claims: &Claims) -> Result<String, PushError> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| PushError::Config(format!("cannot sign token: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use locus_schemas::Secret;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn auth() -> Authenticator {
+        let cfg = PushConfig {
+            jwt_hs256_secret: Secret::new(SECRET),
+            ..PushConfig::default()
+        };
+        Authenticator::from_config(&cfg).expect("hs256 config")
+    }
+
+    fn claims(exp_in: i64) -> Claims {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Claims {
+            tenant: "acme".into(),
+            users: Some(vec!["u1".into()]),
+            exp: (now + exp_in) as u64,
+            sub: None,
+            iss: None,
+            aud: None,
+        }
+    }
+
+    #[test]
+    fn accepts_a_valid_token_and_reads_its_scope() {
+        let t = mint_hs256(SECRET, &claims(60)).expect("sign");
+        let c = auth().check(&t).expect("valid");
+        assert_eq!(c.tenant, "acme");
+        assert_eq!(c.users.as_deref(), Some(&["u1".to_string()][..]));
+    }
+
+    #[test]
+    fn rejects_expired_forged_and_garbage_tokens() {
+        let a = auth();
+        let expired = mint_hs256(SECRET, &claims(-3600)).expect("sign");
+        assert!(a.check(&expired).unwrap_err().contains("Expired"));
+        let forged = mint_hs256("another-secret-another-secret-xx", &claims(60)).expect("sign");
+        assert!(a.check(&forged).unwrap_err().contains("InvalidSignature"));
+        assert!(a.check("not.a.token").is_err());
+        assert!(a.check("").is_err());
+    }
+
+    #[test]
+    fn no_key_is_a_config_error() {
+        let e = Authenticator::from_config(&PushConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("jwt_hs256_secret"));
+    }
+}

@@ -1,0 +1,44 @@
+//! Live push (`locus push`): every replica reads all partitions of `locations` from the end
+//! and pushes each fix to the dashboards that may see it, over Server-Sent Events.
+//!
+//! - [`hub`]: fan-out to per-stream queues (conflation, per-user rate cap, bounded).
+//! - [`source`]: the live Kafka reader and the per-client replay of a resume.
+//! - [`stream`]: `GET /v1/stream` (JWT auth, filters, snapshot, resume, heartbeats).
+//! - [`cursor`]: event ids that encode Kafka positions.
+//! - [`dashboard`]: the built dashboard page, served at `/`.
+
+pub mod auth;
+mod config;
+pub mod cursor;
+mod dashboard;
+pub mod hub;
+mod metrics;
+pub mod source;
+pub mod stream;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+
+pub use auth::{Authenticator, Claims, mint_hs256};
+pub use config::PushConfig;
+pub use hub::Hub;
+pub use stream::PushApi;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("invalid push config: {0}")]
+    Config(String),
+    #[error("Kafka: {0}")]
+    Kafka(String),
+}
+
+/// `GET /v1/stream`, and the dashboard at `/`.
+pub fn router(api: Arc<PushApi>) -> Router {
+    let dash = dashboard::router(&api.config);
+    Router::new()
+        .route("/v1/stream", get(stream::stream))
+        .with_state(api)
+        .merge(dash)
+}

@@ -1,0 +1,280 @@
+//! Reading `locations` for the streams: the live reader (every partition, from the end, no
+//! consumer group offsets) and the per-client replay of a resume.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use locus_kafka::KafkaConfig;
+use locus_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use locus_kafka::rdkafka::message::Message;
+use locus_kafka::rdkafka::{Offset, TopicPartitionList};
+use locus_schemas::{Codec, LocationFix};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Client, FixEvent, Hub};
+use crate::metrics::M;
+use crate::{PushError, cursor};
+
+fn reader(cfg: &KafkaConfig, stage: &str) -> Result<StreamConsumer, PushError> {
+    let mut c = cfg.consumer_config(stage, &format!("{}-{stage}", cfg.client_id));
+    // Partitions are assigned, never subscribed: no group membership, nothing committed.
+    c.set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest");
+    c.create()
+        .map_err(|e| PushError::Kafka(format!("cannot create the {stage} reader: {e}")))
+}
+
+/// Decodes a record into the event the streams send.
+pub async fn to_event(
+    codec: &Codec,
+    partition: i32,
+    offset: i64,
+    value: &[u8],
+) -> Result<FixEvent, String> {
+    let fix: LocationFix = codec.decode(value).await.map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(&fix).map_err(|e| e.to_string())?;
+    Ok(FixEvent {
+        partition,
+        offset,
+        tenant: fix.tenant.as_str().into(),
+        user: fix.user_id.as_str().into(),
+        lat: fix.lat,
+        lon: fix.lon,
+        received_at: fix.received_at,
+        json: Bytes::from(json),
+    })
+}
+
+/// (low, high) watermarks of each partition.
+async fn watermarks(
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64, i64)>, PushError> {
+    let consumer = consumer.clone();
+    let topic = topic.to_string();
+    let partitions: Vec<i32> = partitions.into_iter().collect();
+    tokio::task::spawn_blocking(move || {
+        partitions
+            .into_iter()
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&topic, p, timeout)
+                    .map(|(lo, hi)| (p, lo, hi))
+                    .map_err(|e| PushError::Kafka(format!("watermarks of {topic}/{p}: {e}")))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| PushError::Kafka(e.to_string()))?
+}
+
+/// The live reader: starts at the end of every partition and routes each fix to the hub
+/// until cancelled. Picks up partitions added to the topic (from their beginning).
+pub async fn run_live(
+    kafka: KafkaConfig,
+    topic: String,
+    hub: Arc<Hub>,
+    codec: Codec,
+    cancel: CancellationToken,
+) -> Result<(), PushError> {
+    let consumer = Arc::new(reader(&kafka, "push")?);
+    let timeout = Duration::from_millis(kafka.request_timeout_ms);
+    let mut known = 0usize;
+    let mut check = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = check.tick() => {
+                if let Err(e) = add_partitions(&kafka, &topic, &consumer, &hub, &mut known, timeout).await {
+                    tracing::warn!(error = %e, "push reader cannot read the topic's partitions yet");
+                }
+            }
+            m = consumer.recv(), if known > 0 => match m {
+                Ok(m) => {
+                    let (p, o) = (m.partition(), m.offset());
+                    match to_event(&codec, p, o, m.payload().unwrap_or_default()).await {
+                        Ok(ev) => hub.route(Arc::new(ev)),
+                        Err(e) => {
+                            M.skipped.with_label_values(&["undecodable"]).inc();
+                            tracing::debug!(partition = p, offset = o, error = e, "record is not a fix; skipped");
+                            hub.advance(p, o + 1);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "push reader: Kafka error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn add_partitions(
+    kafka: &KafkaConfig,
+    topic: &str,
+    consumer: &Arc<StreamConsumer>,
+    hub: &Hub,
+    known: &mut usize,
+    timeout: Duration,
+) -> Result<(), PushError> {
+    let n = locus_kafka::partition_count(kafka, topic)
+        .await
+        .map_err(|e| PushError::Kafka(e.to_string()))?;
+    if n <= *known {
+        return Ok(());
+    }
+    let fresh = (*known as i32)..(n as i32);
+    let mut tpl = TopicPartitionList::new();
+    let mut next = hub.positions();
+    next.resize(n, 0);
+    if *known == 0 {
+        // First start: from the end of each partition.
+        for (p, _lo, hi) in watermarks(consumer, topic, fresh, timeout).await? {
+            next[p as usize] = hi;
+            tpl.add_partition_offset(topic, p, Offset::Offset(hi))
+                .map_err(|e| PushError::Kafka(e.to_string()))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| PushError::Kafka(format!("cannot assign {topic}: {e}")))?;
+    } else {
+        // Partitions added while running hold only fixes written since: read them all.
+        for p in fresh {
+            next[p as usize] = 0;
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(|e| PushError::Kafka(e.to_string()))?;
+        }
+        consumer
+            .incremental_assign(&tpl)
+            .map_err(|e| PushError::Kafka(format!("cannot add partitions of {topic}: {e}")))?;
+    }
+    hub.start_at(&next);
+    tracing::info!(topic, partitions = n, "push reader assigned");
+    *known = n;
+    Ok(())
+}
+
+/// What a resume's replay sends to its stream, in order.
+#[derive(Debug)]
+pub enum ReplayItem {
+    Fix(Arc<FixEvent>, String),
+    /// The positions cannot be replayed (retention, too many records, unknown id).
+    Gap(String),
+    Done,
+    Failed(String),
+}
+
+/// Replays `[from, until)` of each partition for one client, filtered like its live
+/// stream, then `Done`. Each fix carries the id that is true once it is delivered.
+#[allow(clippy::too_many_arguments)]
+pub async fn replay(
+    kafka: KafkaConfig,
+    topic: String,
+    codec: &Codec,
+    client: Arc<Client>,
+    from: Vec<i64>,
+    until: Vec<i64>,
+    max_records: u64,
+    tx: mpsc::Sender<ReplayItem>,
+) {
+    let item = match replay_inner(
+        &kafka,
+        &topic,
+        codec,
+        &client,
+        &from,
+        &until,
+        max_records,
+        &tx,
+    )
+    .await
+    {
+        Ok(None) => ReplayItem::Done,
+        Ok(Some(gap)) => ReplayItem::Gap(gap),
+        Err(e) => ReplayItem::Failed(e.to_string()),
+    };
+    let _ = tx.send(item).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn replay_inner(
+    kafka: &KafkaConfig,
+    topic: &str,
+    codec: &Codec,
+    client: &Client,
+    from: &[i64],
+    until: &[i64],
+    max_records: u64,
+    tx: &mpsc::Sender<ReplayItem>,
+) -> Result<Option<String>, PushError> {
+    let todo: Vec<i32> = (0..until.len())
+        .filter(|&p| from[p] < until[p])
+        .map(|p| p as i32)
+        .collect();
+    let total: i64 = todo
+        .iter()
+        .map(|&p| until[p as usize] - from[p as usize])
+        .sum();
+    if total as u64 > max_records {
+        return Ok(Some(format!(
+            "{total} records to replay, more than push.resume_max_records ({max_records})"
+        )));
+    }
+    if todo.is_empty() {
+        return Ok(None);
+    }
+    let consumer = Arc::new(reader(kafka, "push-replay")?);
+    let timeout = Duration::from_millis(kafka.request_timeout_ms);
+    let mut tpl = TopicPartitionList::new();
+    for (p, lo, _hi) in watermarks(&consumer, topic, todo.iter().copied(), timeout).await? {
+        let start = from[p as usize];
+        if start < lo {
+            return Ok(Some(format!(
+                "partition {p} no longer holds offset {start} (retention starts at {lo})"
+            )));
+        }
+        tpl.add_partition_offset(topic, p, Offset::Offset(start))
+            .map_err(|e| PushError::Kafka(e.to_string()))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| PushError::Kafka(format!("cannot assign {topic} for replay: {e}")))?;
+    let mut next: Vec<i64> = from.iter().zip(until).map(|(f, u)| (*f).max(*u)).collect();
+    for &p in &todo {
+        next[p as usize] = from[p as usize];
+    }
+    client.raise_to_skip(&mut next);
+    let mut left = todo.len();
+    let idle = Duration::from_secs(30);
+    while left > 0 {
+        let m = tokio::time::timeout(idle, consumer.recv())
+            .await
+            .map_err(|_| PushError::Kafka(format!("replay got nothing from Kafka for {idle:?}")))?
+            .map_err(|e| PushError::Kafka(format!("replay: {e}")))?;
+        let (p, o) = (m.partition(), m.offset());
+        let pi = p as usize;
+        if pi >= until.len() || next[pi] >= until[pi] || o < next[pi] {
+            continue;
+        }
+        let ev = to_event(codec, p, o, m.payload().unwrap_or_default()).await;
+        next[pi] = (o + 1).min(until[pi]).max(next[pi]);
+        if next[pi] >= until[pi] {
+            left -= 1;
+        }
+        if let Ok(ev) = ev
+            && ev.tenant == client.tenant
+            && client.filter.matches(&ev)
+        {
+            let id = cursor::encode(&next);
+            if tx.send(ReplayItem::Fix(Arc::new(ev), id)).await.is_err() {
+                return Ok(None); // the stream is gone
+            }
+        }
+    }
+    Ok(None)
+}
