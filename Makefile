@@ -5,16 +5,16 @@ VENV := $(CACHE)/venv
 LOCUS_CONFIG ?= dev/locus.dev.toml
 export LOCUS_CONFIG
 
-.PHONY: demo test stack-up stack-down stack-status lint fmt bench build-release
+.PHONY: demo test stack-up stack-down stack-status lint fmt bench build-release dashboard
 
 ## Start the local stack, build, apply topics, register schemas, run the pipeline.
-demo: stack-up build-release
+demo: stack-up build-release dashboard
 	./target/release/locus topics apply
 	./target/release/locus schemas register
 	@bash dev/demo.sh
 
 ## Start the local stack if needed and run every test (Rust and Python).
-test: stack-up
+test: stack-up dashboard
 	./dev/stack status
 	cargo build --workspace --all-targets
 	./target/debug/locus topics apply
@@ -40,3 +40,8 @@ stack-status:
 
 build-release:
 	cargo build --release -p locus -p locus-loadtest
+
+## Build the dashboard (npm packages from the lockfile, bundled by esbuild) into
+## connectors/sse/dashboard/dist, which `locus` serves at /.
+dashboard:
+	cd connectors/sse/dashboard && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build

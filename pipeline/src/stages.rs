@@ -105,7 +105,10 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
                     store.clone(),
                     cancel.clone(),
                 ));
-                router = router.merge(locus_sse::router(api));
+                router = router.merge(locus_sse::router(
+                    api,
+                    (config.cache.online_s, config.cache.offline_s),
+                ));
                 let ready_hub = hub.clone();
                 readiness.add("push-reader", move || {
                     let ready = ready_hub.is_ready();

@@ -186,6 +186,51 @@ mod tests {
         assert!(a.check("").is_err());
     }
 
+    fn keys(name: &str) -> (String, Vec<u8>) {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+        let public = format!("{dir}/{name}.pub.pem");
+        let private = std::fs::read(format!("{dir}/{name}.key.pem")).expect("test key");
+        (public, private)
+    }
+
+    #[test]
+    fn accepts_rs256_and_es256_tokens_from_configured_public_keys() {
+        let (rsa_pub, rsa_key) = keys("rs256");
+        let (ec_pub, ec_key) = keys("es256");
+        let cfg = PushConfig {
+            jwt_public_key_files: vec![rsa_pub, ec_pub],
+            ..PushConfig::default()
+        };
+        let a = Authenticator::from_config(&cfg).expect("public keys");
+        let rs = jsonwebtoken::encode(
+            &Header::new(Algorithm::RS256),
+            &claims(60),
+            &EncodingKey::from_rsa_pem(&rsa_key).expect("rsa key"),
+        )
+        .expect("sign rs256");
+        let es = jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &claims(60),
+            &EncodingKey::from_ec_pem(&ec_key).expect("ec key"),
+        )
+        .expect("sign es256");
+        assert_eq!(a.check(&rs).expect("rs256").tenant, "acme");
+        assert_eq!(a.check(&es).expect("es256").tenant, "acme");
+        // HS256 is not configured here: an HS256 token is refused, whatever its secret.
+        let hs = mint_hs256(SECRET, &claims(60)).expect("sign");
+        assert!(a.check(&hs).unwrap_err().contains("HS256"));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_public_key_is_a_config_error() {
+        let cfg = PushConfig {
+            jwt_public_key_files: vec![concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml").into()],
+            ..PushConfig::default()
+        };
+        let e = Authenticator::from_config(&cfg).unwrap_err();
+        assert!(e.to_string().contains("neither an RSA nor an EC"), "{e}");
+    }
+
     #[test]
     fn no_key_is_a_config_error() {
         let e = Authenticator::from_config(&PushConfig::default()).unwrap_err();

@@ -10,11 +10,12 @@ use tower_http::services::ServeDir;
 
 use crate::PushConfig;
 
-pub fn router(cfg: &PushConfig) -> Router {
+pub fn router(cfg: &PushConfig, (online_s, offline_s): (u64, u64)) -> Router {
     let settings = json!({
         "tile_url": cfg.tile_url,
         "tile_attribution": cfg.tile_attribution,
-        "online_s": 60,
+        "online_s": online_s,
+        "offline_s": offline_s,
     });
     let dir = std::path::PathBuf::from(&cfg.dashboard_dir);
     let r = Router::new().route(

@@ -34,9 +34,10 @@ pub enum PushError {
     Kafka(String),
 }
 
-/// `GET /v1/stream`, and the dashboard at `/`.
-pub fn router(api: Arc<PushApi>) -> Router {
-    let dash = dashboard::router(&api.config);
+/// `GET /v1/stream`, and the dashboard at `/`. `presence_s`: the cache's online and offline
+/// thresholds, s, so the dashboard colours users as the position API does.
+pub fn router(api: Arc<PushApi>, presence_s: (u64, u64)) -> Router {
+    let dash = dashboard::router(&api.config, presence_s);
     Router::new()
         .route("/v1/stream", get(stream::stream))
         .with_state(api)

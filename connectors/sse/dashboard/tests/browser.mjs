@@ -1,0 +1,88 @@
+// Browser test of the dashboard, driven by the Rust test `push_dashboard_in_a_real_browser`
+// (pipeline/tests/push.rs), which runs the pipeline. Here: Debian's Chromium loads the
+// dashboard, a fix is published over MQTT (mosquitto_pub), its marker must appear; a second
+// fix must move it; a screenshot is saved.
+//
+// env: DASHBOARD_URL (with #token=...), MQTT_HOST, MQTT_PORT, MQTT_TOPIC, USER_ID,
+//      SCREENSHOT (path of the PNG to write), CHROMIUM (default /usr/bin/chromium)
+import { chromium } from "playwright-core";
+import { execFileSync } from "node:child_process";
+
+const env = (k, d) => process.env[k] ?? d ?? (() => { throw new Error(`${k} is required`); })();
+const url = env("DASHBOARD_URL");
+const user = env("USER_ID");
+const shot = env("SCREENSHOT");
+
+// MQTT_TOPIC names the moving user's topic; a second, parked user (USER_ID + "-parked")
+// gives the map a fixed reference, so "the marker moved" is what a viewer would see.
+function publish(lat, lon, seq, who = user) {
+  const fix = JSON.stringify({ device_id: "browser-test", seq, ts: Date.now(), lat, lon, speed_mps: 3.5 });
+  execFileSync("mosquitto_pub", [
+    "-h", env("MQTT_HOST", "127.0.0.1"), "-p", env("MQTT_PORT", "1883"),
+    "-q", "1", "-t", env("MQTT_TOPIC").replace(`/${user}/`, `/${who}/`), "-m", fix,
+  ]);
+  console.log(`published fix ${seq} of ${who} at ${lat},${lon}`);
+}
+const centre = async (sel) => {
+  const b = await page.locator(sel).boundingBox();
+  return { x: b.x + b.width / 2, y: b.y + b.height / 2 };
+};
+let page;
+
+const browser = await chromium.launch({
+  executablePath: env("CHROMIUM", "/usr/bin/chromium"),
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+let failed = false;
+try {
+  page = await browser.newPage({ viewport: { width: 1200, height: 760 } });
+  page.on("console", (m) => console.log(`[page] ${m.text()}`));
+  await page.goto(url);
+  await page.waitForSelector("#conn.conn-live", { timeout: 20_000 });
+  console.log("dashboard connected");
+
+  const parked = `path[data-user="${user}-parked"]`;
+  const marker = `path[data-user="${user}"]`;
+  publish(52.515, 13.40, 1, `${user}-parked`);
+  publish(52.52, 13.405, 1);
+  await page.waitForSelector(parked, { timeout: 20_000 });
+  await page.waitForSelector(marker, { timeout: 20_000 });
+  await page.waitForTimeout(300);
+  const rel = async () => {
+    const [a, b] = [await centre(marker), await centre(parked)];
+    return { dx: a.x - b.x, dy: a.y - b.y };
+  };
+  const first = await rel();
+  console.log(`marker appeared, ${JSON.stringify(first)} px from the parked one`);
+  const status = await page.locator(`tr[data-user="${user}"] .status`).textContent();
+  if (status !== "online") throw new Error(`list shows status '${status}', expected online`);
+
+  publish(52.53, 13.425, 2);
+  await page.waitForFunction(
+    (u) => document.querySelector(`tr[data-user="${u}"]`)?.dataset.lat === "52.53",
+    user,
+    { timeout: 20_000 },
+  );
+  await page.waitForTimeout(300);
+  const moved = await rel();
+  console.log(`marker moved, now ${JSON.stringify(moved)} px from the parked one`);
+  // north-east of where it was: further right and further up, relative to the parked user
+  if (!(moved.dx > first.dx + 2 && moved.dy < first.dy - 2)) throw new Error("the marker did not move on the map");
+  const second = await page.locator(marker).boundingBox();
+  const view = await page.locator("#map").boundingBox();
+  const inside = second.x >= view.x && second.y >= view.y &&
+    second.x + second.width <= view.x + view.width && second.y + second.height <= view.y + view.height;
+  if (!inside) throw new Error(`marker is outside the visible map ${JSON.stringify(view)}`);
+  const lat = await page.locator(`tr[data-user="${user}"]`).getAttribute("data-lat");
+  if (Number(lat) !== 52.53) throw new Error(`list row has lat ${lat}, expected 52.53`);
+  await page.waitForFunction(() => Number(document.getElementById("rate").textContent) > 0);
+  await page.screenshot({ path: shot });
+  console.log(`screenshot: ${shot}`);
+} catch (e) {
+  failed = true;
+  console.error(`browser test failed: ${e.message}`);
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
