@@ -454,25 +454,49 @@ pub fn private_adapter(port: u16) -> Proc {
 /// Produces `fixes` (Avro, key = user id) to the scope's locations topic and waits for
 /// every delivery.
 pub async fn produce(s: &Scope, fixes: &[locus_schemas::LocationFix]) {
-    let codec = locus_schemas::Codec::new(
-        &locus_schemas::RegistryConfig {
-            url: registry_url(),
-            ..Default::default()
-        },
-        &s.locations,
-    )
-    .unwrap();
-    let p = locus_kafka::Producer::new(&s.kafka(), "test").unwrap();
-    let mut pending = vec![];
-    for f in fixes {
-        let bytes = codec.encode(f).await.unwrap();
-        pending.push(
-            p.send(&s.locations, f.user_id.as_bytes(), &bytes, &[])
-                .await
-                .unwrap(),
-        );
+    FixProducer::new(s).send(fixes).await;
+}
+
+/// A producer of fixes to a scope's locations topic, for tests that produce many times.
+#[allow(dead_code)]
+pub struct FixProducer {
+    codec: locus_schemas::Codec,
+    producer: locus_kafka::Producer,
+    topic: String,
+}
+
+#[allow(dead_code)]
+impl FixProducer {
+    pub fn new(s: &Scope) -> FixProducer {
+        let codec = locus_schemas::Codec::new(
+            &locus_schemas::RegistryConfig {
+                url: registry_url(),
+                ..Default::default()
+            },
+            &s.locations,
+        )
+        .unwrap();
+        FixProducer {
+            codec,
+            producer: locus_kafka::Producer::new(&s.kafka(), "test").unwrap(),
+            topic: s.locations.clone(),
+        }
     }
-    for d in pending {
-        d.delivered().await.unwrap();
+
+    /// Sends every fix and waits for every delivery.
+    pub async fn send(&self, fixes: &[locus_schemas::LocationFix]) {
+        let mut pending = vec![];
+        for f in fixes {
+            let bytes = self.codec.encode(f).await.unwrap();
+            pending.push(
+                self.producer
+                    .send(&self.topic, f.user_id.as_bytes(), &bytes, &[])
+                    .await
+                    .unwrap(),
+            );
+        }
+        for d in pending {
+            d.delivered().await.unwrap();
+        }
     }
 }

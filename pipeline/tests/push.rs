@@ -1,0 +1,637 @@
+//! The live push end to end against the local stack's Kafka, registry and Redis (and, for the
+//! dashboard, Mosquitto and Debian's Chromium).
+
+mod common;
+#[path = "common/sse.rs"]
+mod sse;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+use locus_schemas::LocationFix;
+use sse::{Event, SseClient};
+
+const SECRET: &str = "locus-dev-secret-change-me-in-production"; // dev/locus.dev.toml
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn fix(tenant: &str, user: &str, seq: i64, lat: f64, lon: f64) -> LocationFix {
+    let ts = now_ms();
+    LocationFix {
+        tenant: tenant.into(),
+        user_id: user.into(),
+        device_id: format!("{user}-phone"),
+        seq,
+        ts,
+        lat,
+        lon,
+        accuracy_m: Some(5.0),
+        altitude_m: None,
+        speed_mps: Some(1.5),
+        heading_deg: None,
+        battery_pct: Some(80),
+        activity: None,
+        source: None,
+        received_at: ts,
+    }
+}
+
+fn token(tenant: &str, users: Option<&[&str]>, ttl_s: i64) -> String {
+    let exp = (now_ms() / 1000 + ttl_s).max(0) as u64;
+    locus_sse::mint_hs256(
+        SECRET,
+        &locus_sse::Claims {
+            tenant: tenant.into(),
+            users: users.map(|u| u.iter().map(|s| s.to_string()).collect()),
+            exp,
+            sub: None,
+            iss: None,
+            aud: None,
+        },
+    )
+    .unwrap()
+}
+
+fn redis_url() -> String {
+    format!(
+        "redis://127.0.0.1:{}/0",
+        std::env::var("LOCUS_REDIS_PORT").unwrap_or_else(|_| "6379".into())
+    )
+}
+
+/// Environment for a push (and cache) process of this scope: its own Redis key prefix.
+fn env(s: &Scope, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut e = vec![
+        ("LOCUS_CACHE__KEY_PREFIX", s.prefix.clone()),
+        ("LOCUS_CACHE__GROUP", format!("{}-cache", s.prefix)),
+        ("LOCUS_CACHE__REDIS_URL", redis_url()),
+        (
+            "LOCUS_PUSH__DASHBOARD_DIR",
+            repo()
+                .join("connectors/sse/dashboard/dist")
+                .display()
+                .to_string(),
+        ),
+    ];
+    e.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    e
+}
+
+async fn stream(port: u16, query: &str, last_id: Option<&str>) -> SseClient {
+    let mut h = vec![];
+    if let Some(id) = last_id {
+        h.push(("Last-Event-ID", id));
+    }
+    SseClient::open(port, &format!("/v1/stream?{query}"), &h, None).await
+}
+
+/// The next event that is not a heartbeat.
+async fn next_event(c: &mut SseClient, wait: Duration) -> Option<Event> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.next(left).await {
+            Some(e) if e.kind == ":" => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn wait_cached(port: u16, tenant: &str, user: &str, seq: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = reqwest::get(format!(
+            "http://127.0.0.1:{port}/v1/tenants/{tenant}/users/{user}/position"
+        ))
+        .await
+        .unwrap();
+        if r.status() == 200 {
+            let v: serde_json::Value = r.json().await.unwrap();
+            if v["seq"] == seq {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{user} not cached");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_auth_filters_snapshot_then_live_heartbeat_and_expiry() {
+    let s = Scope::new("push-auth");
+    s.create_topics().await;
+    let t = "acme";
+    let (_cache, cache_port) = locus(&s, "cache", &["cache"], &env(&s, &[]));
+    wait_ready(cache_port, Duration::from_secs(60)).await;
+    produce(
+        &s,
+        &[fix(t, "u1", 1, 52.50, 13.40), fix(t, "u2", 1, 48.85, 2.35)],
+    )
+    .await;
+    wait_cached(cache_port, t, "u1", 1).await;
+    wait_cached(cache_port, t, "u2", 1).await;
+
+    let (_push, port) = locus(
+        &s,
+        "push",
+        &["push"],
+        &env(
+            &s,
+            &[
+                ("LOCUS_PUSH__HEARTBEAT_S", "1"),
+                ("LOCUS_PUSH__USER_RATE_PER_S", "0"),
+            ],
+        ),
+    );
+    wait_ready(port, Duration::from_secs(60)).await;
+
+    // --- auth: each refusal with its status and a reason
+    let good = token(t, None, 3600);
+    let only_u1 = token(t, Some(&["u1"]), 3600);
+    let forged = locus_sse::mint_hs256(
+        "some-other-secret-some-other-secret",
+        &locus_sse::Claims {
+            tenant: t.into(),
+            users: None,
+            exp: (now_ms() / 1000 + 3600) as u64,
+            sub: None,
+            iss: None,
+            aud: None,
+        },
+    )
+    .unwrap();
+    let cases: Vec<(String, Vec<(&str, String)>, u16, &str)> = vec![
+        ("".into(), vec![], 401, "token is required"),
+        ("access_token=garbage".into(), vec![], 401, "bad token"),
+        (
+            format!("access_token={forged}"),
+            vec![],
+            401,
+            "InvalidSignature",
+        ),
+        (
+            format!("access_token={}", token(t, None, -3600)),
+            vec![],
+            401,
+            "Expired",
+        ),
+        (
+            format!("access_token={good}&tenant=globex"),
+            vec![],
+            403,
+            "not 'globex'",
+        ),
+        (
+            format!("access_token={only_u1}&users=u1,u2"),
+            vec![],
+            403,
+            "'u2'",
+        ),
+        (
+            format!("access_token={good}&bbox=1,2,3"),
+            vec![],
+            400,
+            "bbox",
+        ),
+        (
+            format!("access_token={good}&bbox=10,50,0,40"),
+            vec![],
+            400,
+            "min <= max",
+        ),
+        (
+            format!("access_token={good}&user=u1"),
+            vec![],
+            400,
+            "unknown parameter 'user'",
+        ),
+        (
+            "".into(),
+            vec![("Authorization", "Bearer nope".to_string())],
+            401,
+            "bad token",
+        ),
+    ];
+    for (q, headers, status, why) in cases {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut c = SseClient::open(port, &format!("/v1/stream?{q}"), &h, None).await;
+        let body = c.body().await;
+        assert_eq!(c.status, status, "{q}: {body}");
+        assert!(body.contains(why), "{q}: {body} should say {why}");
+        if status == 401 {
+            assert_eq!(c.header("www-authenticate"), Some("Bearer"));
+        }
+    }
+    // the header works as well as the query parameter
+    let auth = format!("Bearer {good}");
+    let mut c = SseClient::open(port, "/v1/stream", &[("Authorization", &auth)], None).await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.header("content-type"), Some("text/event-stream"));
+    let first = next_event(&mut c, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(first.kind, "snapshot");
+    drop(c);
+
+    // --- a token scoped to u1: snapshot of u1 only, then only u1's live fixes
+    let mut scoped = stream(port, &format!("access_token={only_u1}"), None).await;
+    let snap = next_event(&mut scoped, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(snap.kind, "snapshot");
+    let users: Vec<String> = snap.json()["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(users, vec!["u1"]);
+    assert!(
+        snap.id.is_some(),
+        "the snapshot carries the position to resume from"
+    );
+
+    // --- a bbox around Paris: snapshot u2 only; live only fixes inside
+    let mut paris = stream(port, &format!("access_token={good}&bbox=2,48,3,49"), None).await;
+    let snap = next_event(&mut paris, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let users: Vec<String> = snap.json()["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(users, vec!["u2"]);
+
+    // --- everything: snapshot of both, then live in order
+    let mut all = stream(port, &format!("access_token={good}"), None).await;
+    let snap = next_event(&mut all, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(snap.kind, "snapshot");
+    assert_eq!(snap.json()["positions"].as_array().unwrap().len(), 2);
+    assert_eq!(snap.json()["complete"], true);
+
+    produce(
+        &s,
+        &[
+            fix(t, "u2", 2, 52.0, 13.0),  // moved out of the Paris box
+            fix(t, "u1", 2, 48.86, 2.34), // moved into it
+            fix("globex", "u9", 1, 48.86, 2.34),
+        ],
+    )
+    .await;
+    let e = next_event(&mut scoped, Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(
+        (e.kind.as_str(), e.json()["user_id"].as_str()),
+        ("fix", Some("u1"))
+    );
+    assert_eq!(e.json()["seq"], 2);
+    let e = next_event(&mut paris, Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(e.json()["user_id"], "u1", "only the fix inside the box");
+    let mut got = BTreeSet::new();
+    while got.len() < 2 {
+        let e = next_event(&mut all, Duration::from_secs(15)).await.unwrap();
+        assert_eq!(e.kind, "fix");
+        assert_eq!(e.json()["tenant"], t, "never another tenant's fix");
+        got.insert(e.json()["user_id"].as_str().unwrap().to_string());
+    }
+    // nothing else: the scoped stream saw no u2, the box no u2
+    assert!(
+        next_event(&mut scoped, Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "scoped stream got more than u1"
+    );
+    assert!(
+        next_event(&mut paris, Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+
+    // --- heartbeat comments on an idle stream (heartbeat_s = 1)
+    let hb = all.next(Duration::from_secs(3)).await.unwrap();
+    assert_eq!(hb.kind, ":", "an idle stream gets heartbeat comments");
+
+    // --- a token that expires closes its stream with an `expired` event
+    let short = token(t, None, 2);
+    let mut c = stream(port, &format!("access_token={short}"), None).await;
+    assert_eq!(c.status, 200);
+    let started = Instant::now();
+    let mut last = None;
+    while let Some(e) = c.next(Duration::from_secs(10)).await {
+        last = Some(e);
+    }
+    assert!(c.ended(), "the server ends the stream");
+    assert_eq!(last.map(|e| e.kind), Some("expired".to_string()));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(metric(port, "locus_push_requests_total{outcome=\"unauthorized\"}").await >= 5.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_resume_with_last_event_id_is_exact_and_a_lost_position_gives_a_gap() {
+    let s = Scope::new("push-resume");
+    s.create_topics().await;
+    let t = "resume";
+    let (_push, port) = locus(
+        &s,
+        "push",
+        &["push"],
+        &env(&s, &[("LOCUS_PUSH__USER_RATE_PER_S", "0")]),
+    );
+    wait_ready(port, Duration::from_secs(60)).await;
+    let tok = token(t, None, 3600);
+
+    let mut a = stream(port, &format!("access_token={tok}"), None).await;
+    let snap = next_event(&mut a, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(snap.kind, "snapshot");
+    let start_id = snap.id.clone().unwrap();
+
+    // 20 users x 30 fixes, published in rounds while the client comes and goes
+    let users = 20;
+    let rounds = 30;
+    let p = FixProducer::new(&s);
+    let publisher = tokio::spawn(async move {
+        for seq in 1..=rounds {
+            let batch: Vec<LocationFix> = (0..users)
+                .map(|u| {
+                    fix(
+                        t,
+                        &format!("u{u}"),
+                        seq,
+                        50.0 + seq as f64 * 1e-4,
+                        10.0 + u as f64 * 1e-3,
+                    )
+                })
+                .collect();
+            p.send(&batch).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+
+    let mut seen: Vec<(String, i64)> = vec![];
+    let mut last_id = start_id.clone();
+    while seen.len() < 200 {
+        let e = next_event(&mut a, Duration::from_secs(20))
+            .await
+            .expect("fixes flow");
+        assert_eq!(e.kind, "fix");
+        seen.push((
+            e.json()["user_id"].as_str().unwrap().into(),
+            e.json()["seq"].as_i64().unwrap(),
+        ));
+        last_id = e.id.clone().expect("every fix has an id");
+    }
+    drop(a); // the connection is cut mid-stream
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut b = stream(port, &format!("access_token={tok}"), Some(&last_id)).await;
+    assert_eq!(b.status, 200);
+    let total = (users * rounds) as usize;
+    while seen.len() < total {
+        let Some(e) = next_event(&mut b, Duration::from_secs(20)).await else {
+            break;
+        };
+        assert_eq!(
+            e.kind, "fix",
+            "a resume starts with the missed fixes, no snapshot"
+        );
+        seen.push((
+            e.json()["user_id"].as_str().unwrap().into(),
+            e.json()["seq"].as_i64().unwrap(),
+        ));
+    }
+    publisher.await.unwrap();
+    assert!(
+        next_event(&mut b, Duration::from_secs(2)).await.is_none(),
+        "nothing beyond the published sequence"
+    );
+    let mut counts: BTreeMap<(String, i64), usize> = BTreeMap::new();
+    for k in &seen {
+        *counts.entry(k.clone()).or_default() += 1;
+    }
+    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dups.is_empty(),
+        "duplicates across the two connections: {dups:?}"
+    );
+    assert_eq!(
+        counts.len(),
+        total,
+        "union of both connections = every published fix"
+    );
+    // per user, in publish order (one user = one partition)
+    for u in 0..users {
+        let seqs: Vec<i64> = seen
+            .iter()
+            .filter(|(x, _)| *x == format!("u{u}"))
+            .map(|(_, q)| *q)
+            .collect();
+        assert_eq!(seqs, (1..=rounds).collect::<Vec<_>>(), "u{u} in order");
+    }
+    assert!(metric(port, "locus_push_resumes_total").await >= 1.0);
+
+    // An id this replica cannot replay (too many records behind) → gap + fresh snapshot.
+    let (_push2, port2) = locus(
+        &s,
+        "push-small",
+        &["push"],
+        &env(&s, &[("LOCUS_PUSH__RESUME_MAX_RECORDS", "10")]),
+    );
+    wait_ready(port2, Duration::from_secs(60)).await;
+    let mut g = stream(port2, &format!("access_token={tok}"), Some(&start_id)).await;
+    let gap = next_event(&mut g, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(gap.kind, "gap");
+    assert!(
+        gap.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("resume_max_records")
+    );
+    assert_eq!(
+        next_event(&mut g, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .kind,
+        "snapshot"
+    );
+    // an id that is not ours → gap + snapshot as well
+    let mut g = stream(port2, &format!("access_token={tok}"), Some("not-an-id")).await;
+    assert_eq!(
+        next_event(&mut g, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .kind,
+        "gap"
+    );
+    assert_eq!(
+        next_event(&mut g, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .kind,
+        "snapshot"
+    );
+    assert!(metric(port2, "locus_push_gaps_total").await >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_a_slow_client_gets_conflated_fixes_and_the_others_are_unaffected() {
+    let s = Scope::new("push-slow");
+    s.create_topics().await;
+    let t = "slow";
+    let (_push, port) = locus(
+        &s,
+        "push",
+        &["push"],
+        &env(
+            &s,
+            &[
+                ("LOCUS_PUSH__USER_RATE_PER_S", "0"),
+                ("LOCUS_PUSH__MAX_CONNECTIONS", "3"),
+            ],
+        ),
+    );
+    wait_ready(port, Duration::from_secs(60)).await;
+    let tok = token(t, None, 3600);
+    let q = format!("access_token={tok}");
+
+    let mut fast = stream(port, &q, None).await;
+    assert_eq!(
+        next_event(&mut fast, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .kind,
+        "snapshot"
+    );
+    // the slow client: a tiny receive buffer, and it does not read while fixes flow
+    let mut slow = SseClient::open(port, &format!("/v1/stream?{q}"), &[], Some(2048)).await;
+    assert_eq!(slow.status, 200);
+
+    // the process limit: a third stream fits, a fourth gets 503 with Retry-After
+    let third = stream(port, &q, None).await;
+    assert_eq!(third.status, 200);
+    let mut fourth = stream(port, &q, None).await;
+    assert_eq!(fourth.status, 503);
+    assert_eq!(fourth.header("retry-after"), Some("5"));
+    assert!(fourth.body().await.contains("maximum of 3"));
+    drop(third);
+
+    // 20 users x 500 fixes in rounds (one fix per user per round), with a padded payload
+    // (~1 KiB events: 10 MB, more than the socket buffers hold for the slow client)
+    let users = 20;
+    let per_user = 500;
+    let p = FixProducer::new(&s);
+    let publisher = tokio::spawn(async move {
+        for seq in 1..=per_user {
+            let round: Vec<LocationFix> = (0..users)
+                .map(|u| {
+                    let mut f = fix(t, &format!("u{u}"), seq, 40.0 + seq as f64 * 1e-5, 20.0);
+                    f.activity = Some("walking ".repeat(100));
+                    f
+                })
+                .collect();
+            p.send(&round).await;
+        }
+    });
+
+    // Both clients must end with every user's newest fix, in order per user; the fast one
+    // reads as fixes come, the slow one only once publishing is over.
+    async fn drain(
+        c: &mut SseClient,
+        users: usize,
+        last: i64,
+        wait: Duration,
+    ) -> (usize, BTreeMap<String, i64>) {
+        let mut latest: BTreeMap<String, i64> = BTreeMap::new();
+        let mut n = 0;
+        while latest.len() < users || latest.values().any(|&s| s < last) {
+            let Some(e) = next_event(c, wait).await else {
+                panic!("stream stalled after {n} events: {latest:?}");
+            };
+            if e.kind != "fix" {
+                continue;
+            }
+            n += 1;
+            let u = e.json()["user_id"].as_str().unwrap().to_string();
+            let seq = e.json()["seq"].as_i64().unwrap();
+            let prev = latest.insert(u.clone(), seq);
+            assert!(
+                prev.is_none_or(|p| p < seq),
+                "{u} went back from {prev:?} to {seq}"
+            );
+        }
+        (n, latest)
+    }
+    let (fast_n, _) = drain(&mut fast, users, per_user, Duration::from_secs(30)).await;
+    publisher.await.unwrap();
+    let (slow_n, _) = drain(&mut slow, users, per_user, Duration::from_secs(10)).await;
+    let total = (users as i64 * per_user) as usize;
+    println!("published {total}; fast client got {fast_n} events, slow client {slow_n}");
+    assert!(
+        fast_n > total * 8 / 10,
+        "the fast client kept up ({fast_n} of {total})"
+    );
+    assert!(
+        slow_n * 2 < fast_n,
+        "the slow client was conflated ({slow_n} vs {fast_n})"
+    );
+    assert!(metric(port, "locus_push_events_conflated_total").await > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_dashboard_in_a_real_browser() {
+    let dash = repo().join("connectors/sse/dashboard");
+    assert!(
+        dash.join("dist/index.html").is_file()
+            && dash.join("node_modules/playwright-core").is_dir(),
+        "the dashboard is not built: run `make dashboard`"
+    );
+    let s = Scope::new("push-browser");
+    s.create_topics().await;
+    let (_bridge, bport) = s.bridge("b1", &[]);
+    let (_cache, cport) = locus(&s, "cache", &["cache"], &env(&s, &[]));
+    let (_push, port) = locus(&s, "push", &["push"], &env(&s, &[]));
+    for p in [bport, cport, port] {
+        wait_ready(p, Duration::from_secs(60)).await;
+    }
+    let tenant = "fleet";
+    let shot = repo().join("target/test-artifacts/dashboard.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&shot);
+    let out = tokio::process::Command::new("node")
+        .arg("tests/browser.mjs")
+        .current_dir(&dash)
+        .env(
+            "DASHBOARD_URL",
+            format!(
+                "http://127.0.0.1:{port}/#token={}",
+                token(tenant, None, 600)
+            ),
+        )
+        .env("MQTT_PORT", mqtt_port().to_string())
+        .env("MQTT_TOPIC", s.topic(tenant, "walker-1"))
+        .env("USER_ID", "walker-1")
+        .env("SCREENSHOT", &shot)
+        .output()
+        .await
+        .expect("run node");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{log}");
+    assert!(out.status.success(), "browser test failed:\n{log}");
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 5_000,
+        "a real screenshot"
+    );
+}
