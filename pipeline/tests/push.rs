@@ -166,7 +166,9 @@ async fn push_auth_filters_snapshot_then_live_heartbeat_and_expiry() {
         },
     )
     .unwrap();
-    let cases: Vec<(String, Vec<(&str, String)>, u16, &str)> = vec![
+    // (query, headers, expected status, what the error says)
+    type Case<'a> = (String, Vec<(&'a str, String)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("".into(), vec![], 401, "token is required"),
         ("access_token=garbage".into(), vec![], 401, "bad token"),
         (
