@@ -24,13 +24,16 @@ for _ in $(seq 1 100); do
   kill -0 "$LOCUS_PID" 2>/dev/null || { tail -20 .stack/log/locus.log; echo "[demo] locus exited"; exit 1; }
   sleep 0.3
 done
+TOKEN="$(./target/release/locus push token --tenant demo --ttl-s 86400)"
 cat <<MSG
 [demo] Locus is running (log: .stack/log/locus.log)
+         dashboard http://$LISTEN/#token=$TOKEN
          metrics  http://$LISTEN/metrics
          health   http://$LISTEN/healthz   http://$LISTEN/readyz
          where    http://$LISTEN/v1/tenants/demo/nearby?lat=52.52&lon=13.405&radius_m=5000&limit=10
          who      http://$LISTEN/v1/tenants/demo/positions?bbox=13.3,52.45,13.5,52.6
          track    http://$LISTEN/v1/tenants/demo/users/user-00001/track?format=geojson
+         stream   curl -N "http://$LISTEN/v1/stream?access_token=\$TOKEN"   (TOKEN as in the dashboard URL)
 [demo] driving ${DEMO_DEVICES:-50} simulated devices; Ctrl-C stops
 MSG
 ./target/release/locus-sim --devices "${DEMO_DEVICES:-50}" --connections 2 \

@@ -91,6 +91,7 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
                 tasks.spawn(async move { ("cache", cache(cfg, store, c).await) });
             }
             Stage::Push => {
+                warn_if_fd_limit_below(config.push.max_connections);
                 let auth = locus_sse::Authenticator::from_config(&config.push)
                     .context("starting the push stage")?;
                 let hub = Arc::new(locus_sse::Hub::default());
@@ -312,6 +313,28 @@ async fn push(
     )
     .await?;
     Ok(())
+}
+
+/// Each stream is an open file: say so at start if the process cannot hold
+/// `push.max_connections` of them (the OS would refuse connections before the 503 does).
+fn warn_if_fd_limit_below(max_connections: usize) {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse::<usize>().ok())
+        });
+    if let Some(limit) = soft
+        && limit < max_connections + 256
+    {
+        tracing::warn!(
+            open_file_limit = limit,
+            max_connections,
+            "the open-file limit is below push.max_connections + 256: raise it (ulimit -n, \
+             LimitNOFILE) or lower push.max_connections"
+        );
+    }
 }
 
 /// Calls `connect` with backoff (200 ms doubling to 5 s) until it succeeds; `None` if

@@ -385,7 +385,9 @@ impl Session {
                 if let Some(reason) = gap {
                     self.gap(&mut buf, &reason);
                 }
-                self.snapshot(&mut buf).await;
+                // Boxed: the Redis query is large and runs once; an idle stream should not
+                // carry its space for its whole life.
+                Box::pin(self.snapshot(&mut buf)).await;
                 return Some(self.wrote(buf));
             }
             Some(Opening::Replay(rx)) => self.replay = Some(rx),
@@ -393,7 +395,7 @@ impl Session {
             None => {}
         }
         if self.replay.is_some() {
-            return Some(self.replay_chunk(buf).await);
+            return Some(Box::pin(self.replay_chunk(buf)).await);
         }
         loop {
             let client = self.guard.client.clone();
@@ -539,7 +541,7 @@ impl Session {
                 Some(ReplayItem::Gap(reason)) => {
                     self.replay = None;
                     self.gap(&mut buf, &reason);
-                    self.snapshot(&mut buf).await;
+                    Box::pin(self.snapshot(&mut buf)).await;
                     break;
                 }
                 Some(ReplayItem::Failed(e)) => {
