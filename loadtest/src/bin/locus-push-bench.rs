@@ -130,17 +130,17 @@ async fn read_events(mut s: TcpStream, hist: Arc<Hist>, events: Arc<AtomicU64>) 
         // looking only at `data:` lines of fix events.
         while let Some(end) = text.windows(2).position(|w| w == b"\n\n") {
             let block = &text[..end];
-            if block.starts_with(b"event: fix") || block.windows(11).any(|w| w == b"event: fix\n") {
-                if let Some(p) = block.windows(5).position(|w| w == b"\"ts\":") {
-                    let digits: Vec<u8> = block[p + 5..]
-                        .iter()
-                        .take_while(|b| b.is_ascii_digit())
-                        .copied()
-                        .collect();
-                    if let Ok(ts) = std::str::from_utf8(&digits).unwrap_or("").parse::<i64>() {
-                        hist.add(now - ts);
-                        events.fetch_add(1, Ordering::Relaxed);
-                    }
+            let is_fix =
+                block.starts_with(b"event: fix") || block.windows(11).any(|w| w == b"event: fix\n");
+            if is_fix && let Some(p) = block.windows(5).position(|w| w == b"\"ts\":") {
+                let digits: Vec<u8> = block[p + 5..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .copied()
+                    .collect();
+                if let Ok(ts) = std::str::from_utf8(&digits).unwrap_or("").parse::<i64>() {
+                    hist.add(now - ts);
+                    events.fetch_add(1, Ordering::Relaxed);
                 }
             }
             text.drain(..end + 2);
