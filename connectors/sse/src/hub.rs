@@ -54,9 +54,15 @@ impl Filter {
     }
 }
 
+/// Without a rate cap, this many fixes queue in order before conflation starts: a client
+/// that keeps up gets every fix even when the reader hands over a burst.
+pub const IN_ORDER_MAX: usize = 4096;
+
 #[derive(Debug, Default)]
 struct Queue {
-    /// The undelivered fix of each user (at most one).
+    /// Fixes in arrival order (only without a rate cap, and only up to `IN_ORDER_MAX`).
+    in_order: VecDeque<Arc<FixEvent>>,
+    /// The undelivered fix of each user conflated so far (at most one per user).
     pending: HashMap<Arc<str>, Arc<FixEvent>>,
     /// Users whose fix may go now, oldest first.
     ready: VecDeque<Arc<str>>,
@@ -135,6 +141,17 @@ impl Client {
         if q.overflow {
             return;
         }
+        // In order while the client keeps up (and no rate cap applies); a user already
+        // conflated stays conflated, so the user's fixes never overtake each other.
+        if self.interval.is_none()
+            && q.in_order.len() < IN_ORDER_MAX
+            && !q.pending.contains_key(&f.user)
+        {
+            q.in_order.push_back(f.clone());
+            drop(q);
+            self.notify.notify_one();
+            return;
+        }
         if let Some(slot) = q.pending.get_mut(&f.user) {
             *slot = f.clone();
             M.conflated.inc();
@@ -174,6 +191,12 @@ impl Client {
         }
         let mut out: Vec<Arc<FixEvent>> = Vec::new();
         while out.len() < max {
+            let Some(f) = q.in_order.pop_front() else {
+                break;
+            };
+            out.push(f);
+        }
+        while out.len() < max {
             let Some(u) = q.ready.pop_front() else { break };
             if let Some(f) = q.pending.remove(&u) {
                 if self.interval.is_some() {
@@ -200,7 +223,7 @@ impl Client {
         // hub queues a fix before it moves its position past it).
         let mut base = hub.positions();
         self.raise_to_skip(&mut base);
-        for f in q.pending.values() {
+        for f in q.pending.values().chain(q.in_order.iter()) {
             if let Some(b) = base.get_mut(f.partition as usize) {
                 *b = (*b).min(f.offset);
             }
@@ -354,19 +377,36 @@ mod tests {
     }
 
     #[test]
-    fn a_newer_fix_replaces_the_undelivered_one_and_keeps_its_turn() {
+    fn without_a_rate_cap_a_burst_is_delivered_in_order_then_conflated_past_the_bound() {
         let hub = Hub::default();
         hub.start_at(&[0]);
         let c = Arc::new(Client::new("t", Filter::default(), None, 0.0, 100));
         hub.subscribe(&c);
         hub.route(fix(0, 0, "a"));
-        hub.route(fix(0, 1, "b"));
-        hub.route(fix(0, 2, "a"));
+        hub.route(fix(0, 1, "a"));
         let b = c.take(&hub, 10);
         let offsets: Vec<i64> = b.events.iter().map(|(f, _)| f.offset).collect();
-        assert_eq!(offsets, vec![2, 1]);
-        // a@0 was superseded: the last id covers everything routed
-        assert_eq!(ids(&b).last(), Some(&vec![3]));
+        assert_eq!(offsets, vec![0, 1], "a client that keeps up gets every fix");
+        // fill the in-order queue, then a and b are conflated beyond it
+        let mut o = 2;
+        for _ in 0..IN_ORDER_MAX {
+            hub.route(fix(0, o, "x"));
+            o += 1;
+        }
+        hub.route(fix(0, o, "a"));
+        hub.route(fix(0, o + 1, "b"));
+        hub.route(fix(0, o + 2, "a"));
+        let b = c.take(&hub, IN_ORDER_MAX + 10);
+        let tail: Vec<i64> = b.events[IN_ORDER_MAX..]
+            .iter()
+            .map(|(f, _)| f.offset)
+            .collect();
+        assert_eq!(
+            tail,
+            vec![o + 2, o + 1],
+            "a's newer fix replaced the older, kept its turn"
+        );
+        assert_eq!(ids(&b).last(), Some(&vec![o + 3]));
     }
 
     #[test]
@@ -415,7 +455,7 @@ mod tests {
     fn too_many_pending_users_marks_the_stream_as_overflowing() {
         let hub = Hub::default();
         hub.start_at(&[0]);
-        let c = Arc::new(Client::new("t", Filter::default(), None, 0.0, 3));
+        let c = Arc::new(Client::new("t", Filter::default(), None, 1000.0, 3));
         hub.subscribe(&c);
         for (o, u) in ["a", "b", "c", "d"].iter().enumerate() {
             hub.route(fix(0, o as i64, u));

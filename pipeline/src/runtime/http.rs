@@ -118,7 +118,10 @@ pub fn base_router(readiness: Readiness) -> Router {
         .with_state(readiness)
 }
 
-/// Serves `router` on `listen` until `cancel`.
+/// Serves `router` on `listen` until `cancel`, then lets open requests finish.
+///
+/// HTTP/1.1 only, one task per connection: SSE streams are long-lived connections, and
+/// HTTP/1-only keeps each connection's state small (no HTTP/2 negotiation state).
 pub async fn serve(
     listen: SocketAddr,
     router: Router,
@@ -128,8 +131,41 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (http.listen): {e}"))?;
     tracing::info!(%listen, "HTTP server: /metrics /healthz /readyz");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await?;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP connections still open 10 s after shutdown; closing them");
+    }
     Ok(())
 }
