@@ -91,6 +91,10 @@ pub async fn run_live(
             _ = check.tick() => {
                 if let Err(e) = add_partitions(&kafka, &topic, &consumer, &hub, &mut known, timeout).await {
                     tracing::warn!(error = %e, "push reader cannot read the topic's partitions yet");
+                    if known == 0 {
+                        // Not started yet: try again soon rather than at the next full period.
+                        check.reset_after(Duration::from_secs(2));
+                    }
                 }
             }
             m = consumer.recv(), if known > 0 => match m {
