@@ -107,7 +107,7 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
                     cancel.clone(),
                 ));
                 router = router.merge(locus_sse::router(
-                    api,
+                    api.clone(),
                     (config.cache.online_s, config.cache.offline_s),
                 ));
                 let ready_hub = hub.clone();
@@ -123,7 +123,7 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
                 });
                 let c = cancel.child_token();
                 let cfg = config.clone();
-                tasks.spawn(async move { ("push", push(cfg, hub, store, c).await) });
+                tasks.spawn(async move { ("push", push(cfg, api, c).await) });
             }
             Stage::History => {
                 let store = Arc::new(OnceLock::new());
@@ -286,29 +286,30 @@ async fn cache(
     Ok(())
 }
 
-/// The push stage: the live reader feeds the hub; the snapshot store connects in the
-/// background (streams start without it and say their snapshot is incomplete).
+/// The push stage: the live reader feeds the hub (with the API's codec, so live reads and
+/// replays share one schema cache); the snapshot store connects in the background (streams
+/// start without it and say their snapshot is incomplete).
 async fn push(
     config: Config,
-    hub: Arc<locus_sse::Hub>,
-    store_slot: Arc<OnceLock<locus_redis::CacheStore>>,
+    api: Arc<locus_sse::PushApi>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let c = cancel.clone();
-    let cache = config.cache.clone();
+    let store_slot = api.store.clone();
     tokio::spawn(async move {
-        if let Some(store) =
-            connect_until(&c, "Redis", || locus_redis::CacheStore::connect(&cache)).await
+        if let Some(store) = connect_until(&c, "Redis", || {
+            locus_redis::CacheStore::connect(&config.cache)
+        })
+        .await
         {
             let _ = store_slot.set(store);
         }
     });
-    let codec = locus_schemas::Codec::new(&config.registry, &config.topics.locations)?;
     locus_sse::source::run_live(
-        config.kafka.clone(),
-        config.topics.locations.clone(),
-        hub,
-        codec,
+        api.kafka.clone(),
+        api.topic.clone(),
+        api.hub.clone(),
+        &api.codec,
         cancel,
     )
     .await?;

@@ -36,13 +36,6 @@ fn fix(user: &str, seq: i64, ts: i64, lat: f64, lon: f64) -> LocationFix {
     }
 }
 
-fn redis_url() -> String {
-    format!(
-        "redis://127.0.0.1:{}/0",
-        std::env::var("LOCUS_REDIS_PORT").unwrap_or_else(|_| "6379".into())
-    )
-}
-
 fn cache_env(prefix: &str, group: &str, url: &str) -> Vec<(&'static str, String)> {
     vec![
         ("LOCUS_CACHE__KEY_PREFIX", prefix.to_string()),

@@ -58,13 +58,6 @@ fn token(tenant: &str, users: Option<&[&str]>, ttl_s: i64) -> String {
     .unwrap()
 }
 
-fn redis_url() -> String {
-    format!(
-        "redis://127.0.0.1:{}/0",
-        std::env::var("LOCUS_REDIS_PORT").unwrap_or_else(|_| "6379".into())
-    )
-}
-
 /// Environment for a push (and cache) process of this scope: its own Redis key prefix.
 fn env(s: &Scope, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     let mut e = vec![

@@ -147,9 +147,4 @@ impl PushConfig {
         }
         Ok(())
     }
-
-    /// The config as `locus config check` prints it.
-    pub fn redacted(&self) -> PushConfig {
-        self.clone()
-    }
 }

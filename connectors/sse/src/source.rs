@@ -78,7 +78,7 @@ pub async fn run_live(
     kafka: KafkaConfig,
     topic: String,
     hub: Arc<Hub>,
-    codec: Codec,
+    codec: &Codec,
     cancel: CancellationToken,
 ) -> Result<(), PushError> {
     let consumer = Arc::new(reader(&kafka, "push")?);
@@ -100,7 +100,7 @@ pub async fn run_live(
             m = consumer.recv(), if known > 0 => match m {
                 Ok(m) => {
                     let (p, o) = (m.partition(), m.offset());
-                    match to_event(&codec, p, o, m.payload().unwrap_or_default()).await {
+                    match to_event(codec, p, o, m.payload().unwrap_or_default()).await {
                         Ok(ev) => hub.route(Arc::new(ev)),
                         Err(e) => {
                             M.skipped.with_label_values(&["undecodable"]).inc();

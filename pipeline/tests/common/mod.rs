@@ -51,6 +51,15 @@ pub fn registry_url() -> String {
     std::env::var("LOCUS_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into())
 }
 
+/// The local stack's Redis (database 0; tests keep apart by key prefix).
+#[allow(dead_code)]
+pub fn redis_url() -> String {
+    format!(
+        "redis://127.0.0.1:{}/0",
+        std::env::var("LOCUS_REDIS_PORT").unwrap_or_else(|_| "6379".into())
+    )
+}
+
 pub fn mqtt_port() -> u16 {
     std::env::var("LOCUS_MQTT_PORT")
         .ok()
