@@ -375,3 +375,81 @@ async fn redis_down_for_30s_loses_nothing() {
         "the outage was felt"
     );
 }
+
+/// The sweeper forgets users not seen for `forget_after_s` entirely (hash, GEO member,
+/// last-seen entry) and keeps everyone else; a batch spanning two tenants lands in both.
+#[tokio::test(flavor = "multi_thread")]
+async fn sweeper_forgets_old_users_whole() {
+    let prefix = unique("sweep");
+    let cfg = locus_redis::CacheConfig {
+        redis_url: redis_url(),
+        key_prefix: prefix.clone(),
+        online_s: 1,
+        offline_s: 2,
+        forget_after_s: 60,
+        ..Default::default()
+    };
+    let store = locus_redis::CacheStore::connect(&cfg).await.unwrap();
+    let now = now_ms();
+    let mut other = fix("carol", 1, now, 48.0, 2.0);
+    other.tenant = "globex".into();
+    let fixes = vec![
+        fix("old", 1, now - 120_000, 48.0, 2.0),
+        fix("fresh", 1, now - 1_000, 48.1, 2.1),
+        other,
+    ];
+    assert_eq!(store.update(&fixes).await.unwrap(), 3);
+    assert_eq!(
+        store.update(&fixes).await.unwrap(),
+        0,
+        "a replay applies nothing"
+    );
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let probe = con.clone();
+    let exists = move |key: String| {
+        let mut con = probe.clone();
+        async move {
+            redis::cmd("EXISTS")
+                .arg(key)
+                .query_async::<i64>(&mut con)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(exists(format!("{prefix}:pos:acme:old")).await, 1);
+    assert_eq!(exists(format!("{prefix}:pos:globex:carol")).await, 1);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("{prefix}:pos:acme:fresh"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1, "no per-update expiry: the sweeper bounds memory");
+
+    assert_eq!(
+        store.sweep().await.unwrap(),
+        1,
+        "only 'old' is past forget_after_s"
+    );
+    assert_eq!(exists(format!("{prefix}:pos:acme:old")).await, 0);
+    assert_eq!(exists(format!("{prefix}:pos:acme:fresh")).await, 1);
+    let seen: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{prefix}:seen:acme"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(seen, vec!["fresh".to_string()]);
+    let geo: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{prefix}:geo:acme"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(geo, vec!["fresh".to_string()]);
+    assert!(store.position("acme", "old").await.unwrap().is_none());
+    assert!(store.position("globex", "carol").await.unwrap().is_some());
+    assert_eq!(store.sweep().await.unwrap(), 0, "nothing left to forget");
+}

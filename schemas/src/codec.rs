@@ -1,16 +1,19 @@
-use std::sync::{Once, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Once, OnceLock, RwLock};
 use std::time::Duration;
 
 use apache_avro::Schema;
 use schema_registry_converter::async_impl::easy_avro::{EasyAvroDecoder, EasyAvroEncoder};
-use schema_registry_converter::async_impl::schema_registry::{SrSettings, post_schema};
+use schema_registry_converter::async_impl::schema_registry::{
+    SrSettings, get_schema_by_id, post_schema,
+};
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{CodecError, LOCATION_AVSC, LocationFix, Secret};
+use crate::{CodecError, LOCATION_AVSC, LocationFix, Secret, wire};
 
 /// Largest Avro allocation a decoder may make for one value. Fixes are a few hundred bytes;
 /// this stops a hostile length prefix from allocating hundreds of MiB.
@@ -91,6 +94,9 @@ pub struct Codec {
     settings: SrSettings,
     schema: Schema,
     writer_id: OnceLock<u32>,
+    /// Writer schema ids seen on input, and whether each is `location.avsc` (same canonical
+    /// form: same bytes), so its values take the direct decoder.
+    ours: RwLock<HashMap<u32, bool>>,
     encoder: EasyAvroEncoder,
     decoder: EasyAvroDecoder,
     strategy: SubjectNameStrategy,
@@ -130,6 +136,7 @@ impl Codec {
         Ok(Codec {
             schema: location_schema(),
             writer_id: OnceLock::new(),
+            ours: RwLock::new(HashMap::new()),
             encoder: EasyAvroEncoder::new(settings.clone()),
             decoder: EasyAvroDecoder::new(settings.clone()),
             settings,
@@ -177,12 +184,35 @@ impl Codec {
                 id
             }
         };
-        encode_with_schema(&self.schema, id, fix)
+        Ok(wire::encode_framed(id, fix))
+    }
+
+    /// Whether values written with schema `id` are `location.avsc` ones. Asks the registry
+    /// once per id; an id it cannot resolve is not remembered (the generic path reports it).
+    async fn is_ours(&self, id: u32) -> bool {
+        if self.writer_id.get() == Some(&id) {
+            return true;
+        }
+        if let Some(known) = self.ours.read().ok().and_then(|m| m.get(&id).copied()) {
+            return known;
+        }
+        let Ok(registered) = get_schema_by_id(id, &self.settings).await else {
+            return false;
+        };
+        let same = Schema::parse_str(&registered.schema)
+            .is_ok_and(|s| s.canonical_form() == self.schema.canonical_form());
+        if let Ok(mut m) = self.ours.write() {
+            m.insert(id, same);
+        }
+        same
     }
 
     /// Decodes a Confluent-framed Avro value with the writer schema its id names.
     pub async fn decode(&self, bytes: &[u8]) -> Result<LocationFix, CodecError> {
-        check_framing(bytes)?;
+        let id = check_framing(bytes)?;
+        if self.is_ours(id).await {
+            return wire::read_fix(&bytes[5..]);
+        }
         let decoded = self.decoder.decode(Some(bytes)).await.map_err(|e| {
             if e.retriable {
                 registry_error(e)

@@ -6,6 +6,7 @@ mod codec;
 mod error;
 mod fix;
 mod secret;
+pub mod wire;
 
 pub use codec::{
     Codec, RegistryConfig, decode_with_schema, encode_with_schema, location_schema, value_subject,

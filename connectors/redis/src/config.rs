@@ -30,8 +30,8 @@ pub struct CacheConfig {
     /// ... `stale` while younger than this, and `offline` after, s.
     #[serde(default = "default_offline_s")]
     pub offline_s: u64,
-    /// Users not seen for this long are removed from the GEO and last-seen sets (and their
-    /// hash expires), s.
+    /// Users not seen for this long are forgotten by the sweeper (hash, GEO member and
+    /// last-seen entry), s.
     #[serde(default = "default_forget_after_s")]
     pub forget_after_s: u64,
     /// How often the sweeper runs, s.

@@ -18,4 +18,4 @@ pub use config::CacheConfig;
 pub use error::CacheError;
 pub use rebuild::rebuild;
 pub use sink::{CacheSink, sweep_loop};
-pub use store::{CacheStore, Position, Presence, UPDATE_SCRIPT};
+pub use store::{CacheStore, Position, Presence, UPDATE_CHUNK, UPDATE_SCRIPT};

@@ -1,11 +1,15 @@
 //! The Redis layout and every command Locus sends.
 //!
 //! ```text
-//! {prefix}:pos:{tenant}:{user}   hash: the user's newest fix (expires after forget_after_s)
+//! {prefix}:pos:{tenant}:{user}   hash: the user's newest fix
 //! {prefix}:geo:{tenant}          GEO set of users (member = user id)
 //! {prefix}:seen:{tenant}         sorted set: user → event time of the newest fix (ms)
 //! {prefix}:tenants               set of tenants (for the sweeper)
 //! ```
+//!
+//! A user's hash and last-seen entry are written together and removed together (by the
+//! sweeper, once the user is not seen for `forget_after_s`), so memory stays bounded without
+//! a per-update EXPIRE.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,33 +20,66 @@ use serde::Serialize;
 
 use crate::{CacheConfig, CacheError};
 
-/// Moves a user's state forward only: applies the fix if its event time is newer than the
-/// stored one, atomically across the hash, the GEO set and the last-seen set.
-/// KEYS: hash, geo, seen, tenants. ARGV: user, ts, lat, lon, device, seq, speed, heading,
-/// accuracy, battery, received_at, tenant, ttl_s. Returns 1 if applied, 0 if older.
+/// Moves users' state forward only, for a run of fixes of one tenant (one user each): a fix
+/// is applied if its event time is newer than the stored one, atomically across the hashes,
+/// the GEO set and the last-seen set. One call per run keeps Redis's per-call cost (the script
+/// start, the reply) off the per-update path, and the run's GEO and last-seen writes are one
+/// GEOADD and one ZADD: each fix costs an HGET and an HSET of its own.
+/// KEYS: geo, seen, tenants, then one hash per fix. ARGV: tenant, then per fix
+/// 11 values: user, ts, lat, lon, device, seq, speed, heading, accuracy,
+/// battery, received_at. Returns how many fixes were applied.
 pub const UPDATE_SCRIPT: &str = r#"
-local cur = redis.call('HGET', KEYS[1], 'ts')
-if cur and tonumber(cur) >= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'ts', ARGV[2], 'lat', ARGV[3], 'lon', ARGV[4], 'device_id', ARGV[5],
-  'seq', ARGV[6], 'speed_mps', ARGV[7], 'heading_deg', ARGV[8], 'accuracy_m', ARGV[9],
-  'battery_pct', ARGV[10], 'received_at', ARGV[11])
-redis.call('EXPIRE', KEYS[1], ARGV[13])
-redis.call('GEOADD', KEYS[2], ARGV[4], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[12])
-return 1
+local geo, seen, n = {}, {}, 0
+for i = 4, #KEYS do
+  local a = 1 + (i - 4) * 11
+  local key, user, ts = KEYS[i], ARGV[a + 1], ARGV[a + 2]
+  local cur = redis.call('HGET', key, 'ts')
+  if not cur or tonumber(cur) < tonumber(ts) then
+    redis.call('HSET', key, 'ts', ts, 'lat', ARGV[a + 3], 'lon', ARGV[a + 4],
+      'device_id', ARGV[a + 5], 'seq', ARGV[a + 6], 'speed_mps', ARGV[a + 7],
+      'heading_deg', ARGV[a + 8], 'accuracy_m', ARGV[a + 9], 'battery_pct', ARGV[a + 10],
+      'received_at', ARGV[a + 11])
+    geo[#geo + 1] = ARGV[a + 4]
+    geo[#geo + 1] = ARGV[a + 3]
+    geo[#geo + 1] = user
+    seen[#seen + 1] = ts
+    seen[#seen + 1] = user
+    n = n + 1
+  end
+end
+if n > 0 then
+  redis.call('GEOADD', KEYS[1], unpack(geo))
+  redis.call('ZADD', KEYS[2], unpack(seen))
+  redis.call('SADD', KEYS[3], ARGV[1])
+end
+return n
 "#;
 
-/// Removes up to 500 users last seen before ARGV[1] from the GEO (KEYS[1]) and last-seen
-/// (KEYS[2]) sets; returns how many.
+/// Fixes per script call at most: keeps one call's unpack() within Lua's stack limit and
+/// its run time (Redis does nothing else meanwhile) around a few milliseconds.
+pub const UPDATE_CHUNK: usize = 500;
+
+/// Forgets users last seen before ARGV[1]: each candidate (ARGV[2..], its hash in KEYS[3..])
+/// is checked again and, if still that old, removed from the GEO set (KEYS[1]), the last-seen
+/// set (KEYS[2]) and its hash deleted, atomically (a user updated meanwhile stays). Returns
+/// how many were removed.
 const SWEEP: &str = r#"
-local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 500)
-if #old > 0 then
-  redis.call('ZREM', KEYS[1], unpack(old))
-  redis.call('ZREM', KEYS[2], unpack(old))
+local n = 0
+for i = 3, #KEYS do
+  local user = ARGV[i - 1]
+  local seen = redis.call('ZSCORE', KEYS[2], user)
+  if seen and tonumber(seen) < tonumber(ARGV[1]) then
+    redis.call('ZREM', KEYS[1], user)
+    redis.call('ZREM', KEYS[2], user)
+    redis.call('DEL', KEYS[i])
+    n = n + 1
+  end
 end
-return #old
+return n
 "#;
+
+/// Users per sweep call.
+const SWEEP_CHUNK: usize = 500;
 
 /// Online, stale or offline, from the age of the last fix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -184,31 +221,41 @@ impl CacheStore {
         if newest.is_empty() {
             return Ok(0);
         }
-        let ttl = self.cfg.forget_after_s.to_string();
+        // One script call per tenant and chunk, all in one pipeline.
+        let mut by_tenant: HashMap<&str, Vec<&LocationFix>> = HashMap::new();
+        for ((tenant, _), f) in newest {
+            by_tenant.entry(tenant).or_default().push(f);
+        }
         let tenants = format!("{}:tenants", self.cfg.key_prefix);
         let build = |sha: &str| {
             let mut pipe = redis::pipe();
-            for f in newest.values() {
-                pipe.cmd("EVALSHA")
-                    .arg(sha)
-                    .arg(4)
-                    .arg(self.pos_key(&f.tenant, &f.user_id))
-                    .arg(self.key("geo", &f.tenant))
-                    .arg(self.key("seen", &f.tenant))
-                    .arg(&tenants)
-                    .arg(&f.user_id)
-                    .arg(f.ts)
-                    .arg(f.lat)
-                    .arg(f.lon)
-                    .arg(&f.device_id)
-                    .arg(f.seq)
-                    .arg(opt(f.speed_mps))
-                    .arg(opt(f.heading_deg))
-                    .arg(opt(f.accuracy_m))
-                    .arg(opt(f.battery_pct))
-                    .arg(f.received_at)
-                    .arg(&f.tenant)
-                    .arg(&ttl);
+            for (tenant, fixes) in &by_tenant {
+                for run in fixes.chunks(UPDATE_CHUNK) {
+                    let cmd = pipe
+                        .cmd("EVALSHA")
+                        .arg(sha)
+                        .arg(3 + run.len())
+                        .arg(self.key("geo", tenant))
+                        .arg(self.key("seen", tenant))
+                        .arg(&tenants);
+                    for f in run {
+                        cmd.arg(self.pos_key(tenant, &f.user_id));
+                    }
+                    cmd.arg(*tenant);
+                    for f in run {
+                        cmd.arg(&f.user_id)
+                            .arg(f.ts)
+                            .arg(f.lat)
+                            .arg(f.lon)
+                            .arg(&f.device_id)
+                            .arg(f.seq)
+                            .arg(opt(f.speed_mps))
+                            .arg(opt(f.heading_deg))
+                            .arg(opt(f.accuracy_m))
+                            .arg(opt(f.battery_pct))
+                            .arg(f.received_at);
+                    }
+                }
             }
             pipe
         };
@@ -227,7 +274,7 @@ impl CacheStore {
             }
             Err(e) => return Err(redis_err(&self.cfg, e)),
         };
-        Ok(applied.iter().filter(|x| **x == 1).count())
+        Ok(applied.iter().sum::<i64>() as usize)
     }
 
     fn presence(&self, ts: i64, now: i64) -> (Presence, f64) {
@@ -416,8 +463,8 @@ impl CacheStore {
         Ok(out)
     }
 
-    /// Removes users not seen for `forget_after_s` from every tenant's GEO and last-seen
-    /// sets. Returns how many were removed.
+    /// Forgets users not seen for `forget_after_s`: their hash, GEO member and last-seen
+    /// entry, in every tenant. Returns how many were removed.
     pub async fn sweep(&self) -> Result<usize, CacheError> {
         let mut c = self.conn.clone();
         let tenants: Vec<String> = redis::cmd("SMEMBERS")
@@ -428,19 +475,33 @@ impl CacheStore {
         let cutoff = now_ms() - (self.cfg.forget_after_s as i64) * 1000;
         let mut removed = 0;
         for t in tenants {
+            let (geo, seen) = (self.key("geo", &t), self.key("seen", &t));
             loop {
-                // Atomic per chunk: a user updated meanwhile is not in the range any more.
-                let n: usize = redis::cmd("EVAL")
-                    .arg(SWEEP)
-                    .arg(2)
-                    .arg(self.key("geo", &t))
-                    .arg(self.key("seen", &t))
-                    .arg(cutoff)
+                let old: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                    .arg(&seen)
+                    .arg("-inf")
+                    .arg(format!("({cutoff}"))
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(SWEEP_CHUNK)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| redis_err(&self.cfg, e))?;
+                if old.is_empty() {
+                    break;
+                }
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(SWEEP).arg(2 + old.len()).arg(&geo).arg(&seen);
+                for u in &old {
+                    cmd.arg(self.pos_key(&t, u));
+                }
+                cmd.arg(cutoff).arg(&old);
+                let n: usize = cmd
                     .query_async(&mut c)
                     .await
                     .map_err(|e| redis_err(&self.cfg, e))?;
                 removed += n;
-                if n < 500 {
+                if old.len() < SWEEP_CHUNK {
                     break;
                 }
             }

@@ -3,6 +3,8 @@
 //!   locus-bench produce --topic T --count N [--users U]     N Avro fixes straight into Kafka
 //!   locus-bench cql-ceiling --count N --concurrency C       N prepared inserts through the
 //!                                                           scylla driver: the store's ceiling
+//!   locus-bench codec [--count N]                           Avro encode/decode per fix: the
+//!                                                           generic path vs the direct one
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -33,13 +35,16 @@ enum Cmd {
         #[arg(long, default_value = "http://127.0.0.1:8081")]
         registry: String,
     },
-    /// The cache sink alone (Avro decode + forward-only Lua update, pipelined) vs the same
-    /// EVALSHA commands sent raw in pipelines of the same size (the ceiling).
+    /// The cache sink alone (Avro decode + forward-only Lua update, pipelined) vs the
+    /// script's commands sent raw in pipelines of the same size (the ceiling).
     Cache {
         #[arg(long, default_value_t = 200_000)]
         count: usize,
         #[arg(long, default_value_t = 2000)]
         batch: usize,
+        /// Batches in flight at once (the stage's `cache.max_in_flight_batches`).
+        #[arg(long, default_value_t = 2)]
+        in_flight: usize,
         /// A database of its own: the benchmark flushes it before and after.
         #[arg(long, default_value = "redis://127.0.0.1:6379/9")]
         redis: String,
@@ -63,6 +68,12 @@ enum Cmd {
         keyspace: String,
         #[arg(long, default_value = "http://127.0.0.1:8081")]
         registry: String,
+    },
+    /// CPU per fix of the generic apache-avro path and of the direct `wire` path, both ways
+    /// (no registry: a fixed schema id).
+    Codec {
+        #[arg(long, default_value_t = 200_000)]
+        count: usize,
     },
     CqlCeiling {
         #[arg(long)]
@@ -153,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Cache {
             count,
             batch,
+            in_flight,
             redis,
             registry,
         } => {
@@ -164,30 +176,23 @@ async fn main() -> anyhow::Result<()> {
                 },
                 &topic,
             )?;
-            // Every fix a different user: no update is deduplicated away, so both sides send
-            // exactly `count` EVALSHA commands.
-            let fixes: Vec<LocationFix> = (0..count).map(|i| fix(i, count, base)).collect();
-            let mut records = Vec::with_capacity(count);
-            for (i, f) in fixes.iter().enumerate() {
-                records.push(locus_kafka::Record {
-                    topic: topic.clone(),
-                    partition: 0,
-                    offset: i as i64,
-                    key: Some(f.user_id.clone().into_bytes()),
-                    value: Some(codec.encode(f).await?),
-                    timestamp_ms: None,
-                    headers: vec![],
-                });
-            }
+            // Two passes over `count` users, every fix of a pass a different user (nothing is
+            // deduplicated away): first they are new (keys created), then each moves on (the
+            // steady state of a fleet: keys updated in place).
+            let passes: Vec<Vec<LocationFix>> = (0..2)
+                .map(|p| {
+                    (0..count)
+                        .map(|i| fix(p * count + i, count, base))
+                        .collect()
+                })
+                .collect();
             let prefix = format!("bench{}", std::process::id());
-            {
-                let client = ::redis::Client::open(redis.as_str())?;
-                let mut con = client.get_multiplexed_async_connection().await?;
-                let _: () = ::redis::cmd("FLUSHDB")
-                    .arg("ASYNC")
-                    .query_async(&mut con)
-                    .await?;
-            }
+            let client = ::redis::Client::open(redis.as_str())?;
+            let mut con = client.get_multiplexed_async_connection().await?;
+            let _: () = ::redis::cmd("FLUSHDB")
+                .arg("ASYNC")
+                .query_async(&mut con)
+                .await?;
             let cfg = locus_redis::CacheConfig {
                 redis_url: redis.clone(),
                 key_prefix: format!("{prefix}s"),
@@ -206,70 +211,152 @@ async fn main() -> anyhow::Result<()> {
                 None,
             );
             use locus_kafka::Sink;
-            let cpu0 = cpu_seconds();
-            let started = Instant::now();
-            for chunk in records.chunks(batch) {
-                sink.apply(chunk.to_vec())
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e))?;
-            }
-            let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
-            println!(
-                "[cache] sink: {count} updates in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update",
-                count as f64 / wall,
-                1e6 * cpu / count as f64
-            );
-            let sink_rate = count as f64 / wall;
-
-            let client = ::redis::Client::open(redis.as_str())?;
-            let mut con = client.get_multiplexed_async_connection().await?;
-            let sha: String = ::redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(locus_redis::UPDATE_SCRIPT)
-                .query_async(&mut con)
-                .await?;
-            let cpu0 = cpu_seconds();
-            let started = Instant::now();
-            for chunk in fixes.chunks(batch) {
-                let mut pipe = ::redis::pipe();
-                for f in chunk {
-                    pipe.cmd("EVALSHA")
-                        .arg(&sha)
-                        .arg(4)
-                        .arg(format!("{prefix}r:pos:{}:{}", f.tenant, f.user_id))
-                        .arg(format!("{prefix}r:geo:{}", f.tenant))
-                        .arg(format!("{prefix}r:seen:{}", f.tenant))
-                        .arg(format!("{prefix}r:tenants"))
-                        .arg(&f.user_id)
-                        .arg(f.ts)
-                        .arg(f.lat)
-                        .arg(f.lon)
-                        .arg(&f.device_id)
-                        .arg(f.seq)
-                        .arg("3")
-                        .arg("180")
-                        .arg("5")
-                        .arg("77")
-                        .arg(f.received_at)
-                        .arg(&f.tenant)
-                        .arg(600);
+            let mut rates = vec![];
+            for (p, fixes) in passes.iter().enumerate() {
+                let mut records = Vec::with_capacity(count);
+                for (i, f) in fixes.iter().enumerate() {
+                    records.push(locus_kafka::Record {
+                        topic: topic.clone(),
+                        partition: 0,
+                        offset: i as i64,
+                        key: Some(f.user_id.clone().into_bytes()),
+                        value: Some(codec.encode(f).await?),
+                        timestamp_ms: None,
+                        headers: vec![],
+                    });
                 }
-                let _: Vec<i64> = pipe.query_async(&mut con).await?;
+                let cpu0 = cpu_seconds();
+                let started = Instant::now();
+                let sink = &sink;
+                let mut applies = futures::stream::iter(records.chunks(batch))
+                    .map(|chunk| sink.apply(chunk.to_vec()))
+                    .buffer_unordered(in_flight);
+                while let Some(done) = applies.next().await {
+                    done.map_err(|e| anyhow::anyhow!(e))?;
+                }
+                let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+                let what = if p == 0 { "new users  " } else { "users move " };
+                println!(
+                    "[cache] sink, {what}: {count} updates in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update",
+                    count as f64 / wall,
+                    1e6 * cpu / count as f64
+                );
+                rates.push(count as f64 / wall);
             }
-            let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
-            println!(
-                "[cache] ceiling (raw pipelined EVALSHA): {count} in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update",
-                count as f64 / wall,
-                1e6 * cpu / count as f64
-            );
-            println!(
-                "[cache] sink reaches {:.0}% of the ceiling",
-                100.0 * sink_rate / (count as f64 / wall)
-            );
+
+            // The ceiling: the commands the script runs (HGET, HSET per fix; GEOADD, ZADD,
+            // SADD per run of fixes), sent raw in pipelines of the same size, no script.
+            for (p, fixes) in passes.iter().enumerate() {
+                let cpu0 = cpu_seconds();
+                let started = Instant::now();
+                let pipes = fixes.chunks(batch).map(|chunk| {
+                    let mut pipe = ::redis::pipe();
+                    for run in chunk.chunks(locus_redis::UPDATE_CHUNK) {
+                        let tenant = &run[0].tenant;
+                        for f in run {
+                            let key = format!("{prefix}r:pos:{}:{}", f.tenant, f.user_id);
+                            pipe.cmd("HGET").arg(&key).arg("ts").ignore();
+                            pipe.cmd("HSET")
+                                .arg(&key)
+                                .arg("ts")
+                                .arg(f.ts)
+                                .arg("lat")
+                                .arg(f.lat)
+                                .arg("lon")
+                                .arg(f.lon)
+                                .arg("device_id")
+                                .arg(&f.device_id)
+                                .arg("seq")
+                                .arg(f.seq)
+                                .arg("speed_mps")
+                                .arg("3")
+                                .arg("heading_deg")
+                                .arg("180")
+                                .arg("accuracy_m")
+                                .arg("5")
+                                .arg("battery_pct")
+                                .arg("77")
+                                .arg("received_at")
+                                .arg(f.received_at)
+                                .ignore();
+                        }
+                        let geo = pipe.cmd("GEOADD").arg(format!("{prefix}r:geo:{tenant}"));
+                        for f in run {
+                            geo.arg(f.lon).arg(f.lat).arg(&f.user_id);
+                        }
+                        geo.ignore();
+                        let seen = pipe.cmd("ZADD").arg(format!("{prefix}r:seen:{tenant}"));
+                        for f in run {
+                            seen.arg(f.ts).arg(&f.user_id);
+                        }
+                        seen.ignore();
+                        pipe.cmd("SADD")
+                            .arg(format!("{prefix}r:tenants"))
+                            .arg(tenant)
+                            .ignore();
+                    }
+                    let mut con = con.clone();
+                    async move { pipe.query_async::<()>(&mut con).await }
+                });
+                let mut sent = futures::stream::iter(pipes).buffer_unordered(in_flight);
+                while let Some(done) = sent.next().await {
+                    done?;
+                }
+                let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+                let what = if p == 0 { "new users  " } else { "users move " };
+                println!(
+                    "[cache] ceiling (the script's commands, raw and pipelined), {what}: {count} in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update; the sink reaches {:.0}% of it",
+                    count as f64 / wall,
+                    1e6 * cpu / count as f64,
+                    100.0 * rates[p] * wall / count as f64
+                );
+            }
             let _: () = ::redis::cmd("FLUSHDB")
                 .arg("ASYNC")
                 .query_async(&mut con)
                 .await?;
+        }
+        Cmd::Codec { count } => {
+            use locus_schemas::{decode_with_schema, encode_with_schema, location_schema, wire};
+            let schema = location_schema();
+            let fixes: Vec<LocationFix> = (0..count).map(|i| fix(i, 1000, base)).collect();
+            let time = |label: &str, f: &mut dyn FnMut() -> anyhow::Result<usize>| {
+                let cpu0 = cpu_seconds();
+                let n = f()?;
+                let us = 1e6 * (cpu_seconds() - cpu0) / count as f64;
+                println!("[codec] {label}: {us:.3} µs/fix (checksum {n})");
+                anyhow::Ok(us)
+            };
+            let mut encoded = vec![];
+            let generic_enc = time("encode, generic", &mut || {
+                encoded = fixes
+                    .iter()
+                    .map(|f| encode_with_schema(&schema, 1, f))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(encoded.iter().map(Vec::len).sum())
+            })?;
+            let direct_enc = time("encode, direct ", &mut || {
+                Ok(fixes.iter().map(|f| wire::encode_framed(1, f).len()).sum())
+            })?;
+            let generic_dec = time("decode, generic", &mut || {
+                let mut n = 0;
+                for b in &encoded {
+                    n += decode_with_schema(&schema, b)?.seq as usize;
+                }
+                Ok(n)
+            })?;
+            let direct_dec = time("decode, direct ", &mut || {
+                let mut n = 0;
+                for b in &encoded {
+                    n += wire::read_fix(&b[5..])?.seq as usize;
+                }
+                Ok(n)
+            })?;
+            println!(
+                "[codec] direct is {:.0}x faster to encode, {:.0}x faster to decode",
+                generic_enc / direct_enc,
+                generic_dec / direct_dec
+            );
         }
         Cmd::HistorySink {
             count,
