@@ -4,6 +4,10 @@
 #
 #   loadtest/bench/bridge.sh [FIXES]        (default 100000; needs `dev/stack up` and
 #                                            `cargo build --release -p locus -p locus-loadtest`)
+#   KAFKA=memory loadtest/bench/bridge.sh 500000
+#                                            the same against a tansu of its own that keeps
+#                                            records in memory (started and stopped here), so
+#                                            that Kafka is not the first part to saturate
 #
 # Method: the bridge's persistent session is created, the bridge stopped, and FIXES fixes are
 # published into the broker (queued for the session). Then the bridge starts and drains the
@@ -30,6 +34,20 @@ TICK=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 metric() { curl -fsS "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 
+MEMORY_KAFKA_PID=""
+if [[ "${KAFKA:-stack}" == memory ]]; then
+  KPORT=19092
+  echo "[bench] starting an in-memory tansu on 127.0.0.1:$KPORT"
+  mkdir -p "/tmp/$RUN-kafka"
+  (cd "/tmp/$RUN-kafka" && exec "${LOCUS_CACHE:-$HOME/.cache/locus}/tansu-0.6.0-p3/bin/tansu" broker \
+    --listener-url "tcp://127.0.0.1:$KPORT" --advertised-listener-url "tcp://127.0.0.1:$KPORT" \
+    --storage-engine "memory://tansu/" >"/tmp/$RUN-kafka/log" 2>&1) &
+  MEMORY_KAFKA_PID=$!
+  trap 'kill $MEMORY_KAFKA_PID 2>/dev/null || true' EXIT
+  export LOCUS_KAFKA__BROKERS="127.0.0.1:$KPORT"
+  until (exec 3<>"/dev/tcp/127.0.0.1/$KPORT") 2>/dev/null; do sleep 0.2; done
+fi
+
 cat > "/tmp/$RUN-topics.yaml" <<YAML
 topics:
   - {name: $RUN.locations, partitions: 12, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3600000, cleanup_policy: delete, compression: producer}
@@ -48,6 +66,7 @@ $SIM --devices $DEVICES --connections 4 --fixes-per-device $PER_DEVICE --interva
   --topic-template "$LOCUS_BRIDGE__TOPIC_TEMPLATE" --tenant bench --report "/tmp/$RUN-sim.json" --quiet
 
 MOSQ=$(cat "$STACK_DIR/run/mqtt.pid"); TANSU=$(cat "$STACK_DIR/run/kafka.pid")
+[[ -n "$MEMORY_KAFKA_PID" ]] && TANSU=$MEMORY_KAFKA_PID
 m0=$(cpu $MOSQ); t0=$(cpu $TANSU)
 start=$(date +%s.%N)
 $LOCUS bridge 2>>"/tmp/$RUN-bridge.log" & BP=$!

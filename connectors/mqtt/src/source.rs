@@ -151,10 +151,13 @@ impl Bridge {
             // (seen with Mosquitto 2.0): hold them here rather than stop polling, which would
             // stall PUBACKs and deadlock the pipeline.
             let mut overflow: std::collections::VecDeque<Publish> = Default::default();
+            // Registered once, not per event: this loop runs for every MQTT packet.
+            let stopped = stop.cancelled();
+            tokio::pin!(stopped);
             loop {
                 let event = tokio::select! {
                     biased;
-                    _ = stop.cancelled() => break,
+                    _ = &mut stopped => break,
                     permit = publish_tx.reserve(), if !overflow.is_empty() => {
                         match (permit, overflow.pop_front()) {
                             (Ok(permit), Some(p)) => permit.send(p),
@@ -212,7 +215,7 @@ impl Bridge {
                         M.mqtt_errors.inc();
                         warn!(%error, retry_in = ?backoff, "MQTT connection error; reconnecting");
                         tokio::select! {
-                            _ = stop.cancelled() => break,
+                            _ = &mut stopped => break,
                             _ = tokio::time::sleep(backoff) => {}
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -227,10 +230,12 @@ impl Bridge {
         let worker_me = me.clone();
         let worker_cancel = cancel.clone();
         let worker = tokio::spawn(async move {
+            let cancelled = worker_cancel.cancelled();
+            tokio::pin!(cancelled);
             loop {
                 let publish = tokio::select! {
                     biased;
-                    _ = worker_cancel.cancelled() => break,
+                    _ = &mut cancelled => break,
                     p = publish_rx.recv() => match p { Some(p) => p, None => break },
                 };
                 let inflight = worker_me.process(publish, &worker_cancel).await;
@@ -453,16 +458,14 @@ impl Bridge {
             },
         };
 
-        let mut records: Vec<Outgoing> = vec![];
-        for fix in &fixes {
+        let mut records: Vec<Outgoing> = Vec::with_capacity(fixes.len() + 1);
+        for fix in fixes {
             M.freshness.observe(((now - fix.ts).max(0) as f64) / 1000.0);
-            match self.encode(fix, cancel).await {
+            match self.encode(&fix, cancel).await {
                 Ok(bytes) => records.push(Outgoing {
                     dlq: false,
-                    key: fix.user_id.as_bytes().to_vec(),
-                    value: bytes,
                     headers: vec![
-                        ("locus-device-id", fix.device_id.as_bytes().to_vec()),
+                        ("locus-device-id", fix.device_id.into_bytes()),
                         ("locus-seq", fix.seq.to_string().into_bytes()),
                         (
                             "locus-received-at",
@@ -470,6 +473,8 @@ impl Bridge {
                         ),
                         ("locus-mqtt-topic", p.topic.to_vec()),
                     ],
+                    key: fix.user_id.into_bytes(),
+                    value: bytes,
                 }),
                 Err(e) => {
                     let r = Rejection::new(e.reason(), e.to_string());
@@ -494,9 +499,8 @@ impl Bridge {
             let first = Rejection::new(rejected[0].1.reason, detail);
             records.push(self.dead_letter_record(p, &first, Some(&indexes.join(","))));
         }
-        let publish = m.publish.clone();
         for mut out in records {
-            let pending = self.enqueue(&mut out, &publish).await;
+            let pending = self.enqueue(&mut out, &m.publish).await;
             m.deliveries.push((pending, out));
         }
         m

@@ -139,8 +139,20 @@ impl Scope {
         );
         let file = locus_topics::TopicsFile::parse(&yaml, "test").unwrap();
         let k = self.kafka();
-        let plan = locus_topics::plan(&k, &file, Some(1)).await.unwrap();
-        locus_topics::apply(&k, &plan).await.unwrap();
+        // tansu can be slow to answer metadata while other tests load it: try a few times.
+        for attempt in 1..=3 {
+            let done = match locus_topics::plan(&k, &file, Some(1)).await {
+                Ok(plan) => locus_topics::apply(&k, &plan)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match done {
+                Ok(_) => return,
+                Err(e) if attempt < 3 => eprintln!("creating topics failed ({e}); again"),
+                Err(e) => panic!("cannot create the test topics: {e}"),
+            }
+        }
     }
 
     /// Starts `locus bridge` for this scope; returns it and its HTTP port.
