@@ -433,22 +433,16 @@ async fn sweeper_forgets_old_users_whole() {
     );
     assert_eq!(exists(format!("{prefix}:pos:acme:old")).await, 0);
     assert_eq!(exists(format!("{prefix}:pos:acme:fresh")).await, 1);
-    let seen: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("{prefix}:seen:acme"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    assert_eq!(seen, vec!["fresh".to_string()]);
-    let geo: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("{prefix}:geo:acme"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    assert_eq!(geo, vec!["fresh".to_string()]);
+    for set in ["seen", "geo"] {
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("{prefix}:{set}:acme"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(members, vec!["fresh".to_string()], "{set}");
+    }
     assert!(store.position("acme", "old").await.unwrap().is_none());
     assert!(store.position("globex", "carol").await.unwrap().is_some());
     assert_eq!(store.sweep().await.unwrap(), 0, "nothing left to forget");

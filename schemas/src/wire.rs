@@ -21,6 +21,17 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// A `["null", T]` union: branch 0 for null, else branch 1 and the value.
+fn put_opt<T>(out: &mut Vec<u8>, v: Option<T>, put: impl FnOnce(&mut Vec<u8>, T)) {
+    match v {
+        None => put_long(out, 0),
+        Some(v) => {
+            put_long(out, 1);
+            put(out, v);
+        }
+    }
+}
+
 /// Appends the Avro binary datum of `fix` (no framing).
 pub fn write_fix(out: &mut Vec<u8>, fix: &LocationFix) {
     put_str(out, &fix.tenant);
@@ -30,45 +41,16 @@ pub fn write_fix(out: &mut Vec<u8>, fix: &LocationFix) {
     put_long(out, fix.ts);
     out.extend_from_slice(&fix.lat.to_le_bytes());
     out.extend_from_slice(&fix.lon.to_le_bytes());
-    match fix.accuracy_m {
-        None => put_long(out, 0),
-        Some(v) => {
-            put_long(out, 1);
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    match fix.altitude_m {
-        None => put_long(out, 0),
-        Some(v) => {
-            put_long(out, 1);
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    for v in [fix.speed_mps, fix.heading_deg] {
-        match v {
-            None => put_long(out, 0),
-            Some(v) => {
-                put_long(out, 1);
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-    }
-    match fix.battery_pct {
-        None => put_long(out, 0),
-        Some(v) => {
-            put_long(out, 1);
-            put_long(out, i64::from(v));
-        }
-    }
-    for v in [&fix.activity, &fix.source] {
-        match v {
-            None => put_long(out, 0),
-            Some(s) => {
-                put_long(out, 1);
-                put_str(out, s);
-            }
-        }
-    }
+    let f32 = |out: &mut Vec<u8>, v: f32| out.extend_from_slice(&v.to_le_bytes());
+    put_opt(out, fix.accuracy_m, f32);
+    put_opt(out, fix.altitude_m, |out, v| {
+        out.extend_from_slice(&v.to_le_bytes())
+    });
+    put_opt(out, fix.speed_mps, f32);
+    put_opt(out, fix.heading_deg, f32);
+    put_opt(out, fix.battery_pct, |out, v| put_long(out, i64::from(v)));
+    put_opt(out, fix.activity.as_deref(), put_str);
+    put_opt(out, fix.source.as_deref(), put_str);
     put_long(out, fix.received_at);
 }
 
@@ -102,13 +84,19 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], CodecError> {
+        let (head, rest) = self
+            .buf
+            .split_first_chunk::<N>()
+            .ok_or_else(|| err(format!("{what}: needs {N} bytes, {} left", self.buf.len())))?;
+        self.buf = rest;
+        Ok(*head)
+    }
+
     fn long(&mut self, what: &str) -> Result<i64, CodecError> {
         let mut z: u64 = 0;
         for i in 0..10 {
-            let [b] = self.take(1, what)? else {
-                unreachable!()
-            };
-            let b = *b;
+            let [b] = self.array::<1>(what)?;
             if i == 9 && b > 1 {
                 return Err(err(format!("{what}: varint overflows 64 bits")));
             }
@@ -135,20 +123,22 @@ impl<'a> Reader<'a> {
     }
 
     fn f64(&mut self, what: &str) -> Result<f64, CodecError> {
-        let b = self.take(8, what)?;
-        Ok(f64::from_le_bytes(b.try_into().unwrap_or_default()))
+        self.array(what).map(f64::from_le_bytes)
     }
 
     fn f32(&mut self, what: &str) -> Result<f32, CodecError> {
-        let b = self.take(4, what)?;
-        Ok(f32::from_le_bytes(b.try_into().unwrap_or_default()))
+        self.array(what).map(f32::from_le_bytes)
     }
 
-    /// The branch of a `["null", T]` union: false for null.
-    fn present(&mut self, what: &str) -> Result<bool, CodecError> {
+    /// A `["null", T]` union: branch 0 is null, branch 1 is a value read by `read`.
+    fn opt<T>(
+        &mut self,
+        what: &str,
+        read: impl FnOnce(&mut Self, &str) -> Result<T, CodecError>,
+    ) -> Result<Option<T>, CodecError> {
         match self.long(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
+            0 => Ok(None),
+            1 => read(self, what).map(Some),
             b => Err(err(format!("{what}: union branch {b} out of range"))),
         }
     }
@@ -165,41 +155,13 @@ pub fn read_fix(datum: &[u8]) -> Result<LocationFix, CodecError> {
         ts: r.long("ts")?,
         lat: r.f64("lat")?,
         lon: r.f64("lon")?,
-        accuracy_m: if r.present("accuracy_m")? {
-            Some(r.f32("accuracy_m")?)
-        } else {
-            None
-        },
-        altitude_m: if r.present("altitude_m")? {
-            Some(r.f64("altitude_m")?)
-        } else {
-            None
-        },
-        speed_mps: if r.present("speed_mps")? {
-            Some(r.f32("speed_mps")?)
-        } else {
-            None
-        },
-        heading_deg: if r.present("heading_deg")? {
-            Some(r.f32("heading_deg")?)
-        } else {
-            None
-        },
-        battery_pct: if r.present("battery_pct")? {
-            Some(r.int("battery_pct")?)
-        } else {
-            None
-        },
-        activity: if r.present("activity")? {
-            Some(r.string("activity")?)
-        } else {
-            None
-        },
-        source: if r.present("source")? {
-            Some(r.string("source")?)
-        } else {
-            None
-        },
+        accuracy_m: r.opt("accuracy_m", Reader::f32)?,
+        altitude_m: r.opt("altitude_m", Reader::f64)?,
+        speed_mps: r.opt("speed_mps", Reader::f32)?,
+        heading_deg: r.opt("heading_deg", Reader::f32)?,
+        battery_pct: r.opt("battery_pct", Reader::int)?,
+        activity: r.opt("activity", Reader::string)?,
+        source: r.opt("source", Reader::string)?,
         received_at: r.long("received_at")?,
     };
     if !r.buf.is_empty() {
