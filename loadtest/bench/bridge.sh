@@ -34,19 +34,8 @@ TICK=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 metric() { curl -fsS "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 
-MEMORY_KAFKA_PID=""
-if [[ "${KAFKA:-stack}" == memory ]]; then
-  KPORT=19092
-  echo "[bench] starting an in-memory tansu on 127.0.0.1:$KPORT"
-  mkdir -p "/tmp/$RUN-kafka"
-  (cd "/tmp/$RUN-kafka" && exec "${LOCUS_CACHE:-$HOME/.cache/locus}/tansu-0.6.0-p3/bin/tansu" broker \
-    --listener-url "tcp://127.0.0.1:$KPORT" --advertised-listener-url "tcp://127.0.0.1:$KPORT" \
-    --storage-engine "memory://tansu/" >"/tmp/$RUN-kafka/log" 2>&1) &
-  MEMORY_KAFKA_PID=$!
-  trap 'kill $MEMORY_KAFKA_PID 2>/dev/null || true' EXIT
-  export LOCUS_KAFKA__BROKERS="127.0.0.1:$KPORT"
-  until (exec 3<>"/dev/tcp/127.0.0.1/$KPORT") 2>/dev/null; do sleep 0.2; done
-fi
+source loadtest/bench/memory-kafka.sh
+[[ -n "$MEMORY_KAFKA_PID" ]] && trap 'kill $MEMORY_KAFKA_PID 2>/dev/null || true' EXIT
 
 cat > "/tmp/$RUN-topics.yaml" <<YAML
 topics:

@@ -5,6 +5,9 @@
 #   loadtest/bench/push.sh [IDLE] [FIXES_PER_S] [ACTIVE] [SECS]
 #        (defaults 19500 5000 10 30; needs `dev/stack up` and
 #         `cargo build --release -p locus -p locus-loadtest`)
+#   KAFKA=memory loadtest/bench/push.sh ...
+#        the same with a tansu of its own that keeps records in memory (started and stopped
+#        here): the stack's tansu, writing every batch to sqlite, cannot take 5k fixes/s
 #
 # Method: a bridge and a push process (release builds) on a fresh 12-partition topic. IDLE
 # streams of a tenant without traffic are opened and the push process's RSS is read before
@@ -33,15 +36,17 @@ if (( IDLE + ACTIVE + 200 > $(ulimit -n) )); then
   echo "[bench] the open-file limit ($(ulimit -n)) is too low for $IDLE streams" >&2; exit 1
 fi
 
+source loadtest/bench/memory-kafka.sh
+
 cat > "/tmp/$RUN-topics.yaml" <<YAML
 topics:
-  - {name: $RUN.locations, partitions: 12, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3600000, cleanup_policy: delete, compression: producer}
+  - {name: $RUN.locations, partitions: ${PARTITIONS:-12}, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3600000, cleanup_policy: delete, compression: producer}
   - {name: $RUN.dlq, partitions: 1, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3600000, cleanup_policy: delete, compression: producer}
 YAML
 LOCUS_TOPICS__FILE="/tmp/$RUN-topics.yaml" $LOCUS topics apply >/dev/null
 $LOCUS schemas register >/dev/null
 
-cleanup() { kill "${SIMP:-}" "${BP:-}" "${PP:-}" 2>/dev/null || true; rm -f "/tmp/$RUN.started"; }
+cleanup() { kill "${SIMP:-}" "${BP:-}" "${PP:-}" $MEMORY_KAFKA_PID 2>/dev/null || true; rm -f "/tmp/$RUN.started"; }
 trap cleanup EXIT
 LOCUS_HTTP__LISTEN="127.0.0.1:$BPORT" $LOCUS bridge 2>"/tmp/$RUN-bridge.log" & BP=$!
 LOCUS_HTTP__LISTEN="127.0.0.1:$PPORT" LOCUS_PUSH__MAX_CONNECTIONS=$(( IDLE + ACTIVE + 100 )) \
@@ -68,10 +73,37 @@ $SIM --devices $DEVICES --connections 8 --interval-ms 2000 --jitter-ms 100 \
   --report "/tmp/$RUN-sim.json" --quiet & SIMP=$!
 touch "/tmp/$RUN.started"
 TICK=$(getconf CLK_TCK)
+STACK_DIR="${LOCUS_STACK_DIR:-.stack}"
+MOSQ=$(cat "$STACK_DIR/run/mqtt.pid"); TANSU=${MEMORY_KAFKA_PID:-$(cat "$STACK_DIR/run/kafka.pid")}
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-c0=$(cpu $PP); t0=$(date +%s.%N)
+declare -A C0
+for p in $PP $BP $SIMP $MOSQ $TANSU $BENCHP; do C0[$p]=$(cpu "$p"); done
+t0=$(date +%s.%N)
+# Per-process CPU, read just before the bench client ends.
+(while kill -0 $BENCHP 2>/dev/null; do
+   for p in $PP $BP $SIMP $MOSQ $TANSU $BENCHP; do echo "$p $(cpu "$p" 2>/dev/null)"; done > "/tmp/$RUN.cpu"
+   echo "$(date +%s.%N)" >> "/tmp/$RUN.cpu"; sleep 1; done) &
 wait $BENCHP
-c1=$(cpu $PP); t1=$(date +%s.%N)
-awk -v c=$(( c1 - c0 )) -v tk="$TICK" -v t="$(echo "$t1 - $t0" | bc)" \
-  'BEGIN { printf "[bench] push process CPU while streaming: %.0f%% of a core\n", 100 * c / tk / t }'
+t1=$(tail -1 "/tmp/$RUN.cpu")
+for pair in "push $PP" "bridge $BP" "simulator $SIMP" "mosquitto $MOSQ" "tansu $TANSU" "client $BENCHP"; do
+  set -- $pair
+  c1=$(awk -v p="$2" '$1 == p {print $2}' "/tmp/$RUN.cpu")
+  awk -v n="$1" -v c=$(( c1 - C0[$2] )) -v tk="$TICK" -v t="$(echo "$t1 - $t0" | bc)" \
+    'BEGIN { printf "[bench] CPU while streaming: %-10s %4.0f%% of a core\n", n, 100 * c / tk / t }'
+done
+# Where the time goes, from the stages' own histograms (cumulative over the run).
+quantiles() {
+  curl -fsS "http://127.0.0.1:$1/metrics" | python3 -c '
+import sys, re
+name, label = sys.argv[1], sys.argv[2]
+b = [(float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2)))
+     for m in re.finditer(name + r"_bucket\{le=\"([^\"]+)\"\} (\S+)", sys.stdin.read())]
+if b and b[-1][1] > 0:
+    q = lambda x: next(le for le, c in b if c >= x * b[-1][1])
+    print(f"[bench] {label:<38} p50 <= {q(.5)*1e3:g} ms  p99 <= {q(.99)*1e3:g} ms")
+' "$2" "$3"
+}
+quantiles $BPORT locus_bridge_freshness_seconds "device → bridge (event time → receive)"
+quantiles $BPORT locus_bridge_produce_latency_seconds "bridge receive → Kafka acked"
+quantiles $PPORT locus_push_publish_to_send_seconds "bridge receive → push writes the event"
 curl -fsS "http://127.0.0.1:$PPORT/metrics" | grep -E '^locus_push_(events_sent_total|events_conflated_total|records_routed_total|connections) '

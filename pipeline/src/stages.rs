@@ -13,6 +13,9 @@ use crate::config::Config;
 use crate::runtime::http::{Readiness, base_router, serve};
 use crate::runtime::shutdown;
 
+/// Routes whose responses are long-lived streams (see `runtime::streaming`).
+const STREAMING_PATHS: &[&str] = &[locus_sse::STREAM_PATH];
+
 /// The stages this binary can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -155,7 +158,7 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
     let http_cancel = CancellationToken::new();
     let listen = config.http.listen;
     let http_stop = http_cancel.clone();
-    let http = tokio::spawn(async move { serve(listen, router, http_stop).await });
+    let http = tokio::spawn(async move { serve(listen, router, STREAMING_PATHS, http_stop).await });
 
     let names: Vec<&str> = stages.iter().map(|s| s.name()).collect();
     tracing::info!(stages = ?names, "locus running");

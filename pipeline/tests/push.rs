@@ -646,3 +646,114 @@ async fn push_dashboard_in_a_real_browser() {
         "a real screenshot"
     );
 }
+
+/// Reads from `c` until `done(bytes so far)` or the server closes; returns what was read.
+async fn read_until(
+    c: &mut tokio::net::TcpStream,
+    done: impl Fn(&[u8]) -> bool,
+) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = vec![];
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut chunk))
+            .await
+            .expect("the server answers within 10 s")
+            .unwrap_or(0);
+        if n == 0 {
+            return (got, true);
+        }
+        got.extend_from_slice(&chunk[..n]);
+        if done(&got) {
+            return (got, false);
+        }
+    }
+}
+
+/// The stream's connections as plain HTTP/1.1 sees them: the lean streaming path answers
+/// `/v1/stream` (chunked, `connection: close`, refusals with a length), a request line that
+/// arrives in pieces still finds its route, a client that hangs up frees its slot, and every
+/// other route keeps hyper's keep-alive.
+#[tokio::test(flavor = "multi_thread")]
+async fn push_stream_connections_are_plain_http() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let s = Scope::new("push-http");
+    s.create_topics().await;
+    let (_push, port) = locus(&s, "push", &["push"], &env(&s, &[]));
+    wait_ready(port, Duration::from_secs(60)).await;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_lowercase();
+
+    // A refusal: a complete response with its length, then the server closes.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    c.write_all(b"GET /v1/stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_until(&mut c, |_| false).await;
+    let got = text(&got);
+    assert!(got.starts_with("http/1.1 401 unauthorized\r\n"), "{got}");
+    assert!(got.contains("content-length: ") && got.contains("connection: close"));
+    assert!(got.contains("token is required"), "{got}");
+    assert!(closed);
+
+    // A stream whose request line comes in three writes: chunked events follow.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = format!(
+        "GET /v1/stream?access_token={} HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n",
+        token("acme", None, 3600)
+    );
+    for part in [&request[..7], &request[7..30], &request[30..]] {
+        c.write_all(part.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (got, closed) = read_until(&mut c, |b| text(b).contains("event: snapshot")).await;
+    let got = text(&got);
+    assert!(!closed, "{got}");
+    assert!(got.starts_with("http/1.1 200 ok\r\n"), "{got}");
+    assert!(got.contains("content-type: text/event-stream"), "{got}");
+    assert!(got.contains("transfer-encoding: chunked"), "{got}");
+    let body = &got[got.find("\r\n\r\n").unwrap() + 4..];
+    let size_line = body.split("\r\n").next().unwrap();
+    assert!(
+        usize::from_str_radix(size_line, 16).is_ok_and(|n| n > 0),
+        "a chunk size first: {body}"
+    );
+    assert!(body.contains("retry: "), "{body}");
+    assert_eq!(metric(port, "locus_push_connections").await, 1.0);
+    // The client hangs up: the server notices without a write and frees the slot.
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(port, "locus_push_connections").await != 0.0 {
+        assert!(Instant::now() < deadline, "the stream's slot was not freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A head too large for the streaming path: 431.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let big = format!(
+        "GET /v1/stream HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let _ = c.write_all(big.as_bytes()).await;
+    let (got, _) = read_until(&mut c, |b| b.ends_with(b"\r\n\r\n")).await;
+    assert!(text(&got).starts_with("http/1.1 431"), "{}", text(&got));
+
+    // Other routes: hyper, keep-alive, even when the first bytes were read for routing.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    c.write_all(b"GET /hea").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.write_all(b"lthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_until(&mut c, |b| text(b).contains("\"ok\"")).await;
+    assert!(!closed && text(&got).starts_with("http/1.1 200 ok\r\n"));
+    c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, _) = read_until(&mut c, |b| text(b).contains("\"ok\"")).await;
+    assert!(
+        text(&got).starts_with("http/1.1 200 ok\r\n"),
+        "a second request on the same connection: {}",
+        text(&got)
+    );
+}

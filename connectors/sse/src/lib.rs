@@ -34,12 +34,15 @@ pub enum PushError {
     Kafka(String),
 }
 
+/// The path of the event stream.
+pub const STREAM_PATH: &str = "/v1/stream";
+
 /// `GET /v1/stream`, and the dashboard at `/`. `presence_s`: the cache's online and offline
 /// thresholds, s, so the dashboard colours users as the position API does.
 pub fn router(api: Arc<PushApi>, presence_s: (u64, u64)) -> Router {
     let dash = dashboard::router(&api.config, presence_s);
     Router::new()
-        .route("/v1/stream", get(stream::stream))
+        .route(STREAM_PATH, get(stream::stream))
         .with_state(api)
         .merge(dash)
 }

@@ -17,6 +17,11 @@ use serde_json::json;
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
+use super::streaming::{self, Opening};
+
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 type CheckFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
@@ -120,11 +125,13 @@ pub fn base_router(readiness: Readiness) -> Router {
 
 /// Serves `router` on `listen` until `cancel`, then lets open requests finish.
 ///
-/// HTTP/1.1 only, one task per connection: SSE streams are long-lived connections, and
-/// HTTP/1-only keeps each connection's state small (no HTTP/2 negotiation state).
+/// HTTP/1.1 only, one task per connection. Requests for `streaming_paths` (long-lived
+/// event streams) take the lean path of [`super::streaming`], which holds no per-connection
+/// buffers while a stream idles; everything else is served by hyper.
 pub async fn serve(
     listen: SocketAddr,
     router: Router,
+    streaming_paths: &'static [&'static str],
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -134,12 +141,12 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => {
-                let stream = match accepted {
+                let mut stream = match accepted {
                     Ok((s, _)) => s,
                     Err(e) => {
                         // Out of file descriptors and the like: wait instead of spinning.
@@ -149,11 +156,28 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = hyper_util::service::TowerToHyperService::new(router.clone());
-                let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
+                let router = router.clone();
+                let http = http.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let opening = tokio::time::timeout(
+                        HEADER_READ_TIMEOUT,
+                        streaming::open(&mut stream, streaming_paths),
+                    )
+                    .await;
+                    let prefix = match opening {
+                        Ok(Ok(Opening::Stream(req))) => {
+                            return streaming::respond(stream, router, *req).await;
+                        }
+                        Ok(Ok(Opening::Refused(status))) => {
+                            return streaming::refuse(stream, status).await;
+                        }
+                        Ok(Ok(Opening::Other(prefix))) => prefix,
+                        Ok(Ok(Opening::Closed)) | Ok(Err(_)) | Err(_) => return,
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(router);
+                    let io = hyper_util::rt::TokioIo::new(streaming::Rewind::new(prefix, stream));
+                    if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
                         tracing::debug!(error = %e, "HTTP connection ended with an error");
                     }
                 });

@@ -1,0 +1,305 @@
+//! A lean HTTP/1.1 path for long-lived streaming responses (the SSE stream).
+//!
+//! hyper keeps an 8 KiB read buffer and a write buffer for every connection for as long as
+//! it is open; for thousands of idle event streams those buffers are most of their memory.
+//! So the server reads each new connection's request line itself:
+//!
+//! - a `GET` of one of the streaming paths is answered here: the head is parsed from a small
+//!   buffer that is freed before the response starts, the router answers as for any other
+//!   request, and the body is written to the socket frame by frame (chunked encoding,
+//!   `connection: close`: a stream is the connection's last response);
+//! - anything else goes to hyper, with the bytes already read put back in front
+//!   ([`Rewind`]), so keep-alive, bodies and every other route behave as before.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, Version, header};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tower::ServiceExt;
+
+/// The largest request head the streaming path reads (a token in the query string and a
+/// browser's headers fit easily); a larger one is refused with 431.
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// What the first bytes of a connection turned out to be.
+pub enum Opening {
+    /// A request for a streaming path, parsed.
+    Stream(Box<Request<Body>>),
+    /// Anything else: the bytes read so far, for hyper.
+    Other(Vec<u8>),
+    /// A streaming request whose head is malformed or too large: answered and closed here.
+    Refused(&'static str),
+    /// The client closed the connection before sending a request line.
+    Closed,
+}
+
+/// Reads from `stream` until it can tell whether the request is a `GET` of one of `paths`,
+/// and if it is, until its head is complete.
+pub async fn open(stream: &mut TcpStream, paths: &[&str]) -> io::Result<Opening> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(1024);
+    let mut is_stream = false;
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len());
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(if buf.is_empty() {
+                Opening::Closed
+            } else {
+                Opening::Other(buf)
+            });
+        }
+        if !is_stream {
+            let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                if buf.len() > MAX_HEAD {
+                    return Ok(Opening::Other(buf));
+                }
+                continue;
+            };
+            if !wants_stream(&buf[..line_end], paths) {
+                return Ok(Opening::Other(buf));
+            }
+            is_stream = true;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                return Ok(match to_request(&req) {
+                    Some(r) => Opening::Stream(Box::new(r)),
+                    None => Opening::Refused("400 Bad Request"),
+                });
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) => {
+                return Ok(Opening::Refused("431 Request Header Fields Too Large"));
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Ok(Opening::Refused("431 Request Header Fields Too Large"));
+            }
+            Err(_) => return Ok(Opening::Refused("400 Bad Request")),
+        }
+    }
+}
+
+/// `GET <one of paths>[?query] HTTP/1.x`, with nothing announcing a request body (such a
+/// request is hyper's to handle).
+fn wants_stream(request_line: &[u8], paths: &[&str]) -> bool {
+    let Some(target) = request_line.strip_prefix(b"GET ") else {
+        return false;
+    };
+    let path_end = target
+        .iter()
+        .position(|&b| b == b'?' || b == b' ')
+        .unwrap_or(target.len());
+    paths.iter().any(|p| &target[..path_end] == p.as_bytes())
+}
+
+fn to_request(req: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
+    let mut builder = Request::builder()
+        .method(Method::GET)
+        .uri(req.path?)
+        .version(Version::HTTP_11);
+    for h in req.headers.iter() {
+        // A streaming GET with a body is not one this path serves.
+        if h.name.eq_ignore_ascii_case("content-length") && h.value != b"0"
+            || h.name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            return None;
+        }
+        builder = builder.header(h.name, h.value);
+    }
+    builder.body(Body::empty()).ok()
+}
+
+/// Answers a malformed streaming request and closes.
+pub async fn refuse(mut stream: TcpStream, status: &str) {
+    let msg = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let _ = stream.write_all(msg.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Lets the router answer `req` and writes the response to `stream` as its body produces
+/// it, until the body ends or the client goes away.
+pub async fn respond(mut stream: TcpStream, router: Router, req: Request<Body>) {
+    let Ok(response) = router.oneshot(req).await;
+    let (parts, mut body) = response.into_parts();
+    let length = http_body::Body::size_hint(&body).exact();
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\n",
+            parts.status.as_u16(),
+            parts.status.canonical_reason().unwrap_or("")
+        )
+        .as_bytes(),
+    );
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    match length {
+        Some(n) => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    if stream.write_all(&head).await.is_err() {
+        return;
+    }
+    drop(head);
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = client_gone(&stream) => return,
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(error)) => {
+                tracing::debug!(%error, "streaming response body failed");
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
+        };
+        let written = if length.is_some() {
+            stream.write_all(&data).await
+        } else {
+            let mut chunk = Vec::with_capacity(data.len() + 12);
+            chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            chunk.extend_from_slice(&data);
+            chunk.extend_from_slice(b"\r\n");
+            stream.write_all(&chunk).await
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+    if length.is_none() {
+        let _ = stream.write_all(b"0\r\n\r\n").await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// Resolves when the client closed its side (or the socket failed). Whatever else it sends
+/// meanwhile is read and ignored, a few bytes at a time, without a buffer of its own.
+async fn client_gone(stream: &TcpStream) {
+    let mut scratch = [0u8; 64];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut scratch) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A connection whose first bytes were already read: they are read again first.
+pub struct Rewind {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    pub fn new(prefix: Vec<u8>, inner: TcpStream) -> Rewind {
+        Rewind {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            if self.at == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_get_of_a_streaming_path_is_taken() {
+        let paths = ["/v1/stream"];
+        assert!(wants_stream(b"GET /v1/stream HTTP/1.1", &paths));
+        assert!(wants_stream(
+            b"GET /v1/stream?access_token=x HTTP/1.1",
+            &paths
+        ));
+        assert!(!wants_stream(b"GET /v1/streams HTTP/1.1", &paths));
+        assert!(!wants_stream(b"GET /v1/stream/x HTTP/1.1", &paths));
+        assert!(!wants_stream(b"HEAD /v1/stream HTTP/1.1", &paths));
+        assert!(!wants_stream(b"POST /v1/stream HTTP/1.1", &paths));
+        assert!(!wants_stream(b"GET / HTTP/1.1", &paths));
+        assert!(!wants_stream(b"GET", &paths));
+    }
+}
