@@ -728,6 +728,22 @@ async fn push_stream_connections_are_plain_http() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // HTTP/1.0 has no chunked encoding: the events follow the head as they are.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = format!(
+        "GET /v1/stream?access_token={} HTTP/1.0\r\n\r\n",
+        token("acme", None, 3600)
+    );
+    c.write_all(request.as_bytes()).await.unwrap();
+    let (got, _) = read_until(&mut c, |b| text(b).contains("event: snapshot")).await;
+    let got = text(&got);
+    assert!(!got.contains("transfer-encoding"), "{got}");
+    assert!(
+        got[got.find("\r\n\r\n").unwrap() + 4..].starts_with("retry: "),
+        "{got}"
+    );
+    drop(c);
+
     // A head too large for the streaming path: 431.
     let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let big = format!(

@@ -6,8 +6,9 @@
 //!
 //! - a `GET` of one of the streaming paths is answered here: the head is parsed from a small
 //!   buffer that is freed before the response starts, the router answers as for any other
-//!   request, and the body is written to the socket frame by frame (chunked encoding,
-//!   `connection: close`: a stream is the connection's last response);
+//!   request, and the body is written to the socket frame by frame (chunked encoding, or
+//!   up to the close for HTTP/1.0; `connection: close`: a stream is the connection's last
+//!   response);
 //! - anything else goes to hyper, with the bytes already read put back in front
 //!   ([`Rewind`]), so keep-alive, bodies and every other route behave as before.
 
@@ -104,10 +105,14 @@ fn wants_stream(request_line: &[u8], paths: &[&str]) -> bool {
 }
 
 fn to_request(req: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
+    let version = match req.version? {
+        0 => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
     let mut builder = Request::builder()
         .method(Method::GET)
         .uri(req.path?)
-        .version(Version::HTTP_11);
+        .version(version);
     for h in req.headers.iter() {
         // A streaming GET with a body is not one this path serves.
         if h.name.eq_ignore_ascii_case("content-length") && h.value != b"0"
@@ -130,6 +135,8 @@ pub async fn refuse(mut stream: TcpStream, status: &str) {
 /// Lets the router answer `req` and writes the response to `stream` as its body produces
 /// it, until the body ends or the client goes away.
 pub async fn respond(mut stream: TcpStream, router: Router, req: Request<Body>) {
+    // HTTP/1.0 has no chunked encoding: its body ends where the connection does.
+    let chunked = req.version() != Version::HTTP_10;
     let Ok(response) = router.oneshot(req).await;
     let (parts, mut body) = response.into_parts();
     let length = http_body::Body::size_hint(&body).exact();
@@ -156,7 +163,8 @@ pub async fn respond(mut stream: TcpStream, router: Router, req: Request<Body>) 
     }
     match length {
         Some(n) => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
-        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        None if chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        None => {}
     }
     head.extend_from_slice(b"connection: close\r\n\r\n");
     if stream.write_all(&head).await.is_err() {
@@ -179,7 +187,7 @@ pub async fn respond(mut stream: TcpStream, router: Router, req: Request<Body>) 
                 _ => continue,
             },
         };
-        let written = if length.is_some() {
+        let written = if length.is_some() || !chunked {
             stream.write_all(&data).await
         } else {
             let mut chunk = Vec::with_capacity(data.len() + 12);
@@ -192,7 +200,7 @@ pub async fn respond(mut stream: TcpStream, router: Router, req: Request<Body>) 
             return;
         }
     }
-    if length.is_none() {
+    if length.is_none() && chunked {
         let _ = stream.write_all(b"0\r\n\r\n").await;
     }
     let _ = stream.shutdown().await;
