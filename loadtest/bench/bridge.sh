@@ -27,7 +27,7 @@ export LOCUS_TOPICS__LOCATIONS="$RUN.locations" LOCUS_TOPICS__DLQ="$RUN.dlq"
 export LOCUS_BRIDGE__TOPIC_TEMPLATE="$RUN/{tenant}/{user_id}/location"
 export LOCUS_BRIDGE__SHARE_GROUP="$RUN" LOCUS_BRIDGE__CLIENT_ID="$RUN-bridge"
 export LOCUS_HTTP__LISTEN="127.0.0.1:$PORT" LOCUS_LOG__FORMAT=json
-LOCUS=./target/release/locus
+LOCUS=${LOCUS_BIN:-./target/release/locus}
 SIM=./target/release/locus-sim
 TICK=$(getconf CLK_TCK)
 

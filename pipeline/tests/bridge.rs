@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use locus_schemas::{Codec, LocationFix, RegistryConfig};
@@ -426,4 +426,69 @@ async fn two_replicas_share_the_load() {
     let b = metric(port_b, "locus_bridge_fixes_produced_total").await;
     assert_eq!(a + b, expected.len() as f64);
     assert!(a > 0.0 && b > 0.0, "both replicas took a share: {a} / {b}");
+}
+
+/// The local Mosquitto (2.0.11) sends a resumed session's whole backlog at once, far beyond
+/// the bridge's receive maximum. The bridge stops reading when it holds
+/// `max_held_messages` (plus what is already in the local socket buffers), and still
+/// delivers every fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_beyond_the_receive_maximum_meets_bounded_memory() {
+    let s = Scope::new("bridge-held");
+    s.create_topics().await;
+    let client_id = unique("b-");
+    let env = [
+        ("LOCUS_BRIDGE__MAX_IN_FLIGHT", "20".to_string()),
+        ("LOCUS_BRIDGE__MAX_HELD_MESSAGES", "200".to_string()),
+    ];
+    // Create the session, then queue a backlog for it while the bridge is away.
+    let (mut bridge, port) = s.bridge(&client_id, &env);
+    wait_ready(port, Duration::from_secs(30)).await;
+    bridge.term();
+    let report = s.sim(&[
+        "--devices",
+        "100",
+        "--connections",
+        "4",
+        "--fixes-per-device",
+        "50",
+        "--interval-ms",
+        "1",
+        "--jitter-ms",
+        "0",
+    ]);
+    let expected = expected_fixes(&report);
+    assert_eq!(expected.len(), 5_000);
+
+    let (_bridge, port) = s.bridge(&client_id, &env);
+    wait_ready(port, Duration::from_secs(30)).await;
+    let mut most_held = 0.0f64;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while metric(port, "locus_bridge_fixes_produced_total").await < 5_000.0 {
+        assert!(Instant::now() < deadline, "the backlog was not drained");
+        most_held = most_held.max(metric(port, "locus_bridge_overflow_messages").await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pauses = metric(port, "locus_bridge_read_pauses_total").await;
+    println!("held at most {most_held} messages; reading paused {pauses} times");
+    assert!(
+        most_held <= 600.0,
+        "held {most_held} of the 5,000 queued messages at once"
+    );
+
+    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(60), |r| {
+        let ids: BTreeSet<(Vec<u8>, Option<&String>)> = r
+            .iter()
+            .map(|x| (x.key.clone(), x.headers.get("locus-seq")))
+            .collect();
+        ids.len() >= 5_000
+    });
+    let got = identities(&decode_all(&s.locations, &records).await);
+    println!("{} records for {} fixes", records.len(), got.len());
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|e| !got.contains(*e))
+        .take(5)
+        .collect();
+    assert!(missing.is_empty(), "lost fixes, e.g. {missing:?}");
 }

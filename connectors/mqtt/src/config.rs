@@ -40,6 +40,16 @@ pub struct BridgeConfig {
     /// when Kafka is slow or down, the broker stops sending beyond it.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u16,
+    /// Messages the bridge holds beyond the receive maximum when the broker ignores it
+    /// (Mosquitto 2.0.11 does). At this many the bridge stops reading what the broker sends
+    /// (TCP back-pressure) until half of them are taken up; it goes on acknowledging.
+    #[serde(default = "default_max_held_messages")]
+    pub max_held_messages: usize,
+    /// Read from the broker through a local relay that can stop reading (see
+    /// `max_held_messages`). Needed with a broker that ignores the receive maximum; with
+    /// one that honours it, `false` connects directly (one hop less).
+    #[serde(default = "default_pause_reads")]
+    pub pause_reads: bool,
     /// Largest MQTT packet the bridge reads; larger ones are refused by the broker. Must be
     /// at least the broker's message_size_limit.
     #[serde(default = "default_max_packet_bytes")]
@@ -85,6 +95,12 @@ fn default_keep_alive_s() -> u64 {
 fn default_max_in_flight() -> u16 {
     1000
 }
+fn default_pause_reads() -> bool {
+    true
+}
+fn default_max_held_messages() -> usize {
+    10_000
+}
 fn default_max_packet_bytes() -> u32 {
     1024 * 1024
 }
@@ -117,6 +133,8 @@ impl Default for BridgeConfig {
             session_expiry_s: default_session_expiry_s(),
             keep_alive_s: default_keep_alive_s(),
             max_in_flight: default_max_in_flight(),
+            max_held_messages: default_max_held_messages(),
+            pause_reads: default_pause_reads(),
             max_packet_bytes: default_max_packet_bytes(),
             max_payload_bytes: default_max_payload_bytes(),
             max_batch_len: default_max_batch_len(),
@@ -154,6 +172,9 @@ impl BridgeConfig {
         }
         if self.max_in_flight == 0 {
             return bad("bridge.max_in_flight must be > 0".into());
+        }
+        if !(2..=10_000_000).contains(&self.max_held_messages) {
+            return bad("bridge.max_held_messages must be between 2 and 10000000".into());
         }
         if self.max_payload_bytes == 0
             || self.max_payload_bytes as u64 > u64::from(self.max_packet_bytes)

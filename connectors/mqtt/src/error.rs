@@ -7,4 +7,6 @@ pub enum BridgeError {
     Kafka(#[from] locus_kafka::KafkaError),
     #[error(transparent)]
     Codec(#[from] locus_schemas::CodecError),
+    #[error("cannot open the local MQTT relay socket: {0}")]
+    Relay(std::io::Error),
 }

@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod metrics;
 mod payload;
+mod relay;
 mod source;
 
 pub use config::BridgeConfig;

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub produce_retries: IntCounter,
     pub in_flight: IntGauge,
     pub overflow: IntGauge,
+    pub read_pauses: IntCounter,
     pub produce_latency: Histogram,
     pub freshness: Histogram,
     pub mqtt_connected: IntGauge,
@@ -75,6 +76,10 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         overflow: gauge(
             "locus_bridge_overflow_messages",
             "Messages the broker sent beyond the receive maximum, held until the pipeline has room",
+        ),
+        read_pauses: counter(
+            "locus_bridge_read_pauses_total",
+            "Times the bridge stopped reading from the broker because it held bridge.max_held_messages",
         ),
         produce_latency: histogram(
             "locus_bridge_produce_latency_seconds",

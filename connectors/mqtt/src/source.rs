@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use locus_kafka::{KafkaConfig, Pending, Producer};
 use locus_schemas::{Codec, CodecError, FixLimits, LocationFix, RegistryConfig};
+use rumqttc::Transport;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -24,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::metrics::M;
 use crate::payload::{Rejection, TopicTemplate, check_fix, parse_payload};
+use crate::relay::Relay;
 use crate::{BridgeConfig, BridgeError};
 
 /// Liveness of the bridge's MQTT side, for `/readyz`.
@@ -104,9 +106,18 @@ impl Bridge {
         Ok((bridge, health))
     }
 
-    fn mqtt_options(&self) -> MqttOptions {
+    /// The client connects to the broker directly, or through `relay` (see [`crate::relay`]).
+    fn mqtt_options(&self, relay: Option<&Relay>) -> MqttOptions {
         let c = &self.cfg;
-        let mut o = MqttOptions::new(c.client_id.clone(), c.mqtt_host.clone(), c.mqtt_port);
+        let mut o = match relay {
+            Some(r) => {
+                let socket = r.socket().to_string_lossy().into_owned();
+                let mut o = MqttOptions::new(c.client_id.clone(), socket, 0);
+                o.set_transport(Transport::Unix);
+                o
+            }
+            None => MqttOptions::new(c.client_id.clone(), c.mqtt_host.clone(), c.mqtt_port),
+        };
         o.set_keep_alive(Duration::from_secs(c.keep_alive_s))
             .set_clean_start(false)
             .set_session_expiry_interval(Some(c.session_expiry_s))
@@ -125,7 +136,16 @@ impl Bridge {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), BridgeError> {
         let me = Arc::new(self);
         let cap = usize::from(me.cfg.max_in_flight);
-        let (client, mut eventloop) = AsyncClient::new(me.mqtt_options(), cap * 2 + 16);
+        let relay = match me.cfg.pause_reads {
+            true => Some(
+                Relay::start(format!("{}:{}", me.cfg.mqtt_host, me.cfg.mqtt_port))
+                    .map_err(BridgeError::Relay)?,
+            ),
+            false => None,
+        };
+        let max_held = me.cfg.max_held_messages;
+        let (client, mut eventloop) =
+            AsyncClient::new(me.mqtt_options(relay.as_ref()), cap * 2 + 16);
         let subscription = format!("$share/{}/{}", me.cfg.share_group, me.template.filter());
         info!(
             broker = format!("{}:{}", me.cfg.mqtt_host, me.cfg.mqtt_port),
@@ -147,10 +167,13 @@ impl Bridge {
         let event_loop = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             // Messages the pipeline has no room for yet. The broker should never send more
-            // than the receive maximum unacknowledged, but brokers do on session resume
-            // (seen with Mosquitto 2.0): hold them here rather than stop polling, which would
-            // stall PUBACKs and deadlock the pipeline.
+            // than the receive maximum unacknowledged, but some do (Mosquitto 2.0.11, live
+            // and on session resume): hold them here, and at `max_held` close the relay's
+            // gate so nothing more is read from the broker until the pipeline has taken half
+            // of them. Polling goes on (PUBACKs, pings): stopping it would stall the acks.
             let mut overflow: std::collections::VecDeque<Publish> = Default::default();
+            let mut paused = false;
+            let mut warned = false;
             // Registered once, not per event: this loop runs for every MQTT packet.
             let stopped = stop.cancelled();
             tokio::pin!(stopped);
@@ -162,6 +185,12 @@ impl Bridge {
                         match (permit, overflow.pop_front()) {
                             (Ok(permit), Some(p)) => permit.send(p),
                             _ => break,
+                        }
+                        if paused && overflow.len() <= max_held / 2 {
+                            paused = false;
+                            if let Some(r) = &relay {
+                                r.set_reading(true);
+                            }
                         }
                         M.overflow.set(overflow.len() as i64);
                         continue;
@@ -196,11 +225,21 @@ impl Bridge {
                                 Err(mpsc::error::TrySendError::Closed(_)) => break,
                             }
                         }
-                        if overflow.len() == usize::from(u16::MAX) {
-                            warn!(
-                                held = overflow.len(),
-                                "the MQTT broker ignores the receive maximum; holding messages in memory"
-                            );
+                        if !paused && overflow.len() >= max_held {
+                            if !warned {
+                                warned = true;
+                                warn!(
+                                    held = overflow.len(),
+                                    receive_maximum = cap,
+                                    pause_reads = relay.is_some(),
+                                    "the MQTT broker sends beyond the receive maximum; with bridge.pause_reads the bridge stops reading whenever it holds bridge.max_held_messages, without it they are held in memory"
+                                );
+                            }
+                            if let Some(r) = &relay {
+                                paused = true;
+                                r.set_reading(false);
+                                M.read_pauses.inc();
+                            }
                         }
                         M.overflow.set(overflow.len() as i64);
                     }

@@ -283,8 +283,18 @@ pub fn consume_until(
         .consumer_config("test", &unique("test-"))
         .create()
         .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    // tansu can be slow to answer metadata while other tests load it: try a few times.
+    let md = (1..=3)
+        .find_map(
+            |attempt| match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+                Ok(md) => Some(md),
+                Err(e) if attempt < 3 => {
+                    eprintln!("metadata of {topic} failed ({e}); again");
+                    None
+                }
+                Err(e) => panic!("no metadata for {topic}: {e}"),
+            },
+        )
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in md.topics()[0].partitions() {

@@ -1,0 +1,159 @@
+//! A relay between the bridge's MQTT client and the broker, so that the bridge can stop
+//! reading from the broker while it goes on writing PUBACKs.
+//!
+//! rumqttc reads and writes its connection from one event loop: not polling it would stop
+//! the PUBACKs as well, and the pipeline with them. A broker that holds to the bridge's
+//! receive maximum never sends more than the pipeline takes, but Mosquitto 2.0.11 sends a
+//! shared subscription's messages regardless of it (a resumed session's whole backlog at
+//! once; hundreds of thousands outstanding under load). So the client connects to this
+//! relay over a Unix socket in a private directory, and the relay holds the TCP connection
+//! to the broker: what the client writes is always forwarded, what the broker sends only
+//! while the gate is open. While it is closed the broker's bytes wait in the kernel's
+//! buffers, then at the broker: TCP back-pressure, bounded memory.
+//!
+//! Each client connection (rumqttc reconnects) gets its own broker connection; when either
+//! side closes, both are closed, so the client sees what the broker connection does.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+/// What the broker sends is forwarded in reads of at most this many bytes; with the gate
+/// closed, at most one such read is still on its way to the client.
+const CHUNK: usize = 16 * 1024;
+
+/// How long the relay lets what the client writes gather before the next forward.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The send buffer of the relay's side of the Unix socket: what the client has not read
+/// yet when the gate closes is at most about this much (Linux doubles it).
+const CLIENT_SNDBUF: usize = 16 * 1024;
+
+#[derive(Debug)]
+pub struct Relay {
+    dir: PathBuf,
+    socket: PathBuf,
+    gate: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+}
+
+impl Relay {
+    /// Listens on a fresh Unix socket (in a directory only this user may enter) and relays
+    /// each connection to `broker` (`host:port`).
+    pub fn start(broker: String) -> io::Result<Relay> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "locus-bridge-{}-{nanos:x}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&dir)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let socket = dir.join("mqtt.sock");
+        let listener = UnixListener::bind(&socket)?;
+        let (gate, open) = watch::channel(true);
+        let accept = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((client, _)) => {
+                        tokio::spawn(relay(client, broker.clone(), open.clone()));
+                    }
+                    Err(error) => {
+                        warn!(%error, "MQTT relay: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok(Relay {
+            dir,
+            socket,
+            gate,
+            accept,
+        })
+    }
+
+    /// The path the MQTT client connects to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Opens or closes the gate for what the broker sends.
+    pub fn set_reading(&self, open: bool) {
+        self.gate
+            .send_if_modified(|g| std::mem::replace(g, open) != open);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+async fn relay(client: UnixStream, broker: String, mut open: watch::Receiver<bool>) {
+    let upstream = match TcpStream::connect(&broker).await {
+        Ok(s) => s,
+        Err(error) => {
+            // Dropping the client's side ends its connection: it retries with its backoff.
+            warn!(%error, broker, "cannot reach the MQTT broker");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&client).set_send_buffer_size(CLIENT_SNDBUF);
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_broker, mut to_broker) = upstream.into_split();
+    // Client → broker, always. The client writes each PUBACK on its own; after forwarding,
+    // the relay waits a moment so that the next read takes all that came meanwhile: under
+    // load one write to the broker carries a hundred PUBACKs instead of one.
+    let up = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from_client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to_broker.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(COALESCE).await;
+        }
+    };
+    // Broker → client, while the gate is open.
+    let down = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            while !*open.borrow_and_update() {
+                if open.changed().await.is_err() {
+                    return;
+                }
+            }
+            match from_broker.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to_client.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
