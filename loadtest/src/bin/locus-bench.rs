@@ -89,6 +89,17 @@ enum Cmd {
     },
 }
 
+/// CPU seconds the Redis server has used so far (`INFO cpu`, all its threads).
+async fn redis_cpu_seconds(con: &mut ::redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+    let info: String = ::redis::cmd("INFO").arg("cpu").query_async(con).await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| *k == "used_cpu_sys" || *k == "used_cpu_user")
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum())
+}
+
 fn fix(i: usize, users: usize, base: i64) -> LocationFix {
     let u = i % users;
     LocationFix {
@@ -211,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
                 None,
             );
             use locus_kafka::Sink;
+            let mut info = con.clone();
             let mut rates = vec![];
             for (p, fixes) in passes.iter().enumerate() {
                 let mut records = Vec::with_capacity(count);
@@ -226,6 +238,7 @@ async fn main() -> anyhow::Result<()> {
                     });
                 }
                 let cpu0 = cpu_seconds();
+                let redis0 = redis_cpu_seconds(&mut info).await?;
                 let started = Instant::now();
                 let sink = &sink;
                 let mut applies = futures::stream::iter(records.chunks(batch))
@@ -235,19 +248,22 @@ async fn main() -> anyhow::Result<()> {
                     done.map_err(|e| anyhow::anyhow!(e))?;
                 }
                 let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+                let redis_cpu = redis_cpu_seconds(&mut info).await? - redis0;
                 let what = if p == 0 { "new users  " } else { "users move " };
                 println!(
-                    "[cache] sink, {what}: {count} updates in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update",
+                    "[cache] sink, {what}: {count} updates in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update, Redis CPU {:.2} µs/update",
                     count as f64 / wall,
-                    1e6 * cpu / count as f64
+                    1e6 * cpu / count as f64,
+                    1e6 * redis_cpu / count as f64
                 );
-                rates.push(count as f64 / wall);
+                rates.push((count as f64 / wall, redis_cpu));
             }
 
             // The ceiling: the commands the script runs (HGET, HSET per fix; GEOADD, ZADD,
             // SADD per run of fixes), sent raw in pipelines of the same size, no script.
             for (p, fixes) in passes.iter().enumerate() {
                 let cpu0 = cpu_seconds();
+                let redis0 = redis_cpu_seconds(&mut info).await?;
                 let started = Instant::now();
                 let pipes = fixes.chunks(batch).map(|chunk| {
                     let mut pipe = ::redis::pipe();
@@ -303,12 +319,15 @@ async fn main() -> anyhow::Result<()> {
                     done?;
                 }
                 let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+                let redis_cpu = redis_cpu_seconds(&mut info).await? - redis0;
                 let what = if p == 0 { "new users  " } else { "users move " };
                 println!(
-                    "[cache] ceiling (the script's commands, raw and pipelined), {what}: {count} in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update; the sink reaches {:.0}% of it",
+                    "[cache] ceiling (the script's commands, raw and pipelined), {what}: {count} in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update, Redis CPU {:.2} µs/update; the sink reaches {:.0}% of it (by Redis CPU per update: {:.0}%)",
                     count as f64 / wall,
                     1e6 * cpu / count as f64,
-                    100.0 * rates[p] * wall / count as f64
+                    1e6 * redis_cpu / count as f64,
+                    100.0 * rates[p].0 * wall / count as f64,
+                    100.0 * redis_cpu / rates[p].1
                 );
             }
             let _: () = ::redis::cmd("FLUSHDB")
