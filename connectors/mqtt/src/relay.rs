@@ -157,3 +157,96 @@ async fn relay(client: UnixStream, broker: String, mut open: watch::Receiver<boo
         _ = down => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+
+    async fn read_some(s: &mut (impl AsyncReadExt + Unpin), wait: Duration) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Ok(Ok(n)) => Some(buf[..n].to_vec()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn forwards_both_ways_and_holds_back_the_brokers_bytes_while_closed() {
+        let broker = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = Relay::start(broker.local_addr().unwrap().to_string()).unwrap();
+        let mut client = UnixStream::connect(relay.socket()).await.unwrap();
+        let (mut upstream, _) = broker.accept().await.unwrap();
+
+        client.write_all(b"connect").await.unwrap();
+        let got = read_some(&mut upstream, Duration::from_secs(2)).await;
+        assert_eq!(got.as_deref(), Some(&b"connect"[..]));
+        upstream.write_all(b"connack").await.unwrap();
+        let got = read_some(&mut client, Duration::from_secs(2)).await;
+        assert_eq!(got.as_deref(), Some(&b"connack"[..]));
+
+        // Closed: what the broker sends waits (after the one read already waiting when the
+        // gate closed); what the client sends still goes through.
+        relay.set_reading(false);
+        upstream.write_all(b"1").await.unwrap();
+        let got = read_some(&mut client, Duration::from_secs(2)).await;
+        assert_eq!(got.as_deref(), Some(&b"1"[..]));
+        upstream.write_all(b"publish").await.unwrap();
+        assert_eq!(
+            read_some(&mut client, Duration::from_millis(300)).await,
+            None
+        );
+        client.write_all(b"puback").await.unwrap();
+        let got = read_some(&mut upstream, Duration::from_secs(2)).await;
+        assert_eq!(got.as_deref(), Some(&b"puback"[..]));
+        // Open again: the held bytes arrive.
+        relay.set_reading(true);
+        let got = read_some(&mut client, Duration::from_secs(2)).await;
+        assert_eq!(got.as_deref(), Some(&b"publish"[..]));
+
+        // The broker hangs up: so does the client's side.
+        drop(upstream);
+        let got = read_some(&mut client, Duration::from_secs(2)).await;
+        assert_eq!(got.as_deref(), Some(&b""[..]));
+
+        let (socket, dir) = (relay.socket().to_path_buf(), relay.dir.clone());
+        drop(relay);
+        assert!(
+            !socket.exists() && !dir.exists(),
+            "the socket and its directory are removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_ends_the_clients_connection() {
+        // A port nothing listens on: bind one, note it, free it.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let relay = Relay::start(format!("127.0.0.1:{port}")).unwrap();
+        let mut client = UnixStream::connect(relay.socket()).await.unwrap();
+        let got = read_some(&mut client, Duration::from_secs(2)).await;
+        assert_eq!(
+            got.as_deref(),
+            Some(&b""[..]),
+            "the client sees the end at once"
+        );
+    }
+
+    #[test]
+    fn the_directory_is_private() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let relay = Relay::start("127.0.0.1:1".into()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&relay.dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}

@@ -136,12 +136,11 @@ impl Bridge {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), BridgeError> {
         let me = Arc::new(self);
         let cap = usize::from(me.cfg.max_in_flight);
-        let relay = match me.cfg.pause_reads {
-            true => Some(
-                Relay::start(format!("{}:{}", me.cfg.mqtt_host, me.cfg.mqtt_port))
-                    .map_err(BridgeError::Relay)?,
-            ),
-            false => None,
+        let relay = if me.cfg.pause_reads {
+            let broker = format!("{}:{}", me.cfg.mqtt_host, me.cfg.mqtt_port);
+            Some(Relay::start(broker).map_err(BridgeError::Relay)?)
+        } else {
+            None
         };
         let max_held = me.cfg.max_held_messages;
         let (client, mut eventloop) =
