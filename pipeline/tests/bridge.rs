@@ -40,6 +40,32 @@ fn identities(fixes: &[LocationFix]) -> BTreeSet<(String, String, i64)> {
         .collect()
 }
 
+/// Distinct fixes among `records` (key, device and sequence headers): a fix written twice
+/// after a redelivery counts once.
+fn distinct_fixes(records: &[Record]) -> usize {
+    records
+        .iter()
+        .map(|x| {
+            (
+                &x.key,
+                x.headers.get("locus-device-id"),
+                x.headers.get("locus-seq"),
+            )
+        })
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+/// Fails, with a few examples, if a fix the devices had acknowledged is not in `got`.
+fn assert_none_lost(expected: &[(String, String, i64)], got: &BTreeSet<(String, String, i64)>) {
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|e| !got.contains(*e))
+        .take(5)
+        .collect();
+    assert!(missing.is_empty(), "lost fixes, e.g. {missing:?}");
+}
+
 /// Publishes raw payloads at QoS1 and waits for the broker's acknowledgements.
 async fn publish(messages: &[(String, Vec<u8>)]) {
     let mut o = MqttOptions::new(unique("test-pub-"), "127.0.0.1", mqtt_port());
@@ -367,29 +393,10 @@ async fn bridge_killed_mid_stream_loses_nothing() {
     let expected = expected_fixes(&report);
     assert_eq!(expected.len(), 1000);
     let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(60), |r| {
-        let ids: BTreeSet<(i32, Vec<u8>, String)> = r
-            .iter()
-            .map(|x| {
-                (
-                    x.partition,
-                    x.key.clone(),
-                    x.headers.get("locus-seq").cloned().unwrap_or_default()
-                        + x.headers
-                            .get("locus-device-id")
-                            .map(String::as_str)
-                            .unwrap_or(""),
-                )
-            })
-            .collect();
-        ids.len() >= 1000
+        distinct_fixes(r) >= 1000
     });
     let got = identities(&decode_all(&s.locations, &records).await);
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|e| !got.contains(*e))
-        .take(5)
-        .collect();
-    assert!(missing.is_empty(), "lost fixes, e.g. {missing:?}");
+    assert_none_lost(&expected, &got);
     println!(
         "records {} for {} fixes ({} duplicates after the kill)",
         records.len(),
@@ -477,18 +484,9 @@ async fn a_broker_beyond_the_receive_maximum_meets_bounded_memory() {
     );
 
     let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(120), |r| {
-        let ids: BTreeSet<(Vec<u8>, Option<&String>)> = r
-            .iter()
-            .map(|x| (x.key.clone(), x.headers.get("locus-seq")))
-            .collect();
-        ids.len() >= 2_000
+        distinct_fixes(r) >= 2_000
     });
     let got = identities(&decode_all(&s.locations, &records).await);
     println!("{} records for {} fixes", records.len(), got.len());
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|e| !got.contains(*e))
-        .take(5)
-        .collect();
-    assert!(missing.is_empty(), "lost fixes, e.g. {missing:?}");
+    assert_none_lost(&expected, &got);
 }

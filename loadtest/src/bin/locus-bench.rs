@@ -100,6 +100,35 @@ async fn redis_cpu_seconds(con: &mut ::redis::aio::MultiplexedConnection) -> any
         .sum())
 }
 
+/// Wall time, this process's CPU and the Redis server's CPU over one measured pass.
+struct RedisPass {
+    started: Instant,
+    cpu0: f64,
+    redis0: f64,
+}
+
+impl RedisPass {
+    async fn start(info: &mut ::redis::aio::MultiplexedConnection) -> anyhow::Result<RedisPass> {
+        Ok(RedisPass {
+            cpu0: cpu_seconds(),
+            redis0: redis_cpu_seconds(info).await?,
+            started: Instant::now(),
+        })
+    }
+
+    /// (wall s, client CPU s, Redis CPU s) since `start`.
+    async fn stop(
+        self,
+        info: &mut ::redis::aio::MultiplexedConnection,
+    ) -> anyhow::Result<(f64, f64, f64)> {
+        let (wall, cpu) = (
+            self.started.elapsed().as_secs_f64(),
+            cpu_seconds() - self.cpu0,
+        );
+        Ok((wall, cpu, redis_cpu_seconds(info).await? - self.redis0))
+    }
+}
+
 fn fix(i: usize, users: usize, base: i64) -> LocationFix {
     let u = i % users;
     LocationFix {
@@ -237,9 +266,7 @@ async fn main() -> anyhow::Result<()> {
                         headers: vec![],
                     });
                 }
-                let cpu0 = cpu_seconds();
-                let redis0 = redis_cpu_seconds(&mut info).await?;
-                let started = Instant::now();
+                let pass = RedisPass::start(&mut info).await?;
                 let sink = &sink;
                 let mut applies = futures::stream::iter(records.chunks(batch))
                     .map(|chunk| sink.apply(chunk.to_vec()))
@@ -247,8 +274,7 @@ async fn main() -> anyhow::Result<()> {
                 while let Some(done) = applies.next().await {
                     done.map_err(|e| anyhow::anyhow!(e))?;
                 }
-                let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
-                let redis_cpu = redis_cpu_seconds(&mut info).await? - redis0;
+                let (wall, cpu, redis_cpu) = pass.stop(&mut info).await?;
                 let what = if p == 0 { "new users  " } else { "users move " };
                 println!(
                     "[cache] sink, {what}: {count} updates in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update, Redis CPU {:.2} µs/update",
@@ -262,9 +288,7 @@ async fn main() -> anyhow::Result<()> {
             // The ceiling: the commands the script runs (HGET, HSET per fix; GEOADD, ZADD,
             // SADD per run of fixes), sent raw in pipelines of the same size, no script.
             for (p, fixes) in passes.iter().enumerate() {
-                let cpu0 = cpu_seconds();
-                let redis0 = redis_cpu_seconds(&mut info).await?;
-                let started = Instant::now();
+                let pass = RedisPass::start(&mut info).await?;
                 let pipes = fixes.chunks(batch).map(|chunk| {
                     let mut pipe = ::redis::pipe();
                     for run in chunk.chunks(locus_redis::UPDATE_CHUNK) {
@@ -318,8 +342,7 @@ async fn main() -> anyhow::Result<()> {
                 while let Some(done) = sent.next().await {
                     done?;
                 }
-                let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
-                let redis_cpu = redis_cpu_seconds(&mut info).await? - redis0;
+                let (wall, cpu, redis_cpu) = pass.stop(&mut info).await?;
                 let what = if p == 0 { "new users  " } else { "users move " };
                 println!(
                     "[cache] ceiling (the script's commands, raw and pipelined), {what}: {count} in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update, Redis CPU {:.2} µs/update; the sink reaches {:.0}% of it (by Redis CPU per update: {:.0}%)",
