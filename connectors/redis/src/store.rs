@@ -29,30 +29,29 @@ use crate::{CacheConfig, CacheError};
 /// 11 values: user, ts, lat, lon, device, seq, speed, heading, accuracy,
 /// battery, received_at. Returns how many fixes were applied.
 pub const UPDATE_SCRIPT: &str = r#"
-local geo, seen, n = {}, {}, 0
+local geo, seen, g, z = {}, {}, 0, 0
+local call, num = redis.call, tonumber
 for i = 4, #KEYS do
-  local a = 1 + (i - 4) * 11
-  local key, user, ts = KEYS[i], ARGV[a + 1], ARGV[a + 2]
-  local cur = redis.call('HGET', key, 'ts')
-  if not cur or tonumber(cur) < tonumber(ts) then
-    redis.call('HSET', key, 'ts', ts, 'lat', ARGV[a + 3], 'lon', ARGV[a + 4],
-      'device_id', ARGV[a + 5], 'seq', ARGV[a + 6], 'speed_mps', ARGV[a + 7],
-      'heading_deg', ARGV[a + 8], 'accuracy_m', ARGV[a + 9], 'battery_pct', ARGV[a + 10],
-      'received_at', ARGV[a + 11])
-    geo[#geo + 1] = ARGV[a + 4]
-    geo[#geo + 1] = ARGV[a + 3]
-    geo[#geo + 1] = user
-    seen[#seen + 1] = ts
-    seen[#seen + 1] = user
-    n = n + 1
+  local a = (i - 4) * 11
+  local key, ts = KEYS[i], ARGV[a + 3]
+  local cur = call('HGET', key, 'ts')
+  if not cur or num(cur) < num(ts) then
+    local user, lat, lon = ARGV[a + 2], ARGV[a + 4], ARGV[a + 5]
+    call('HSET', key, 'ts', ts, 'lat', lat, 'lon', lon,
+      'device_id', ARGV[a + 6], 'seq', ARGV[a + 7], 'speed_mps', ARGV[a + 8],
+      'heading_deg', ARGV[a + 9], 'accuracy_m', ARGV[a + 10], 'battery_pct', ARGV[a + 11],
+      'received_at', ARGV[a + 12])
+    geo[g + 1], geo[g + 2], geo[g + 3] = lon, lat, user
+    seen[z + 1], seen[z + 2] = ts, user
+    g, z = g + 3, z + 2
   end
 end
-if n > 0 then
-  redis.call('GEOADD', KEYS[1], unpack(geo))
-  redis.call('ZADD', KEYS[2], unpack(seen))
-  redis.call('SADD', KEYS[3], ARGV[1])
+if z > 0 then
+  call('GEOADD', KEYS[1], unpack(geo))
+  call('ZADD', KEYS[2], unpack(seen))
+  call('SADD', KEYS[3], ARGV[1])
 end
-return n
+return z / 2
 "#;
 
 /// Fixes per script call at most: keeps one call's unpack() within Lua's stack limit and
@@ -211,6 +210,36 @@ impl CacheStore {
     /// Applies fixes in one pipeline; returns how many moved a user forward. Within the
     /// batch only each user's newest fix is sent (the others could not win anyway).
     pub async fn update(&self, fixes: &[LocationFix]) -> Result<usize, CacheError> {
+        let Some(pipe) = self.update_pipeline(&self.sha, fixes) else {
+            return Ok(0);
+        };
+        let mut c = self.conn.clone();
+        let result: Result<Vec<i64>, redis::RedisError> = pipe.query_async(&mut c).await;
+        let applied = match result {
+            Ok(v) => v,
+            // Redis restarted or was flushed: the script is gone. Load it and go again.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let sha = self.load_script().await?;
+                self.update_pipeline(&sha, fixes)
+                    .unwrap_or_else(redis::pipe)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| redis_err(&self.cfg, e))?
+            }
+            Err(e) => return Err(redis_err(&self.cfg, e)),
+        };
+        Ok(applied.iter().sum::<i64>() as usize)
+    }
+
+    /// The script's SHA1, as loaded when the store connected.
+    pub fn script_sha(&self) -> &str {
+        &self.sha
+    }
+
+    /// The commands [`CacheStore::update`] sends for `fixes` (one script call per tenant and
+    /// run of [`UPDATE_CHUNK`] users, each user's newest fix only), or `None` if there are
+    /// none. Public so that the benchmark can send exactly these commands raw.
+    pub fn update_pipeline(&self, sha: &str, fixes: &[LocationFix]) -> Option<redis::Pipeline> {
         let mut newest: HashMap<(&str, &str), &LocationFix> = HashMap::new();
         for f in fixes {
             let e = newest.entry((&f.tenant, &f.user_id)).or_insert(f);
@@ -219,62 +248,43 @@ impl CacheStore {
             }
         }
         if newest.is_empty() {
-            return Ok(0);
+            return None;
         }
-        // One script call per tenant and chunk, all in one pipeline.
         let mut by_tenant: HashMap<&str, Vec<&LocationFix>> = HashMap::new();
         for ((tenant, _), f) in newest {
             by_tenant.entry(tenant).or_default().push(f);
         }
         let tenants = format!("{}:tenants", self.cfg.key_prefix);
-        let build = |sha: &str| {
-            let mut pipe = redis::pipe();
-            for (tenant, fixes) in &by_tenant {
-                for run in fixes.chunks(UPDATE_CHUNK) {
-                    let cmd = pipe
-                        .cmd("EVALSHA")
-                        .arg(sha)
-                        .arg(3 + run.len())
-                        .arg(self.key("geo", tenant))
-                        .arg(self.key("seen", tenant))
-                        .arg(&tenants);
-                    for f in run {
-                        cmd.arg(self.pos_key(tenant, &f.user_id));
-                    }
-                    cmd.arg(*tenant);
-                    for f in run {
-                        cmd.arg(&f.user_id)
-                            .arg(f.ts)
-                            .arg(f.lat)
-                            .arg(f.lon)
-                            .arg(&f.device_id)
-                            .arg(f.seq)
-                            .arg(opt(f.speed_mps))
-                            .arg(opt(f.heading_deg))
-                            .arg(opt(f.accuracy_m))
-                            .arg(opt(f.battery_pct))
-                            .arg(f.received_at);
-                    }
+        let mut pipe = redis::pipe();
+        for (tenant, fixes) in &by_tenant {
+            for run in fixes.chunks(UPDATE_CHUNK) {
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(sha)
+                    .arg(3 + run.len())
+                    .arg(self.key("geo", tenant))
+                    .arg(self.key("seen", tenant))
+                    .arg(&tenants);
+                for f in run {
+                    cmd.arg(self.pos_key(tenant, &f.user_id));
+                }
+                cmd.arg(*tenant);
+                for f in run {
+                    cmd.arg(&f.user_id)
+                        .arg(f.ts)
+                        .arg(f.lat)
+                        .arg(f.lon)
+                        .arg(&f.device_id)
+                        .arg(f.seq)
+                        .arg(opt(f.speed_mps))
+                        .arg(opt(f.heading_deg))
+                        .arg(opt(f.accuracy_m))
+                        .arg(opt(f.battery_pct))
+                        .arg(f.received_at);
                 }
             }
-            pipe
-        };
-        let mut c = self.conn.clone();
-        let result: Result<Vec<i64>, redis::RedisError> =
-            build(&self.sha).query_async(&mut c).await;
-        let applied = match result {
-            Ok(v) => v,
-            // Redis restarted or was flushed: the script is gone. Load it and go again.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let sha = self.load_script().await?;
-                build(&sha)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(|e| redis_err(&self.cfg, e))?
-            }
-            Err(e) => return Err(redis_err(&self.cfg, e)),
-        };
-        Ok(applied.iter().sum::<i64>() as usize)
+        }
+        Some(pipe)
     }
 
     fn presence(&self, ts: i64, now: i64) -> (Presence, f64) {
