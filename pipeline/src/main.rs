@@ -16,6 +16,8 @@ use crate::config::Config;
 
 // The bridge allocates and frees per message on tokio's threads while librdkafka's threads
 // free the records it took; glibc malloc spent ~20% of the bridge's CPU on that (perf).
+// With the crate's `override` feature (pipeline/Cargo.toml) mimalloc also serves the C
+// libraries' malloc/free: librdkafka allocates each record and each of its headers.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

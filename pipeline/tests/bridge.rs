@@ -313,7 +313,12 @@ async fn kafka_down_for_30s_loses_nothing() {
     let mut s = Scope::new("bridge-outage");
     s.brokers = kafka.brokers();
     s.create_topics().await;
-    let (_bridge, port) = s.bridge(&unique("b-"), &[]);
+    // A receive maximum below what the devices publish during the outage (1,500 fixes), so
+    // that the broker has to keep the rest.
+    let (_bridge, port) = s.bridge(
+        &unique("b-"),
+        &[("LOCUS_BRIDGE__MAX_IN_FLIGHT", "1000".to_string())],
+    );
     wait_ready(port, Duration::from_secs(30)).await;
 
     // 10 devices, one fix every 200 ms each, for ~40 s.

@@ -37,7 +37,8 @@ pub struct BridgeConfig {
     #[serde(default = "default_keep_alive_s")]
     pub keep_alive_s: u64,
     /// Messages received but not yet acknowledged (MQTT receive maximum). Bounds memory;
-    /// when Kafka is slow or down, the broker stops sending beyond it.
+    /// when Kafka is slow or down, the broker stops sending beyond it. One replica bridges
+    /// at most about this many messages per Kafka round trip (produce + delivery report).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u16,
     /// Messages the bridge holds beyond the receive maximum when the broker ignores it
@@ -93,7 +94,7 @@ fn default_keep_alive_s() -> u64 {
     30
 }
 fn default_max_in_flight() -> u16 {
-    1000
+    4000
 }
 fn default_pause_reads() -> bool {
     true

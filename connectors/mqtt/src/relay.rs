@@ -13,14 +13,20 @@
 //!
 //! Each client connection (rumqttc reconnects) gets its own broker connection; when either
 //! side closes, both are closed, so the client sees what the broker connection does.
+//!
+//! The relay also writes the bridge's PUBACKs itself ([`RelayAcks`]): handed over from the
+//! acker through a channel, gathered for a moment and written to the broker many at a time,
+//! between the client's own packets. Through rumqttc each PUBACK would cost a request, an
+//! event-loop turn and a write of its own (its event loop flushes after every request).
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
@@ -35,12 +41,32 @@ const COALESCE: std::time::Duration = std::time::Duration::from_millis(1);
 /// yet when the gate closes is at most about this much (Linux doubles it).
 const CLIENT_SNDBUF: usize = 16 * 1024;
 
+/// Where PUBACKs go: the channel of the newest client connection's relay, if any.
+type AckRoute = Arc<Mutex<Option<mpsc::UnboundedSender<u16>>>>;
+
 #[derive(Debug)]
 pub struct Relay {
     dir: PathBuf,
     socket: PathBuf,
     gate: watch::Sender<bool>,
+    acks: AckRoute,
     accept: JoinHandle<()>,
+}
+
+/// Sends QoS 1 PUBACKs through the relay, on the current broker connection.
+#[derive(Debug, Clone)]
+pub struct RelayAcks {
+    route: AckRoute,
+}
+
+impl RelayAcks {
+    /// Queues the PUBACK of packet `pkid`. Returns false if no broker connection takes it
+    /// (the bridge is between connections): the broker then sends the message again, as it
+    /// does for every message not acknowledged when a connection ends.
+    pub fn ack(&self, pkid: u16) -> bool {
+        let route = self.route.lock().unwrap_or_else(|e| e.into_inner());
+        route.as_ref().is_some_and(|tx| tx.send(pkid).is_ok())
+    }
 }
 
 impl Relay {
@@ -62,11 +88,16 @@ impl Relay {
         let socket = dir.join("mqtt.sock");
         let listener = UnixListener::bind(&socket)?;
         let (gate, open) = watch::channel(true);
+        let acks = AckRoute::default();
+        let route = acks.clone();
         let accept = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((client, _)) => {
-                        tokio::spawn(relay(client, broker.clone(), open.clone()));
+                        // PUBACKs go to the newest connection from now on.
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        *route.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+                        tokio::spawn(relay(client, broker.clone(), open.clone(), rx));
                     }
                     Err(error) => {
                         warn!(%error, "MQTT relay: accept failed");
@@ -79,6 +110,7 @@ impl Relay {
             dir,
             socket,
             gate,
+            acks,
             accept,
         })
     }
@@ -86,6 +118,13 @@ impl Relay {
     /// The path the MQTT client connects to.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// A handle that sends PUBACKs through the relay.
+    pub fn acks(&self) -> RelayAcks {
+        RelayAcks {
+            route: self.acks.clone(),
+        }
     }
 
     /// Opens or closes the gate for what the broker sends.
@@ -103,7 +142,68 @@ impl Drop for Relay {
     }
 }
 
-async fn relay(client: UnixStream, broker: String, mut open: watch::Receiver<bool>) {
+/// Tracks MQTT packet boundaries in a byte stream, so that PUBACKs are put between the
+/// client's packets, never inside one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Frames {
+    /// Between packets.
+    #[default]
+    Boundary,
+    /// In the remaining-length field (a varint of up to four bytes).
+    Length { value: usize, shift: u32 },
+    /// In a packet's variable header and payload: this many bytes to go.
+    Body(usize),
+}
+
+impl Frames {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while let Some((&b, rest)) = bytes.split_first() {
+            *self = match *self {
+                Frames::Boundary => {
+                    bytes = rest;
+                    Frames::Length { value: 0, shift: 0 }
+                }
+                Frames::Length { value, shift } => {
+                    bytes = rest;
+                    let value = value | (usize::from(b & 0x7f) << shift);
+                    // A fifth length byte is malformed: the broker closes the connection.
+                    if b & 0x80 != 0 && shift < 21 {
+                        Frames::Length {
+                            value,
+                            shift: shift + 7,
+                        }
+                    } else if value == 0 {
+                        Frames::Boundary
+                    } else {
+                        Frames::Body(value)
+                    }
+                }
+                Frames::Body(left) => {
+                    let take = left.min(bytes.len());
+                    bytes = &bytes[take..];
+                    if take == left {
+                        Frames::Boundary
+                    } else {
+                        Frames::Body(left - take)
+                    }
+                }
+            };
+        }
+    }
+}
+
+/// A v5 PUBACK with reason Success and no properties (remaining length 2).
+fn puback(out: &mut Vec<u8>, pkid: u16) {
+    out.extend_from_slice(&[0x40, 2]);
+    out.extend_from_slice(&pkid.to_be_bytes());
+}
+
+async fn relay(
+    client: UnixStream,
+    broker: String,
+    mut open: watch::Receiver<bool>,
+    mut acks: mpsc::UnboundedReceiver<u16>,
+) {
     let upstream = match TcpStream::connect(&broker).await {
         Ok(s) => s,
         Err(error) => {
@@ -116,21 +216,40 @@ async fn relay(client: UnixStream, broker: String, mut open: watch::Receiver<boo
     let _ = socket2::SockRef::from(&client).set_send_buffer_size(CLIENT_SNDBUF);
     let (mut from_client, mut to_client) = client.into_split();
     let (mut from_broker, mut to_broker) = upstream.into_split();
-    // Client → broker, always. The client writes each PUBACK on its own; after forwarding,
-    // the relay waits a moment so that the next read takes all that came meanwhile: under
-    // load one write to the broker carries a hundred PUBACKs instead of one.
+    // Client → broker, always, with the PUBACKs put in between the client's packets. After
+    // each write the relay waits a moment, so that the next write takes everything that came
+    // meanwhile: under load one write carries hundreds of PUBACKs.
     let up = async {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut held: Vec<u16> = vec![];
+        let mut frames = Frames::default();
         loop {
-            match from_client.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to_broker.write_all(&buf[..n]).await.is_err() {
-                        break;
+            tokio::select! {
+                r = from_client.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        frames.feed(&buf[..n]);
+                        out.extend_from_slice(&buf[..n]);
                     }
+                },
+                Some(pkid) = acks.recv() => held.push(pkid),
+            }
+            while let Ok(pkid) = acks.try_recv() {
+                held.push(pkid);
+            }
+            if frames == Frames::Boundary {
+                for pkid in held.drain(..) {
+                    puback(&mut out, pkid);
                 }
             }
-            tokio::time::sleep(COALESCE).await;
+            if !out.is_empty() {
+                if to_broker.write_all(&out).await.is_err() {
+                    break;
+                }
+                out.clear();
+                tokio::time::sleep(COALESCE).await;
+            }
         }
     };
     // Broker → client, while the gate is open.
@@ -216,6 +335,83 @@ mod tests {
             !socket.exists() && !dir.exists(),
             "the socket and its directory are removed"
         );
+    }
+
+    #[test]
+    fn frames_follow_packet_boundaries_across_reads() {
+        let mut f = Frames::default();
+        // PINGREQ: no body.
+        f.feed(&[0xc0, 0x00]);
+        assert_eq!(f, Frames::Boundary);
+        // A 200-byte SUBSCRIBE (two length bytes), fed in three pieces.
+        let mut sub = vec![0x82, 0xc8, 0x01];
+        sub.extend(std::iter::repeat_n(7u8, 200));
+        f.feed(&sub[..2]);
+        assert_eq!(
+            f,
+            Frames::Length {
+                value: 0x48,
+                shift: 7
+            }
+        );
+        f.feed(&sub[2..100]);
+        assert_eq!(f, Frames::Body(200 - 97));
+        f.feed(&sub[100..]);
+        assert_eq!(f, Frames::Boundary);
+        // Two packets in one read, the second cut short.
+        f.feed(&[0x40, 0x02, 0x00, 0x01, 0x40, 0x02, 0x00]);
+        assert_eq!(f, Frames::Body(1));
+        f.feed(&[0x02]);
+        assert_eq!(f, Frames::Boundary);
+    }
+
+    #[tokio::test]
+    async fn pubacks_go_out_between_the_clients_packets() {
+        let broker = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = Relay::start(broker.local_addr().unwrap().to_string()).unwrap();
+        let acks = relay.acks();
+        let mut client = UnixStream::connect(relay.socket()).await.unwrap();
+        let (mut upstream, _) = broker.accept().await.unwrap();
+        // Wait until the relay routes acks to this connection.
+        while !acks.ack(1) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut got = vec![];
+        while got.len() < 4 {
+            got.extend(
+                read_some(&mut upstream, Duration::from_secs(2))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(got, [0x40, 2, 0, 1]);
+
+        // The client is in the middle of a packet: acks wait for its end.
+        client.write_all(&[0x82, 0x05, 1, 2]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(acks.ack(0x0102) && acks.ack(0xfffe));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.write_all(&[3, 4, 5, 0xc0, 0]).await.unwrap();
+        let want = [
+            0x82, 0x05, 1, 2, 3, 4, 5, 0xc0, 0, 0x40, 2, 1, 2, 0x40, 2, 0xff, 0xfe,
+        ];
+        let mut got = vec![];
+        while got.len() < want.len() {
+            got.extend(
+                read_some(&mut upstream, Duration::from_secs(2))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(got, want);
+
+        // A new connection takes the acks from then on.
+        let _second = UnixStream::connect(relay.socket()).await.unwrap();
+        let (mut upstream2, _) = broker.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(acks.ack(9));
+        let got = read_some(&mut upstream2, Duration::from_secs(2)).await;
+        assert_eq!(got.as_deref(), Some(&[0x40, 2, 0, 9][..]));
     }
 
     #[tokio::test]

@@ -4,6 +4,8 @@
 //! MQTT event loop ──publish──▶ worker ──(message, pending deliveries)──▶ acker ──PUBACK──▶ broker
 //!  (never blocks)              parse, validate, encode, send             awaits deliveries in order
 //! ```
+//! With the relay (`bridge.pause_reads`, the default) the acker hands QoS 1 PUBACKs to the
+//! relay, which writes them to the broker in bulk; without it they go through rumqttc.
 //! The broker never has more than `max_in_flight` unacknowledged messages out (MQTT receive
 //! maximum), so the channels never hold more than that, and when Kafka stops acknowledging,
 //! the acker stops acking, the broker stops sending, and the devices' messages wait at the
@@ -25,7 +27,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::metrics::M;
 use crate::payload::{Rejection, TopicTemplate, check_fix, parse_payload};
-use crate::relay::Relay;
+use crate::relay::{Relay, RelayAcks};
 use crate::{BridgeConfig, BridgeError};
 
 /// Liveness of the bridge's MQTT side, for `/readyz`.
@@ -63,6 +65,32 @@ struct InFlight {
     publish: Publish,
     received: Instant,
     deliveries: Vec<(Pending, Outgoing)>,
+}
+
+/// How the acker acknowledges a message to the broker.
+#[derive(Clone)]
+struct Acks {
+    client: AsyncClient,
+    relay: Option<RelayAcks>,
+}
+
+impl Acks {
+    async fn ack(&self, p: &Publish) {
+        if let Some(relay) = &self.relay
+            && p.qos == QoS::AtLeastOnce
+        {
+            if relay.ack(p.pkid) {
+                M.acked.inc();
+            } else {
+                warn!("no broker connection for the PUBACK; the broker will redeliver");
+            }
+            return;
+        }
+        match self.client.ack(p).await {
+            Ok(()) => M.acked.inc(),
+            Err(error) => warn!(%error, "cannot queue the PUBACK; the broker will redeliver"),
+        }
+    }
 }
 
 /// A record as sent, kept until Kafka acknowledges it so it can be sent again.
@@ -142,6 +170,7 @@ impl Bridge {
         } else {
             None
         };
+        let relay_acks = relay.as_ref().map(Relay::acks);
         let max_held = me.cfg.max_held_messages;
         let (client, mut eventloop) =
             AsyncClient::new(me.mqtt_options(relay.as_ref()), cap * 2 + 16);
@@ -291,10 +320,13 @@ impl Bridge {
 
         // 3. The acker: awaits each message's deliveries in order, then PUBACKs it.
         let acker_me = me.clone();
-        let ack_client = client.clone();
+        let acks = Acks {
+            client: client.clone(),
+            relay: relay_acks,
+        };
         let acker = tokio::spawn(async move {
             while let Some(m) = ack_rx.recv().await {
-                acker_me.settle(m, &ack_client).await;
+                acker_me.settle(m, &acks).await;
             }
         });
 
@@ -321,7 +353,7 @@ impl Bridge {
     /// Waits for every record of one message, sending again what Kafka failed to take
     /// (backing off, for as long as it takes: the pipeline stalls, nothing is skipped), and
     /// diverting to the DLQ a fix Kafka refuses for good. Then acknowledges the message.
-    async fn settle(&self, m: InFlight, client: &AsyncClient) {
+    async fn settle(&self, m: InFlight, acks: &Acks) {
         for (mut pending, mut out) in m.deliveries {
             let mut backoff = Duration::from_millis(100);
             let mut failures = 0u32;
@@ -360,10 +392,7 @@ impl Bridge {
         M.produce_latency
             .observe(m.received.elapsed().as_secs_f64());
         M.in_flight.dec();
-        match client.ack(&m.publish).await {
-            Ok(()) => M.acked.inc(),
-            Err(error) => warn!(%error, "cannot queue the PUBACK; the broker will redeliver"),
-        }
+        acks.ack(&m.publish).await;
     }
 
     /// Enqueues `out` (to the DLQ topic or the locations topic), retrying until librdkafka
