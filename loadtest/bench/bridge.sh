@@ -31,6 +31,9 @@ export LOCUS_CONFIG=dev/locus.dev.toml
 export LOCUS_TOPICS__LOCATIONS="$RUN.locations" LOCUS_TOPICS__DLQ="$RUN.dlq"
 export LOCUS_BRIDGE__TOPIC_TEMPLATE="$RUN/{tenant}/{user_id}/location"
 export LOCUS_BRIDGE__SHARE_GROUP="$RUN" LOCUS_BRIDGE__CLIENT_ID="$RUN-bridge"
+# The bench's MQTT session (and whatever it still holds) expires soon after the run instead of
+# staying in the stack's broker for the default week.
+export LOCUS_BRIDGE__SESSION_EXPIRY_S=120
 export LOCUS_HTTP__LISTEN="127.0.0.1:$PORT" LOCUS_LOG__FORMAT=json
 LOCUS=${LOCUS_BIN:-./target/release/locus}
 SIM=./target/release/locus-sim

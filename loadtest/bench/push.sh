@@ -24,6 +24,8 @@ export LOCUS_CONFIG=${LOCUS_CONFIG:-dev/locus.dev.toml}
 export LOCUS_TOPICS__LOCATIONS="$RUN.locations" LOCUS_TOPICS__DLQ="$RUN.dlq"
 export LOCUS_BRIDGE__TOPIC_TEMPLATE="$RUN/{tenant}/{user_id}/location"
 export LOCUS_BRIDGE__SHARE_GROUP="$RUN" LOCUS_BRIDGE__CLIENT_ID="$RUN-bridge"
+# The bench's MQTT session expires soon after the run instead of staying for the default week.
+export LOCUS_BRIDGE__SESSION_EXPIRY_S=120
 export LOCUS_LOG__FORMAT=json
 LOCUS=./target/release/locus
 SIM=./target/release/locus-sim

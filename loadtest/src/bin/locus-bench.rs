@@ -130,6 +130,57 @@ impl RedisPass {
     }
 }
 
+/// The commands the cache's update script runs for `fixes` (HGET and HSET per fix; GEOADD,
+/// ZADD and SADD per run of `UPDATE_CHUNK`), as one pipeline of plain commands, no script.
+fn script_commands(prefix: &str, fixes: &[LocationFix]) -> ::redis::Pipeline {
+    let mut pipe = ::redis::pipe();
+    for run in fixes.chunks(locus_redis::UPDATE_CHUNK) {
+        let tenant = &run[0].tenant;
+        for f in run {
+            let key = format!("{prefix}r:pos:{}:{}", f.tenant, f.user_id);
+            pipe.cmd("HGET").arg(&key).arg("ts").ignore();
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg("ts")
+                .arg(f.ts)
+                .arg("lat")
+                .arg(f.lat)
+                .arg("lon")
+                .arg(f.lon)
+                .arg("device_id")
+                .arg(&f.device_id)
+                .arg("seq")
+                .arg(f.seq)
+                .arg("speed_mps")
+                .arg("3")
+                .arg("heading_deg")
+                .arg("180")
+                .arg("accuracy_m")
+                .arg("5")
+                .arg("battery_pct")
+                .arg("77")
+                .arg("received_at")
+                .arg(f.received_at)
+                .ignore();
+        }
+        let geo = pipe.cmd("GEOADD").arg(format!("{prefix}r:geo:{tenant}"));
+        for f in run {
+            geo.arg(f.lon).arg(f.lat).arg(&f.user_id);
+        }
+        geo.ignore();
+        let seen = pipe.cmd("ZADD").arg(format!("{prefix}r:seen:{tenant}"));
+        for f in run {
+            seen.arg(f.ts).arg(&f.user_id);
+        }
+        seen.ignore();
+        pipe.cmd("SADD")
+            .arg(format!("{prefix}r:tenants"))
+            .arg(tenant)
+            .ignore();
+    }
+    pipe
+}
+
 fn fix(i: usize, users: usize, base: i64) -> LocationFix {
     let u = i % users;
     LocationFix {
@@ -229,7 +280,14 @@ async fn main() -> anyhow::Result<()> {
                 .collect();
             let prefix = format!("bench{}", std::process::id());
             let client = ::redis::Client::open(redis.as_str())?;
-            let con = client.get_multiplexed_async_connection().await?;
+            // A synchronous FLUSHDB of a pass's keys takes longer than the client's default
+            // 500 ms response timeout on a busy machine.
+            let con = client
+                .get_multiplexed_async_connection_with_config(
+                    &::redis::AsyncConnectionConfig::new()
+                        .set_response_timeout(Some(std::time::Duration::from_secs(60))),
+                )
+                .await?;
             // Each path starts from an empty database (flushed synchronously, outside the
             // measured passes), so none pays for another's keys: a bigger keyspace costs
             // Redis more per command (dictionary growth, cache misses).
@@ -304,100 +362,47 @@ async fn main() -> anyhow::Result<()> {
 
             // The ceiling: the sink's own commands (the script calls it sends for the same
             // fixes, same batches, same number in flight) sent raw by a plain pipelining
-            // client, as redis-benchmark would: no Kafka records, no decoding.
-            flush(con.clone()).await?;
-            for (p, fixes) in passes.iter().enumerate() {
-                let pass = RedisPass::start(&mut info).await?;
-                let pipes = fixes.chunks(batch).filter_map(|chunk| {
-                    let pipe = raw_store.update_pipeline(raw_store.script_sha(), chunk)?;
-                    let mut con = con.clone();
-                    Some(async move { pipe.query_async::<()>(&mut con).await })
-                });
-                let mut sent = futures::stream::iter(pipes).buffer_unordered(in_flight);
-                while let Some(done) = sent.next().await {
-                    done?;
-                }
-                let (wall, cpu, redis_cpu) = pass.stop(&mut info).await?;
-                let what = if p == 0 { "new users  " } else { "users move " };
-                println!(
-                    "[cache] ceiling (the same script calls, raw and pipelined), {what}: {count} in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update, Redis CPU {:.2} µs/update; the sink reaches {:.0}% of it (by Redis CPU per update: {:.0}%)",
-                    count as f64 / wall,
-                    1e6 * cpu / count as f64,
-                    1e6 * redis_cpu / count as f64,
-                    100.0 * rates[p].0 * wall / count as f64,
-                    100.0 * redis_cpu / rates[p].1
-                );
-            }
-
-            // For comparison, what the script's atomicity costs: the commands the script runs
-            // (HGET, HSET per fix; GEOADD, ZADD, SADD per run of fixes), sent raw in pipelines
-            // of the same size, no script.
-            flush(con.clone()).await?;
-            for (p, fixes) in passes.iter().enumerate() {
-                let pass = RedisPass::start(&mut info).await?;
-                let pipes = fixes.chunks(batch).map(|chunk| {
-                    let mut pipe = ::redis::pipe();
-                    for run in chunk.chunks(locus_redis::UPDATE_CHUNK) {
-                        let tenant = &run[0].tenant;
-                        for f in run {
-                            let key = format!("{prefix}r:pos:{}:{}", f.tenant, f.user_id);
-                            pipe.cmd("HGET").arg(&key).arg("ts").ignore();
-                            pipe.cmd("HSET")
-                                .arg(&key)
-                                .arg("ts")
-                                .arg(f.ts)
-                                .arg("lat")
-                                .arg(f.lat)
-                                .arg("lon")
-                                .arg(f.lon)
-                                .arg("device_id")
-                                .arg(&f.device_id)
-                                .arg("seq")
-                                .arg(f.seq)
-                                .arg("speed_mps")
-                                .arg("3")
-                                .arg("heading_deg")
-                                .arg("180")
-                                .arg("accuracy_m")
-                                .arg("5")
-                                .arg("battery_pct")
-                                .arg("77")
-                                .arg("received_at")
-                                .arg(f.received_at)
-                                .ignore();
-                        }
-                        let geo = pipe.cmd("GEOADD").arg(format!("{prefix}r:geo:{tenant}"));
-                        for f in run {
-                            geo.arg(f.lon).arg(f.lat).arg(&f.user_id);
-                        }
-                        geo.ignore();
-                        let seen = pipe.cmd("ZADD").arg(format!("{prefix}r:seen:{tenant}"));
-                        for f in run {
-                            seen.arg(f.ts).arg(&f.user_id);
-                        }
-                        seen.ignore();
-                        pipe.cmd("SADD")
-                            .arg(format!("{prefix}r:tenants"))
-                            .arg(tenant)
-                            .ignore();
+            // client, as redis-benchmark would: no Kafka records, no decoding. Then, for
+            // comparison, what the script's atomicity costs: the commands the script runs sent
+            // raw, no script.
+            let script_calls =
+                |chunk: &[LocationFix]| raw_store.update_pipeline(raw_store.script_sha(), chunk);
+            let no_script = |chunk: &[LocationFix]| Some(script_commands(&prefix, chunk));
+            type Build<'a> = &'a dyn Fn(&[LocationFix]) -> Option<::redis::Pipeline>;
+            let paths: [(&str, Build); 2] = [
+                (
+                    "ceiling (the same script calls, raw and pipelined)",
+                    &script_calls,
+                ),
+                (
+                    "without a script (its commands raw and pipelined)",
+                    &no_script,
+                ),
+            ];
+            for (label, build) in paths {
+                flush(con.clone()).await?;
+                for (p, fixes) in passes.iter().enumerate() {
+                    let pass = RedisPass::start(&mut info).await?;
+                    let pipes = fixes.chunks(batch).filter_map(|chunk| {
+                        let pipe = build(chunk)?;
+                        let mut con = con.clone();
+                        Some(async move { pipe.query_async::<()>(&mut con).await })
+                    });
+                    let mut sent = futures::stream::iter(pipes).buffer_unordered(in_flight);
+                    while let Some(done) = sent.next().await {
+                        done?;
                     }
-                    let mut con = con.clone();
-                    async move { pipe.query_async::<()>(&mut con).await }
-                });
-                let mut sent = futures::stream::iter(pipes).buffer_unordered(in_flight);
-                while let Some(done) = sent.next().await {
-                    done?;
+                    let (wall, cpu, redis_cpu) = pass.stop(&mut info).await?;
+                    let what = if p == 0 { "new users  " } else { "users move " };
+                    println!(
+                        "[cache] {label}, {what}: {count} in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update, Redis CPU {:.2} µs/update; the sink reaches {:.0}% of it (by Redis CPU per update: {:.0}%)",
+                        count as f64 / wall,
+                        1e6 * cpu / count as f64,
+                        1e6 * redis_cpu / count as f64,
+                        100.0 * rates[p].0 * wall / count as f64,
+                        100.0 * redis_cpu / rates[p].1
+                    );
                 }
-                let (wall, cpu, redis_cpu) = pass.stop(&mut info).await?;
-                let what = if p == 0 { "new users  " } else { "users move " };
-                println!(
-                    "[cache] without a script (its commands raw and pipelined), {what}: {count} in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update, Redis CPU {:.2} µs/update; the sink reaches {:.0}% of it (by Redis CPU per update: {:.0}%)",
-                    count as f64 / wall,
-                    1e6 * cpu / count as f64,
-                    1e6 * redis_cpu / count as f64,
-                    100.0 * rates[p].0 * wall / count as f64,
-                    100.0 * redis_cpu / rates[p].1
-                );
             }
             flush(con.clone()).await?;
         }
