@@ -82,7 +82,9 @@ impl Acks {
             if relay.ack(p.pkid) {
                 M.acked.inc();
             } else {
-                warn!("no broker connection for the PUBACK; the broker will redeliver");
+                // Between connections: every PUBACK due until the next one lands here, and
+                // the reconnect is already logged.
+                debug!("no broker connection for the PUBACK; the broker will redeliver");
             }
             return;
         }
