@@ -414,8 +414,12 @@ async fn bridge_killed_mid_stream_loses_nothing() {
 async fn two_replicas_share_the_load() {
     let s = Scope::new("bridge-share");
     s.create_topics().await;
-    let (_a, port_a) = s.bridge(&unique("a-"), &[]);
-    let (_b, port_b) = s.bridge(&unique("b-"), &[]);
+    // One replica reads through the relay (which writes its PUBACKs), the other connects
+    // directly (rumqttc writes them): both ways deliver and acknowledge everything.
+    let (id_a, id_b) = (unique("a-"), unique("b-"));
+    let direct = [("LOCUS_BRIDGE__PAUSE_READS", "false".to_string())];
+    let (mut bridge_a, port_a) = s.bridge(&id_a, &[]);
+    let (mut bridge_b, port_b) = s.bridge(&id_b, &direct);
     wait_ready(port_a, Duration::from_secs(30)).await;
     wait_ready(port_b, Duration::from_secs(30)).await;
     let report = s.sim(&[
@@ -438,6 +442,40 @@ async fn two_replicas_share_the_load() {
     let b = metric(port_b, "locus_bridge_fixes_produced_total").await;
     assert_eq!(a + b, expected.len() as f64);
     assert!(a > 0.0 && b > 0.0, "both replicas took a share: {a} / {b}");
+    // Each replica acknowledges every message it received (the PUBACK follows the delivery
+    // report, so allow it a moment).
+    for port in [port_a, port_b] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let received = metric(port, "locus_bridge_messages_received_total").await;
+            let acked = metric(port, "locus_bridge_messages_acked_total").await;
+            if acked == received {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica on {port}: {acked} of {received} messages acknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // The PUBACKs reached the broker: killed and started again with the same client ids,
+    // the replicas resume their sessions and are sent nothing again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bridge_a.kill9();
+    bridge_b.kill9();
+    let (_a, port_a) = s.bridge(&id_a, &[]);
+    let (_b, port_b) = s.bridge(&id_b, &direct);
+    wait_ready(port_a, Duration::from_secs(30)).await;
+    wait_ready(port_b, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for port in [port_a, port_b] {
+        let again = metric(port, "locus_bridge_messages_received_total").await;
+        assert_eq!(
+            again, 0.0,
+            "replica on {port} was sent {again} messages again"
+        );
+    }
 }
 
 /// The local Mosquitto (2.0.11) sends a resumed session's whole backlog at once, far beyond
