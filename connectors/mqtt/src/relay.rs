@@ -224,25 +224,35 @@ async fn relay(
         let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut held: Vec<u16> = vec![];
         let mut frames = Frames::default();
-        loop {
-            tokio::select! {
-                r = from_client.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        frames.feed(&buf[..n]);
-                        out.extend_from_slice(&buf[..n]);
-                    }
-                },
-                Some(pkid) = acks.recv() => held.push(pkid),
-            }
+        // PUBACKs handed over before the client's next bytes were read go out before them
+        // (between packets): at shutdown the acker is done before the client's DISCONNECT.
+        let take_acks = |acks: &mut mpsc::UnboundedReceiver<u16>,
+                         held: &mut Vec<u16>,
+                         frames: Frames,
+                         out: &mut Vec<u8>| {
             while let Ok(pkid) = acks.try_recv() {
                 held.push(pkid);
             }
             if frames == Frames::Boundary {
                 for pkid in held.drain(..) {
-                    puback(&mut out, pkid);
+                    puback(out, pkid);
                 }
             }
+        };
+        loop {
+            tokio::select! {
+                biased;
+                Some(pkid) = acks.recv() => held.push(pkid),
+                r = from_client.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        take_acks(&mut acks, &mut held, frames, &mut out);
+                        frames.feed(&buf[..n]);
+                        out.extend_from_slice(&buf[..n]);
+                    }
+                },
+            }
+            take_acks(&mut acks, &mut held, frames, &mut out);
             if !out.is_empty() {
                 if to_broker.write_all(&out).await.is_err() {
                     break;
@@ -395,6 +405,22 @@ mod tests {
         let want = [
             0x82, 0x05, 1, 2, 3, 4, 5, 0xc0, 0, 0x40, 2, 1, 2, 0x40, 2, 0xff, 0xfe,
         ];
+        let mut got = vec![];
+        while got.len() < want.len() {
+            got.extend(
+                read_some(&mut upstream, Duration::from_secs(2))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(got, want);
+
+        // PUBACKs handed over before the client's next packet go out before it (a
+        // DISCONNECT at shutdown must not overtake them).
+        // Handed over just before the client writes its DISCONNECT: they go out first.
+        assert!(acks.ack(6) && acks.ack(7));
+        client.write_all(&[0xe0, 0]).await.unwrap();
+        let want = [0x40, 2, 0, 6, 0x40, 2, 0, 7, 0xe0, 0];
         let mut got = vec![];
         while got.len() < want.len() {
             got.extend(
