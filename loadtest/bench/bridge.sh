@@ -41,9 +41,26 @@ TICK=$(getconf CLK_TCK)
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 metric() { curl -fsS "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+# cpu_lines WALL FIXES NAME TICKS [NAME TICKS ...]: each part's CPU over WALL seconds.
+cpu_lines() {
+  python3 - "$TICK" "$@" <<'PY'
+import sys
+tick, wall, fixes, *parts = sys.argv[1:]
+tick, wall, fixes = float(tick), float(wall), float(fixes)
+for name, t in zip(parts[::2], parts[1::2]):
+    cpu_s = float(t) / tick
+    print(f"[bench] {name:<10} CPU {cpu_s:6.2f} s = {100 * cpu_s / wall:5.1f}% of one core"
+          + (f", {1e6 * cpu_s / fixes:6.1f} µs per fix" if fixes else ""))
+PY
+}
+# The fleet: FIXES fixes from DEVICES devices over 4 connections, as fast as they go.
+SIM_ARGS=(--devices $DEVICES --connections 4 --fixes-per-device $PER_DEVICE --interval-ms 5
+  --jitter-ms 0 --topic-template "$LOCUS_BRIDGE__TOPIC_TEMPLATE" --tenant bench
+  --report "/tmp/$RUN-sim.json" --quiet)
 
 source loadtest/bench/memory-kafka.sh
 [[ -n "$MEMORY_KAFKA_PID" ]] && trap 'kill $MEMORY_KAFKA_PID 2>/dev/null || true' EXIT
+MOSQ=$(cat "$STACK_DIR/run/mqtt.pid"); TANSU=${MEMORY_KAFKA_PID:-$(cat "$STACK_DIR/run/kafka.pid")}
 
 cat > "/tmp/$RUN-topics.yaml" <<YAML
 topics:
@@ -59,15 +76,11 @@ until curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; do sleep 0.2; d
 kill -TERM $BP; wait $BP || true
 
 if [[ "${LIVE:-0}" == 1 ]]; then
-  MOSQ=$(cat "$STACK_DIR/run/mqtt.pid"); TANSU=$(cat "$STACK_DIR/run/kafka.pid")
-  [[ -n "$MEMORY_KAFKA_PID" ]] && TANSU=$MEMORY_KAFKA_PID
   $LOCUS bridge 2>>"/tmp/$RUN-bridge.log" & BP=$!
   until curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; do sleep 0.2; done
   echo "[bench] live: $DEVICES devices publish $FIXES fixes while the bridge runs"
   b0=$(cpu $BP); m0=$(cpu $MOSQ); t0=$(cpu $TANSU); start=$(date +%s.%N)
-  $SIM --devices $DEVICES --connections 4 --fixes-per-device $PER_DEVICE --interval-ms 5 --jitter-ms 0 \
-    --topic-template "$LOCUS_BRIDGE__TOPIC_TEMPLATE" --tenant bench --report "/tmp/$RUN-sim.json" \
-    --quiet & SP=$!
+  $SIM "${SIM_ARGS[@]}" & SP=$!
   s1=0
   while :; do
     produced=$(metric locus_bridge_fixes_produced_total); produced=${produced:-0}
@@ -86,29 +99,21 @@ if [[ "${LIVE:-0}" == 1 ]]; then
   wait $SP || true
   kill -TERM $BP; wait $BP || true
   wall=$(awk -v a="$end" -v b="$start" 'BEGIN {print a - b}')
-  python3 - "$produced" "$wall" "$((b1 - b0))" "$((m1 - m0))" "$((t1 - t0))" "$s1" "$TICK" <<'PY'
-import sys
-produced, wall, bridge, mosq, tansu, sim, tick = (float(x) for x in sys.argv[1:])
-print(f"[bench] live: {produced:.0f} fixes published and bridged in {wall:.2f} s = {produced / wall:,.0f} fixes/s")
-for name, t in (("bridge", bridge), ("mosquitto", mosq), ("tansu", tansu), ("simulator", sim)):
-    cpu_s = t / tick
-    print(f"[bench] {name:<10} CPU {cpu_s:6.2f} s = {100 * cpu_s / wall:5.1f}% of one core, "
-          f"{1e6 * cpu_s / produced:6.1f} µs per fix")
-PY
+  awk -v n="$produced" -v w="$wall" \
+    'BEGIN {printf "[bench] live: %d fixes published and bridged in %.2f s = %d fixes/s\n", n, w, n / w}'
+  cpu_lines "$wall" "$produced" bridge $((b1 - b0)) mosquitto $((m1 - m0)) tansu $((t1 - t0)) \
+    simulator "$s1"
   echo "[bench] (2 cores; Mosquitto is one thread: at 100% of a core it is the limit)"
   exit 0
 fi
 
 echo "[bench] publishing $FIXES fixes ($DEVICES devices x $PER_DEVICE) into the broker"
-MOSQ=$(cat "$STACK_DIR/run/mqtt.pid"); TANSU=$(cat "$STACK_DIR/run/kafka.pid")
 # Mosquitto's side of taking the fixes in (reading, routing, queueing for the session): in a
 # live system it pays this as well as the delivery to the bridge measured below.
 mi0=$(cpu $MOSQ)
-$SIM --devices $DEVICES --connections 4 --fixes-per-device $PER_DEVICE --interval-ms 5 --jitter-ms 0 \
-  --topic-template "$LOCUS_BRIDGE__TOPIC_TEMPLATE" --tenant bench --report "/tmp/$RUN-sim.json" --quiet
+$SIM "${SIM_ARGS[@]}"
 mi1=$(cpu $MOSQ)
 
-[[ -n "$MEMORY_KAFKA_PID" ]] && TANSU=$MEMORY_KAFKA_PID
 m0=$(cpu $MOSQ); t0=$(cpu $TANSU)
 start=$(date +%s.%N)
 $LOCUS bridge 2>>"/tmp/$RUN-bridge.log" & BP=$!
@@ -135,16 +140,11 @@ end=$(date +%s.%N)
 b1=$(cpu $BP); m1=$(cpu $MOSQ); t1=$(cpu $TANSU)
 kill -TERM $BP; wait $BP || true
 wall=$(awk -v a="$end" -v b="$start" 'BEGIN {print a - b}')
-python3 - "$FIXES" "$wall" "$((b1 - b0))" "$((m1 - m0))" "$((t1 - t0))" "$TICK" "$((produced - p0))" "$((mi1 - mi0))" <<'PY'
-import sys
-fixes, wall, bridge, mosq, tansu, tick, produced, mosq_in = (float(x) for x in sys.argv[1:])
-print(f"[bench] drained {produced:.0f} fixes in {wall:.2f} s = {produced / wall:,.0f} fixes/s")
-for name, t in (("bridge", bridge), ("mosquitto", mosq), ("tansu", tansu)):
-    cpu_s = t / tick
-    print(f"[bench] {name:<10} CPU {cpu_s:6.2f} s = {100 * cpu_s / wall:5.1f}% of one core"
-          + (f", {1e6 * cpu_s / produced:6.1f} µs per fix" if produced else ""))
-print(f"[bench] mosquitto  taking the fixes in from the devices (before the drain): "
-      f"{1e6 * mosq_in / tick / fixes:.1f} µs per fix; in a live system it pays both, "
-      f"{1e6 * (mosq_in / fixes + mosq / max(produced, 1)) / tick:.1f} µs per fix")
-PY
+drained=$((produced - p0))
+awk -v n="$drained" -v w="$wall" \
+  'BEGIN {printf "[bench] drained %d fixes in %.2f s = %d fixes/s\n", n, w, n / w}'
+cpu_lines "$wall" "$drained" bridge $((b1 - b0)) mosquitto $((m1 - m0)) tansu $((t1 - t0))
+awk -v i="$((mi1 - mi0))" -v d="$((m1 - m0))" -v f="$FIXES" -v n="$drained" -v t="$TICK" 'BEGIN {
+  printf "[bench] mosquitto  taking the fixes in from the devices (before the drain): %.1f µs per fix;", 1e6 * i / t / f
+  printf " in a live system it pays both, %.1f µs per fix\n", 1e6 * (i / f + d / (n > 0 ? n : 1)) / t }'
 echo "[bench] (2 cores; the part closest to 100% of a core saturates first)"

@@ -445,7 +445,7 @@ async fn two_replicas_share_the_load() {
     // Each replica acknowledges every message it received (the PUBACK follows the delivery
     // report, so allow it a moment).
     for port in [port_a, port_b] {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let received = metric(port, "locus_bridge_messages_received_total").await;
             let acked = metric(port, "locus_bridge_messages_acked_total").await;
@@ -453,7 +453,7 @@ async fn two_replicas_share_the_load() {
                 break;
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "replica on {port}: {acked} of {received} messages acknowledged"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;

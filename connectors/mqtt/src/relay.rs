@@ -301,6 +301,15 @@ mod tests {
         }
     }
 
+    /// Reads until at least `n` bytes came (each read within 2 s).
+    async fn read_at_least(s: &mut (impl AsyncReadExt + Unpin), n: usize) -> Vec<u8> {
+        let mut got = vec![];
+        while got.len() < n {
+            got.extend(read_some(s, Duration::from_secs(2)).await.unwrap());
+        }
+        got
+    }
+
     #[tokio::test]
     async fn forwards_both_ways_and_holds_back_the_brokers_bytes_while_closed() {
         let broker = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -386,14 +395,7 @@ mod tests {
         while !acks.ack(1) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let mut got = vec![];
-        while got.len() < 4 {
-            got.extend(
-                read_some(&mut upstream, Duration::from_secs(2))
-                    .await
-                    .unwrap(),
-            );
-        }
+        let got = read_at_least(&mut upstream, 4).await;
         assert_eq!(got, [0x40, 2, 0, 1]);
 
         // The client is in the middle of a packet: acks wait for its end.
@@ -405,30 +407,15 @@ mod tests {
         let want = [
             0x82, 0x05, 1, 2, 3, 4, 5, 0xc0, 0, 0x40, 2, 1, 2, 0x40, 2, 0xff, 0xfe,
         ];
-        let mut got = vec![];
-        while got.len() < want.len() {
-            got.extend(
-                read_some(&mut upstream, Duration::from_secs(2))
-                    .await
-                    .unwrap(),
-            );
-        }
+        let got = read_at_least(&mut upstream, want.len()).await;
         assert_eq!(got, want);
 
-        // PUBACKs handed over before the client's next packet go out before it (a
-        // DISCONNECT at shutdown must not overtake them).
-        // Handed over just before the client writes its DISCONNECT: they go out first.
+        // Handed over just before the client writes its DISCONNECT: they go out first (at
+        // shutdown the last PUBACKs must not be overtaken by it).
         assert!(acks.ack(6) && acks.ack(7));
         client.write_all(&[0xe0, 0]).await.unwrap();
         let want = [0x40, 2, 0, 6, 0x40, 2, 0, 7, 0xe0, 0];
-        let mut got = vec![];
-        while got.len() < want.len() {
-            got.extend(
-                read_some(&mut upstream, Duration::from_secs(2))
-                    .await
-                    .unwrap(),
-            );
-        }
+        let got = read_at_least(&mut upstream, want.len()).await;
         assert_eq!(got, want);
 
         // A new connection takes the acks from then on.

@@ -29,7 +29,7 @@ use crate::{CacheConfig, CacheError};
 /// 11 values: user, ts, lat, lon, device, seq, speed, heading, accuracy,
 /// battery, received_at. Returns how many fixes were applied.
 pub const UPDATE_SCRIPT: &str = r#"
-local geo, seen, g, z = {}, {}, 0, 0
+local geo, seen, n = {}, {}, 0
 local call, num = redis.call, tonumber
 for i = 4, #KEYS do
   local a = (i - 4) * 11
@@ -41,17 +41,17 @@ for i = 4, #KEYS do
       'device_id', ARGV[a + 6], 'seq', ARGV[a + 7], 'speed_mps', ARGV[a + 8],
       'heading_deg', ARGV[a + 9], 'accuracy_m', ARGV[a + 10], 'battery_pct', ARGV[a + 11],
       'received_at', ARGV[a + 12])
-    geo[g + 1], geo[g + 2], geo[g + 3] = lon, lat, user
-    seen[z + 1], seen[z + 2] = ts, user
-    g, z = g + 3, z + 2
+    geo[3 * n + 1], geo[3 * n + 2], geo[3 * n + 3] = lon, lat, user
+    seen[2 * n + 1], seen[2 * n + 2] = ts, user
+    n = n + 1
   end
 end
-if z > 0 then
+if n > 0 then
   call('GEOADD', KEYS[1], unpack(geo))
   call('ZADD', KEYS[2], unpack(seen))
   call('SADD', KEYS[3], ARGV[1])
 end
-return z / 2
+return n
 "#;
 
 /// Fixes per script call at most: keeps one call's unpack() within Lua's stack limit and
