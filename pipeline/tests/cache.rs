@@ -447,3 +447,128 @@ async fn sweeper_forgets_old_users_whole() {
     assert!(store.position("globex", "carol").await.unwrap().is_some());
     assert_eq!(store.sweep().await.unwrap(), 0, "nothing left to forget");
 }
+
+/// Users spread over two shards (two databases of the stack's Redis stand in for two servers:
+/// the store cannot tell them apart) are written once each, and the queries merge and rank
+/// them as one server would; the shards are marked, and a changed shard list is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_shards_spread_users_and_answer_as_one() {
+    let s = Scope::new("cache-shards");
+    s.create_topics().await;
+    let prefix = unique("ls");
+    let db = |n: u32| redis_url().replace("/0", &format!("/{n}"));
+    let (a, b) = (db(2), db(3));
+    let now = now_ms();
+    // 12 users on a line eastwards from Alexanderplatz, 0.001475° of longitude apart: 99.9 m
+    // at this latitude (111,320 m × cos 52.5219° × 0.001475).
+    let users: Vec<String> = (0..12).map(|k| format!("w{k:02}")).collect();
+    let fixes: Vec<LocationFix> = users
+        .iter()
+        .enumerate()
+        .map(|(k, u)| fix(u, 7, now - 1_000, 52.5219, 13.4132 + k as f64 * 0.001475))
+        .collect();
+    produce(&s, &fixes).await;
+    let (mut c, port) = locus(
+        &s,
+        "cache",
+        &["cache"],
+        &cache_env(&prefix, &unique("g-"), &format!("{a},{b}")),
+    );
+    wait_ready(port, Duration::from_secs(60)).await;
+    wait_applied(port, 12.0, Duration::from_secs(60)).await;
+
+    // Each user on exactly one shard, both shards used, each marked with its place.
+    let mut on_shard = vec![];
+    for (url, mark) in [(&a, "0/2"), (&b, "1/2")] {
+        let mut con = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:pos:acme:*"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let found: String = redis::cmd("GET")
+            .arg(format!("{prefix}:shard"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(found, mark);
+        on_shard.push(keys.len());
+    }
+    assert!(
+        on_shard.iter().all(|n| *n > 0),
+        "both shards hold users: {on_shard:?}"
+    );
+    assert_eq!(
+        on_shard.iter().sum::<usize>(),
+        12,
+        "each user once: {on_shard:?}"
+    );
+
+    // Nearest five, from both shards, ranked as one: w00 .. w04, ~99.9 m apart.
+    let (status, v) = get_json(
+        port,
+        "/v1/tenants/acme/nearby?lat=52.5219&lon=13.4132&radius_m=5000&limit=5",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let got: Vec<(String, f64)> = v["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["user_id"].as_str().unwrap().to_string(),
+                p["distance_m"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(),
+        users[..5].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    for (k, (_, d)) in got.iter().enumerate() {
+        assert!((d - 99.9 * k as f64).abs() < 2.0, "w{k:02} at {d} m");
+    }
+    // The box holds w03 .. w08 (13.4176 .. 13.4250).
+    let (_, v) = get_json(
+        port,
+        "/v1/tenants/acme/positions?bbox=13.417,52.52,13.426,52.53",
+    )
+    .await;
+    let names: Vec<&str> = v["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        users[3..9].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    for u in &users {
+        let (status, v) = get_json(port, &format!("/v1/tenants/acme/users/{u}/position")).await;
+        assert_eq!((status, v["seq"].as_i64()), (200, Some(7)), "{u}");
+    }
+    c.term();
+
+    // The same servers listed the other way round: refused, nothing written.
+    let out = Command::new(env!("CARGO_BIN_EXE_locus"))
+        .args(["--config"])
+        .arg(repo().join("dev/locus.dev.toml"))
+        .args(["cache", "rebuild"])
+        .env("LOCUS_KAFKA__BROKERS", &s.brokers)
+        .env("LOCUS_REGISTRY__URL", registry_url())
+        .env("LOCUS_TOPICS__LOCATIONS", &s.locations)
+        .env("LOCUS_CACHE__KEY_PREFIX", &prefix)
+        .env("LOCUS_CACHE__REDIS_URL", format!("{b},{a}"))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("the shard list changed"), "{err}");
+}

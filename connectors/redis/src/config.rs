@@ -7,7 +7,8 @@ use crate::CacheError;
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// Redis URL (`redis://host:port/db`, `rediss://` for TLS; credentials in the URL are
-    /// redacted by `config check`).
+    /// redacted by `config check`). Several URLs separated by commas spread the users over as
+    /// many Redis servers (shards), each user on one of them by a hash of (tenant, user).
     #[serde(default = "default_url")]
     pub redis_url: String,
     /// Prefix of every key Locus writes.
@@ -104,8 +105,17 @@ impl Default for CacheConfig {
 impl CacheConfig {
     pub fn validate(&self) -> Result<(), CacheError> {
         let bad = |m: &str| Err(CacheError::Config(m.to_string()));
-        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
-            return bad("cache.redis_url must start with redis:// or rediss://");
+        for url in self.shard_urls() {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return bad(
+                    "cache.redis_url must be one URL, or several separated by commas, each starting with redis:// or rediss://",
+                );
+            }
+        }
+        let mut urls = self.shard_urls();
+        urls.sort_unstable();
+        if urls.windows(2).any(|w| w[0] == w[1]) {
+            return bad("cache.redis_url lists the same shard twice");
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains([' ', '{', '}']) {
             return bad("cache.key_prefix must be non-empty, without spaces or braces");
@@ -130,15 +140,70 @@ impl CacheConfig {
         Ok(())
     }
 
-    /// The URL with any password replaced, for printing.
+    /// The shards' URLs, in order (one unless `redis_url` lists several).
+    pub fn shard_urls(&self) -> Vec<&str> {
+        self.redis_url.split(',').map(str::trim).collect()
+    }
+
+    /// The URLs with any password replaced, for printing.
     pub fn redacted(&self) -> CacheConfig {
         let mut c = self.clone();
-        if let Some((scheme, rest)) = c.redis_url.split_once("://")
-            && let Some((auth, host)) = rest.split_once('@')
-        {
-            let user = auth.split(':').next().unwrap_or("");
-            c.redis_url = format!("{scheme}://{user}:***@{host}");
-        }
+        c.redis_url = self
+            .shard_urls()
+            .into_iter()
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",");
         c
+    }
+}
+
+/// `scheme://user:password@host` → `scheme://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((auth, host)) = rest.split_once('@')
+    {
+        let user = auth.split(':').next().unwrap_or("");
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_url(url: &str) -> CacheConfig {
+        CacheConfig {
+            redis_url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn shards_are_listed_with_commas_and_each_is_checked() {
+        let c = with_url("redis://a:6379/0, rediss://b:6380/1");
+        assert_eq!(
+            c.shard_urls(),
+            vec!["redis://a:6379/0", "rediss://b:6380/1"]
+        );
+        assert!(c.validate().is_ok());
+        for bad in [
+            "redis://a:6379/0,http://b:6379/0",
+            "redis://a:6379/0,",
+            "redis://a:6379/0,redis://a:6379/0",
+        ] {
+            let e = with_url(bad).validate().unwrap_err().to_string();
+            assert!(e.contains("cache.redis_url"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_shards_password_is_redacted() {
+        let c = with_url("redis://:s3cret@a:6379/0,redis://u:pw@b:6379/0,redis://c:6379/0");
+        assert_eq!(
+            c.redacted().redis_url,
+            "redis://:***@a:6379/0,redis://u:***@b:6379/0,redis://c:6379/0"
+        );
     }
 }

@@ -5,11 +5,17 @@
 //! {prefix}:geo:{tenant}          GEO set of users (member = user id)
 //! {prefix}:seen:{tenant}         sorted set: user → event time of the newest fix (ms)
 //! {prefix}:tenants               set of tenants (for the sweeper)
+//! {prefix}:shard                 "i/n": this server is shard i of n (checked at connect)
 //! ```
 //!
 //! A user's hash and last-seen entry are written together and removed together (by the
 //! sweeper, once the user is not seen for `forget_after_s`), so memory stays bounded without
 //! a per-update EXPIRE.
+//!
+//! With several Redis servers (`cache.redis_url` lists them), each user lives on one of them,
+//! picked by a hash of (tenant, user), and each server holds the whole layout above for its
+//! users: an update stays one atomic script call on one server, a position is one lookup, and
+//! the bbox, nearby and recent queries ask every server and merge.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -130,32 +136,22 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|x| x.to_string()).unwrap_or_default()
 }
 
+/// One Redis server of the cache.
 #[derive(Clone)]
-pub struct CacheStore {
+struct Shard {
     conn: ConnectionManager,
-    cfg: CacheConfig,
-    sha: String,
+    /// Its URL, password redacted, for errors.
+    url: String,
 }
 
-impl std::fmt::Debug for CacheStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheStore")
-            .field("prefix", &self.cfg.key_prefix)
-            .finish_non_exhaustive()
-    }
-}
-
-fn redis_err(cfg: &CacheConfig, e: impl std::fmt::Display) -> CacheError {
-    CacheError::Redis {
-        url: cfg.redacted().redis_url,
-        message: e.to_string(),
-    }
-}
-
-impl CacheStore {
-    pub async fn connect(cfg: &CacheConfig) -> Result<CacheStore, CacheError> {
-        cfg.validate()?;
-        let client = redis::Client::open(cfg.redis_url.as_str()).map_err(|e| redis_err(cfg, e))?;
+impl Shard {
+    async fn connect(url: &str) -> Result<Shard, CacheError> {
+        let redacted = crate::config::redact_url(url);
+        let err = |e: &dyn std::fmt::Display| CacheError::Redis {
+            url: redacted.clone(),
+            message: e.to_string(),
+        };
+        let client = redis::Client::open(url).map_err(|e| err(&e))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(5)))
@@ -165,25 +161,132 @@ impl CacheStore {
             client.get_connection_manager_with_config(config),
         )
         .await
-        .map_err(|_| redis_err(cfg, "no answer within 5 s"))?
-        .map_err(|e| redis_err(cfg, e))?;
-        let mut store = CacheStore {
+        .map_err(|_| err(&"no answer within 5 s"))?
+        .map_err(|e| err(&e))?;
+        Ok(Shard {
             conn,
+            url: redacted,
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> CacheError {
+        CacheError::Redis {
+            url: self.url.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CacheError> {
+        cmd.query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, CacheError> {
+        pipe.query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[derive(Clone)]
+pub struct CacheStore {
+    shards: Vec<Shard>,
+    cfg: CacheConfig,
+    sha: String,
+}
+
+impl std::fmt::Debug for CacheStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheStore")
+            .field("prefix", &self.cfg.key_prefix)
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// FNV-1a, 64 bits: a user's shard must not change between releases or platforms, so not
+/// std's randomly seeded hasher.
+fn fnv1a(parts: &[&str]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            h = (h ^ 0xff).wrapping_mul(PRIME);
+        }
+        for b in part.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+        }
+    }
+    h
+}
+
+async fn load_script(shard: &Shard) -> Result<String, CacheError> {
+    shard
+        .query(redis::cmd("SCRIPT").arg("LOAD").arg(UPDATE_SCRIPT))
+        .await
+}
+
+impl CacheStore {
+    pub async fn connect(cfg: &CacheConfig) -> Result<CacheStore, CacheError> {
+        cfg.validate()?;
+        let urls = cfg.shard_urls();
+        let mut shards = Vec::with_capacity(urls.len());
+        for url in urls {
+            shards.push(Shard::connect(url).await?);
+        }
+        let mut store = CacheStore {
+            shards,
             cfg: cfg.clone(),
             sha: String::new(),
         };
-        store.sha = store.load_script().await?;
+        for (i, shard) in store.shards.iter().enumerate() {
+            store.check_shard(i, shard).await?;
+            store.sha = load_script(shard).await?;
+        }
         Ok(store)
     }
 
-    async fn load_script(&self) -> Result<String, CacheError> {
-        let mut c = self.conn.clone();
-        redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(UPDATE_SCRIPT)
-            .query_async::<String>(&mut c)
-            .await
-            .map_err(|e| redis_err(&self.cfg, e))
+    /// Marks each server with its place ("i/n") the first time, and refuses a server marked
+    /// otherwise: with a different shard list, users would be looked for on servers that do
+    /// not hold them, and old copies would linger on the others.
+    async fn check_shard(&self, i: usize, shard: &Shard) -> Result<(), CacheError> {
+        let key = format!("{}:shard", self.cfg.key_prefix);
+        let me = format!("{i}/{}", self.shards.len());
+        let (found,): (String,) = shard
+            .query_pipe(
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(&me)
+                    .arg("NX")
+                    .ignore()
+                    .cmd("GET")
+                    .arg(&key),
+            )
+            .await?;
+        if found != me {
+            return Err(CacheError::Config(format!(
+                "{} is cache shard {me} in cache.redis_url but holds the users of shard {found} \
+                 (key {key}): the shard list changed. Flush the cache's keys on every shard, \
+                 then run `locus cache rebuild`",
+                shard.url
+            )));
+        }
+        Ok(())
+    }
+
+    /// How many Redis servers the users are spread over.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard (index into `cache.redis_url`'s list) holding a user.
+    pub fn shard_of(&self, tenant: &str, user: &str) -> usize {
+        (fnv1a(&[tenant, user]) % self.shards.len() as u64) as usize
     }
 
     pub fn config(&self) -> &CacheConfig {
@@ -198,35 +301,42 @@ impl CacheStore {
         format!("{}:pos:{tenant}:{user}", self.cfg.key_prefix)
     }
 
+    /// Every shard answers.
     pub async fn ping(&self) -> Result<(), CacheError> {
-        let mut c = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut c)
+        self.ask_all::<String>(&redis::cmd("PING"))
             .await
             .map(|_| ())
-            .map_err(|e| redis_err(&self.cfg, e))
     }
 
-    /// Applies fixes in one pipeline; returns how many moved a user forward. Within the
-    /// batch only each user's newest fix is sent (the others could not win anyway).
+    /// Applies fixes, one pipeline per shard (sent concurrently); returns how many moved a
+    /// user forward. Within the batch only each user's newest fix is sent (the others could
+    /// not win anyway). Fails if any shard fails: the caller retries the whole batch, which
+    /// the forward-only script makes harmless for the shards that had applied it.
     pub async fn update(&self, fixes: &[LocationFix]) -> Result<usize, CacheError> {
-        let Some(pipe) = self.update_pipeline(&self.sha, fixes) else {
-            return Ok(0);
-        };
-        let mut c = self.conn.clone();
-        let result: Result<Vec<i64>, redis::RedisError> = pipe.query_async(&mut c).await;
+        let sent = self
+            .update_pipelines(&self.sha, fixes)
+            .into_iter()
+            .map(|(i, pipe)| self.update_shard(&self.shards[i], pipe));
+        let applied = futures::future::try_join_all(sent).await?;
+        Ok(applied.into_iter().sum())
+    }
+
+    async fn update_shard(
+        &self,
+        shard: &Shard,
+        pipe: redis::Pipeline,
+    ) -> Result<usize, CacheError> {
+        let result: Result<Vec<i64>, redis::RedisError> =
+            pipe.query_async(&mut shard.conn.clone()).await;
         let applied = match result {
             Ok(v) => v,
-            // Redis restarted or was flushed: the script is gone. Load it and go again.
+            // Redis restarted or was flushed: the script is gone. Load it (same text, same
+            // SHA1) and go again.
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let sha = self.load_script().await?;
-                self.update_pipeline(&sha, fixes)
-                    .unwrap_or_else(redis::pipe)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(|e| redis_err(&self.cfg, e))?
+                load_script(shard).await?;
+                shard.query_pipe(&pipe).await?
             }
-            Err(e) => return Err(redis_err(&self.cfg, e)),
+            Err(e) => return Err(shard.err(e)),
         };
         Ok(applied.iter().sum::<i64>() as usize)
     }
@@ -236,10 +346,15 @@ impl CacheStore {
         &self.sha
     }
 
-    /// The commands [`CacheStore::update`] sends for `fixes` (one script call per tenant and
-    /// run of [`UPDATE_CHUNK`] users, each user's newest fix only), or `None` if there are
-    /// none. Public so that the benchmark can send exactly these commands raw.
-    pub fn update_pipeline(&self, sha: &str, fixes: &[LocationFix]) -> Option<redis::Pipeline> {
+    /// The commands [`CacheStore::update`] sends for `fixes`, per shard (its index, and one
+    /// script call per tenant and run of [`UPDATE_CHUNK`] users, each user's newest fix
+    /// only); shards without fixes are left out. Public so that the benchmark can send exactly
+    /// these commands raw.
+    pub fn update_pipelines(
+        &self,
+        sha: &str,
+        fixes: &[LocationFix],
+    ) -> Vec<(usize, redis::Pipeline)> {
         let mut newest: HashMap<(&str, &str), &LocationFix> = HashMap::new();
         for f in fixes {
             let e = newest.entry((&f.tenant, &f.user_id)).or_insert(f);
@@ -247,44 +362,52 @@ impl CacheStore {
                 *e = f;
             }
         }
-        if newest.is_empty() {
-            return None;
-        }
-        let mut by_tenant: HashMap<&str, Vec<&LocationFix>> = HashMap::new();
-        for ((tenant, _), f) in newest {
-            by_tenant.entry(tenant).or_default().push(f);
+        let mut by_shard: Vec<HashMap<&str, Vec<&LocationFix>>> =
+            vec![HashMap::new(); self.shards.len()];
+        for ((tenant, user), f) in newest {
+            by_shard[self.shard_of(tenant, user)]
+                .entry(tenant)
+                .or_default()
+                .push(f);
         }
         let tenants = format!("{}:tenants", self.cfg.key_prefix);
-        let mut pipe = redis::pipe();
-        for (tenant, fixes) in &by_tenant {
-            for run in fixes.chunks(UPDATE_CHUNK) {
-                let cmd = pipe
-                    .cmd("EVALSHA")
-                    .arg(sha)
-                    .arg(3 + run.len())
-                    .arg(self.key("geo", tenant))
-                    .arg(self.key("seen", tenant))
-                    .arg(&tenants);
-                for f in run {
-                    cmd.arg(self.pos_key(tenant, &f.user_id));
-                }
-                cmd.arg(*tenant);
-                for f in run {
-                    cmd.arg(&f.user_id)
-                        .arg(f.ts)
-                        .arg(f.lat)
-                        .arg(f.lon)
-                        .arg(&f.device_id)
-                        .arg(f.seq)
-                        .arg(opt(f.speed_mps))
-                        .arg(opt(f.heading_deg))
-                        .arg(opt(f.accuracy_m))
-                        .arg(opt(f.battery_pct))
-                        .arg(f.received_at);
+        let mut out = vec![];
+        for (i, by_tenant) in by_shard.iter().enumerate() {
+            if by_tenant.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for (tenant, fixes) in by_tenant {
+                for run in fixes.chunks(UPDATE_CHUNK) {
+                    let cmd = pipe
+                        .cmd("EVALSHA")
+                        .arg(sha)
+                        .arg(3 + run.len())
+                        .arg(self.key("geo", tenant))
+                        .arg(self.key("seen", tenant))
+                        .arg(&tenants);
+                    for f in run {
+                        cmd.arg(self.pos_key(tenant, &f.user_id));
+                    }
+                    cmd.arg(*tenant);
+                    for f in run {
+                        cmd.arg(&f.user_id)
+                            .arg(f.ts)
+                            .arg(f.lat)
+                            .arg(f.lon)
+                            .arg(&f.device_id)
+                            .arg(f.seq)
+                            .arg(opt(f.speed_mps))
+                            .arg(opt(f.heading_deg))
+                            .arg(opt(f.accuracy_m))
+                            .arg(opt(f.battery_pct))
+                            .arg(f.received_at);
+                    }
                 }
             }
+            out.push((i, pipe));
         }
-        Some(pipe)
+        out
     }
 
     fn presence(&self, ts: i64, now: i64) -> (Presence, f64) {
@@ -331,15 +454,14 @@ impl CacheStore {
     }
 
     pub async fn position(&self, tenant: &str, user: &str) -> Result<Option<Position>, CacheError> {
-        let mut c = self.conn.clone();
-        let h: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.pos_key(tenant, user))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| redis_err(&self.cfg, e))?;
+        let shard = &self.shards[self.shard_of(tenant, user)];
+        let h: HashMap<String, String> = shard
+            .query(redis::cmd("HGETALL").arg(self.pos_key(tenant, user)))
+            .await?;
         Ok(self.to_position(user, &h, now_ms()))
     }
 
+    /// The positions of these users, in this order, each fetched from its shard.
     async fn positions_of(
         &self,
         tenant: &str,
@@ -348,21 +470,36 @@ impl CacheStore {
         if users.is_empty() {
             return Ok(vec![]);
         }
-        let mut pipe = redis::pipe();
-        for (u, _) in users {
-            pipe.cmd("HGETALL").arg(self.pos_key(tenant, u));
+        let mut asked: Vec<Vec<usize>> = vec![vec![]; self.shards.len()];
+        for (k, (u, _)) in users.iter().enumerate() {
+            asked[self.shard_of(tenant, u)].push(k);
         }
-        let mut c = self.conn.clone();
-        let hashes: Vec<HashMap<String, String>> = pipe
-            .query_async(&mut c)
-            .await
-            .map_err(|e| redis_err(&self.cfg, e))?;
+        let fetched =
+            futures::future::try_join_all(asked.iter().enumerate().map(|(i, ks)| async move {
+                if ks.is_empty() {
+                    return Ok(vec![]);
+                }
+                let mut pipe = redis::pipe();
+                for &k in ks {
+                    pipe.cmd("HGETALL").arg(self.pos_key(tenant, &users[k].0));
+                }
+                self.shards[i]
+                    .query_pipe::<Vec<HashMap<String, String>>>(&pipe)
+                    .await
+            }))
+            .await?;
+        let mut hashes: Vec<Option<HashMap<String, String>>> = vec![None; users.len()];
+        for (ks, hs) in asked.iter().zip(fetched) {
+            for (&k, h) in ks.iter().zip(hs) {
+                hashes[k] = Some(h);
+            }
+        }
         let now = now_ms();
         Ok(users
             .iter()
             .zip(hashes)
             .filter_map(|((u, d), h)| {
-                let mut p = self.to_position(u, &h, now)?;
+                let mut p = self.to_position(u, &h?, now)?;
                 p.distance_m = *d;
                 Some(p)
             })
@@ -379,17 +516,29 @@ impl CacheStore {
         self.positions_of(tenant, &users).await
     }
 
+    /// The same command on every shard, answers in shard order.
+    async fn ask_all<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<Vec<T>, CacheError> {
+        futures::future::try_join_all(self.shards.iter().map(|s| s.query::<T>(cmd))).await
+    }
+
     /// The `limit` users of the tenant seen most recently, newest first.
     pub async fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<Position>, CacheError> {
-        let mut c = self.conn.clone();
-        let found: Vec<String> = redis::cmd("ZREVRANGE")
-            .arg(self.key("seen", tenant))
-            .arg(0)
-            .arg(limit.saturating_sub(1))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| redis_err(&self.cfg, e))?;
-        let users: Vec<(String, Option<f64>)> = found.into_iter().map(|u| (u, None)).collect();
+        let per_shard: Vec<Vec<(String, f64)>> = self
+            .ask_all(
+                redis::cmd("ZREVRANGE")
+                    .arg(self.key("seen", tenant))
+                    .arg(0)
+                    .arg(limit.saturating_sub(1))
+                    .arg("WITHSCORES"),
+            )
+            .await?;
+        let mut found: Vec<(String, f64)> = per_shard.into_iter().flatten().collect();
+        found.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        found.truncate(limit);
+        let users: Vec<(String, Option<f64>)> = found.into_iter().map(|(u, _)| (u, None)).collect();
         self.positions_of(tenant, &users).await
     }
 
@@ -402,22 +551,26 @@ impl CacheStore {
         radius_m: f64,
         limit: usize,
     ) -> Result<Vec<Position>, CacheError> {
-        let mut c = self.conn.clone();
-        let found: Vec<(String, f64)> = redis::cmd("GEOSEARCH")
-            .arg(self.key("geo", tenant))
-            .arg("FROMLONLAT")
-            .arg(lon)
-            .arg(lat)
-            .arg("BYRADIUS")
-            .arg(radius_m)
-            .arg("m")
-            .arg("ASC")
-            .arg("COUNT")
-            .arg(limit)
-            .arg("WITHDIST")
-            .query_async(&mut c)
-            .await
-            .map_err(|e| redis_err(&self.cfg, e))?;
+        let per_shard: Vec<Vec<(String, f64)>> = self
+            .ask_all(
+                redis::cmd("GEOSEARCH")
+                    .arg(self.key("geo", tenant))
+                    .arg("FROMLONLAT")
+                    .arg(lon)
+                    .arg(lat)
+                    .arg("BYRADIUS")
+                    .arg(radius_m)
+                    .arg("m")
+                    .arg("ASC")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .arg("WITHDIST"),
+            )
+            .await?;
+        // Each shard's nearest `limit`; the nearest `limit` overall are among them.
+        let mut found: Vec<(String, f64)> = per_shard.into_iter().flatten().collect();
+        found.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        found.truncate(limit);
         let users: Vec<(String, Option<f64>)> =
             found.into_iter().map(|(u, d)| (u, Some(d))).collect();
         self.positions_of(tenant, &users).await
@@ -445,19 +598,20 @@ impl CacheStore {
                 .max(0.0)
             * 1.01
             + 10.0;
-        let mut c = self.conn.clone();
-        let found: Vec<String> = redis::cmd("GEOSEARCH")
-            .arg(self.key("geo", tenant))
-            .arg("FROMLONLAT")
-            .arg(clon)
-            .arg(clat)
-            .arg("BYBOX")
-            .arg(w.max(1.0))
-            .arg(h.max(1.0))
-            .arg("m")
-            .query_async(&mut c)
-            .await
-            .map_err(|e| redis_err(&self.cfg, e))?;
+        let per_shard: Vec<Vec<String>> = self
+            .ask_all(
+                redis::cmd("GEOSEARCH")
+                    .arg(self.key("geo", tenant))
+                    .arg("FROMLONLAT")
+                    .arg(clon)
+                    .arg(clat)
+                    .arg("BYBOX")
+                    .arg(w.max(1.0))
+                    .arg(h.max(1.0))
+                    .arg("m"),
+            )
+            .await?;
+        let found = per_shard.into_iter().flatten();
         let users: Vec<(String, Option<f64>)> = found.into_iter().map(|u| (u, None)).collect();
         let mut out: Vec<Position> = self
             .positions_of(tenant, &users)
@@ -474,29 +628,35 @@ impl CacheStore {
     }
 
     /// Forgets users not seen for `forget_after_s`: their hash, GEO member and last-seen
-    /// entry, in every tenant. Returns how many were removed.
+    /// entry, in every tenant of every shard. Returns how many were removed.
     pub async fn sweep(&self) -> Result<usize, CacheError> {
-        let mut c = self.conn.clone();
-        let tenants: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(format!("{}:tenants", self.cfg.key_prefix))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| redis_err(&self.cfg, e))?;
         let cutoff = now_ms() - (self.cfg.forget_after_s as i64) * 1000;
+        let mut removed = 0;
+        for shard in &self.shards {
+            removed += self.sweep_shard(shard, cutoff).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn sweep_shard(&self, shard: &Shard, cutoff: i64) -> Result<usize, CacheError> {
+        let tenants: Vec<String> = shard
+            .query(redis::cmd("SMEMBERS").arg(format!("{}:tenants", self.cfg.key_prefix)))
+            .await?;
         let mut removed = 0;
         for t in tenants {
             let (geo, seen) = (self.key("geo", &t), self.key("seen", &t));
             loop {
-                let old: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                    .arg(&seen)
-                    .arg("-inf")
-                    .arg(format!("({cutoff}"))
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(SWEEP_CHUNK)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(|e| redis_err(&self.cfg, e))?;
+                let old: Vec<String> = shard
+                    .query(
+                        redis::cmd("ZRANGEBYSCORE")
+                            .arg(&seen)
+                            .arg("-inf")
+                            .arg(format!("({cutoff}"))
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(SWEEP_CHUNK),
+                    )
+                    .await?;
                 if old.is_empty() {
                     break;
                 }
@@ -506,16 +666,28 @@ impl CacheStore {
                     cmd.arg(self.pos_key(&t, u));
                 }
                 cmd.arg(cutoff).arg(&old);
-                let n: usize = cmd
-                    .query_async(&mut c)
-                    .await
-                    .map_err(|e| redis_err(&self.cfg, e))?;
-                removed += n;
+                removed += shard.query::<usize>(&cmd).await?;
                 if old.len() < SWEEP_CHUNK {
                     break;
                 }
             }
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fnv1a;
+
+    #[test]
+    fn the_shard_hash_is_fnv1a_64() {
+        // Reference values of FNV-1a 64 (the users' placement depends on them: changing the
+        // hash moves users between shards).
+        assert_eq!(fnv1a(&[""]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(&["a"]), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(&["foobar"]), 0x8594_4171_f739_67e8);
+        // Parts are separated, so ("ab", "c") and ("a", "bc") differ.
+        assert_ne!(fnv1a(&["ab", "c"]), fnv1a(&["a", "bc"]));
     }
 }

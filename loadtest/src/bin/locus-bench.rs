@@ -46,7 +46,8 @@ enum Cmd {
         /// Batches in flight at once (the stage's `cache.max_in_flight_batches`).
         #[arg(long, default_value_t = 2)]
         in_flight: usize,
-        /// A database of its own: the benchmark flushes it before and after.
+        /// A database of its own: the benchmark flushes it before and after. Several,
+        /// separated by commas, are shards, as in `cache.redis_url`.
         #[arg(long, default_value = "redis://127.0.0.1:6379/9")]
         redis: String,
         #[arg(long, default_value = "http://127.0.0.1:8081")]
@@ -90,15 +91,34 @@ enum Cmd {
     },
 }
 
-/// CPU seconds the Redis server has used so far (`INFO cpu`, all its threads).
-async fn redis_cpu_seconds(con: &mut ::redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
-    let info: String = ::redis::cmd("INFO").arg("cpu").query_async(con).await?;
-    Ok(info
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(k, _)| *k == "used_cpu_sys" || *k == "used_cpu_user")
-        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
-        .sum())
+type Shards = [::redis::aio::MultiplexedConnection];
+
+/// CPU seconds the Redis servers have used so far (`INFO cpu`, all their threads, summed).
+async fn redis_cpu_seconds(shards: &Shards) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for con in shards {
+        let info: String = ::redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(&mut con.clone())
+            .await?;
+        total += info
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(k, _)| *k == "used_cpu_sys" || *k == "used_cpu_user")
+            .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Ok(total)
+}
+
+/// Sends each shard its pipeline, all at once.
+async fn send(shards: &Shards, pipes: Vec<(usize, ::redis::Pipeline)>) -> anyhow::Result<()> {
+    futures::future::try_join_all(pipes.into_iter().map(|(i, pipe)| {
+        let mut con = shards[i].clone();
+        async move { pipe.query_async::<()>(&mut con).await }
+    }))
+    .await?;
+    Ok(())
 }
 
 /// Wall time, this process's CPU and the Redis server's CPU over one measured pass.
@@ -109,7 +129,7 @@ struct RedisPass {
 }
 
 impl RedisPass {
-    async fn start(info: &mut ::redis::aio::MultiplexedConnection) -> anyhow::Result<RedisPass> {
+    async fn start(info: &Shards) -> anyhow::Result<RedisPass> {
         Ok(RedisPass {
             cpu0: cpu_seconds(),
             redis0: redis_cpu_seconds(info).await?,
@@ -118,10 +138,7 @@ impl RedisPass {
     }
 
     /// (wall s, client CPU s, Redis CPU s) since `start`.
-    async fn stop(
-        self,
-        info: &mut ::redis::aio::MultiplexedConnection,
-    ) -> anyhow::Result<(f64, f64, f64)> {
+    async fn stop(self, info: &Shards) -> anyhow::Result<(f64, f64, f64)> {
         let (wall, cpu) = (
             self.started.elapsed().as_secs_f64(),
             cpu_seconds() - self.cpu0,
@@ -131,8 +148,26 @@ impl RedisPass {
 }
 
 /// The commands the cache's update script runs for `fixes` (HGET and HSET per fix; GEOADD,
-/// ZADD and SADD per run of `UPDATE_CHUNK`), as one pipeline of plain commands, no script.
-fn script_commands(prefix: &str, fixes: &[LocationFix]) -> ::redis::Pipeline {
+/// ZADD and SADD per run of `UPDATE_CHUNK`), as one pipeline of plain commands per shard, no
+/// script.
+fn script_commands(
+    prefix: &str,
+    store: &locus_redis::CacheStore,
+    fixes: &[LocationFix],
+) -> Vec<(usize, ::redis::Pipeline)> {
+    let mut by_shard: Vec<Vec<LocationFix>> = vec![vec![]; store.shard_count()];
+    for f in fixes {
+        by_shard[store.shard_of(&f.tenant, &f.user_id)].push(f.clone());
+    }
+    by_shard
+        .iter()
+        .enumerate()
+        .filter(|(_, fixes)| !fixes.is_empty())
+        .map(|(i, fixes)| (i, shard_script_commands(prefix, fixes)))
+        .collect()
+}
+
+fn shard_script_commands(prefix: &str, fixes: &[LocationFix]) -> ::redis::Pipeline {
     let mut pipe = ::redis::pipe();
     for run in fixes.chunks(locus_redis::UPDATE_CHUNK) {
         let tenant = &run[0].tenant;
@@ -279,22 +314,32 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .collect();
             let prefix = format!("bench{}", std::process::id());
-            let client = ::redis::Client::open(redis.as_str())?;
             // A synchronous FLUSHDB of a pass's keys takes longer than the client's default
             // 500 ms response timeout on a busy machine.
-            let con = client
-                .get_multiplexed_async_connection_with_config(
-                    &::redis::AsyncConnectionConfig::new()
-                        .set_response_timeout(Some(std::time::Duration::from_secs(60))),
-                )
-                .await?;
+            let mut shards = vec![];
+            for url in redis.split(',') {
+                shards.push(
+                    ::redis::Client::open(url.trim())?
+                        .get_multiplexed_async_connection_with_config(
+                            &::redis::AsyncConnectionConfig::new()
+                                .set_response_timeout(Some(std::time::Duration::from_secs(60))),
+                        )
+                        .await?,
+                );
+            }
+            let shards = &shards[..];
             // Each path starts from an empty database (flushed synchronously, outside the
             // measured passes), so none pays for another's keys: a bigger keyspace costs
             // Redis more per command (dictionary growth, cache misses).
-            let flush = |mut con: ::redis::aio::MultiplexedConnection| async move {
-                ::redis::cmd("FLUSHDB").query_async::<()>(&mut con).await
+            let flush = || async move {
+                for con in shards {
+                    ::redis::cmd("FLUSHDB")
+                        .query_async::<()>(&mut con.clone())
+                        .await?;
+                }
+                anyhow::Ok(())
             };
-            flush(con.clone()).await?;
+            flush().await?;
             let cfg = locus_redis::CacheConfig {
                 redis_url: redis.clone(),
                 key_prefix: format!("{prefix}s"),
@@ -321,12 +366,13 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
             for chunk in passes[0].chunks(batch) {
-                if let Some(pipe) = raw_store.update_pipeline(raw_store.script_sha(), chunk) {
-                    pipe.query_async::<()>(&mut con.clone()).await?;
-                }
+                send(
+                    shards,
+                    raw_store.update_pipelines(raw_store.script_sha(), chunk),
+                )
+                .await?;
             }
-            flush(con.clone()).await?;
-            let mut info = con.clone();
+            flush().await?;
             let mut rates = vec![];
             for (p, fixes) in passes.iter().enumerate() {
                 let mut records = Vec::with_capacity(count);
@@ -341,7 +387,7 @@ async fn main() -> anyhow::Result<()> {
                         headers: vec![],
                     });
                 }
-                let pass = RedisPass::start(&mut info).await?;
+                let pass = RedisPass::start(shards).await?;
                 let sink = &sink;
                 let mut applies = futures::stream::iter(records.chunks(batch))
                     .map(|chunk| sink.apply(chunk.to_vec()))
@@ -349,7 +395,7 @@ async fn main() -> anyhow::Result<()> {
                 while let Some(done) = applies.next().await {
                     done.map_err(|e| anyhow::anyhow!(e))?;
                 }
-                let (wall, cpu, redis_cpu) = pass.stop(&mut info).await?;
+                let (wall, cpu, redis_cpu) = pass.stop(shards).await?;
                 let what = if p == 0 { "new users  " } else { "users move " };
                 println!(
                     "[cache] sink, {what}: {count} updates in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update, Redis CPU {:.2} µs/update",
@@ -366,9 +412,9 @@ async fn main() -> anyhow::Result<()> {
             // comparison, what the script's atomicity costs: the commands the script runs sent
             // raw, no script.
             let script_calls =
-                |chunk: &[LocationFix]| raw_store.update_pipeline(raw_store.script_sha(), chunk);
-            let no_script = |chunk: &[LocationFix]| Some(script_commands(&prefix, chunk));
-            type Build<'a> = &'a dyn Fn(&[LocationFix]) -> Option<::redis::Pipeline>;
+                |chunk: &[LocationFix]| raw_store.update_pipelines(raw_store.script_sha(), chunk);
+            let no_script = |chunk: &[LocationFix]| script_commands(&prefix, &raw_store, chunk);
+            type Build<'a> = &'a dyn Fn(&[LocationFix]) -> Vec<(usize, ::redis::Pipeline)>;
             let paths: [(&str, Build); 2] = [
                 (
                     "ceiling (the same script calls, raw and pipelined)",
@@ -380,19 +426,15 @@ async fn main() -> anyhow::Result<()> {
                 ),
             ];
             for (label, build) in paths {
-                flush(con.clone()).await?;
+                flush().await?;
                 for (p, fixes) in passes.iter().enumerate() {
-                    let pass = RedisPass::start(&mut info).await?;
-                    let pipes = fixes.chunks(batch).filter_map(|chunk| {
-                        let pipe = build(chunk)?;
-                        let mut con = con.clone();
-                        Some(async move { pipe.query_async::<()>(&mut con).await })
-                    });
+                    let pass = RedisPass::start(shards).await?;
+                    let pipes = fixes.chunks(batch).map(|chunk| send(shards, build(chunk)));
                     let mut sent = futures::stream::iter(pipes).buffer_unordered(in_flight);
                     while let Some(done) = sent.next().await {
                         done?;
                     }
-                    let (wall, cpu, redis_cpu) = pass.stop(&mut info).await?;
+                    let (wall, cpu, redis_cpu) = pass.stop(shards).await?;
                     let what = if p == 0 { "new users  " } else { "users move " };
                     println!(
                         "[cache] {label}, {what}: {count} in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update, Redis CPU {:.2} µs/update; the sink reaches {:.0}% of it (by Redis CPU per update: {:.0}%)",
@@ -404,7 +446,7 @@ async fn main() -> anyhow::Result<()> {
                     );
                 }
             }
-            flush(con.clone()).await?;
+            flush().await?;
         }
         Cmd::Codec { count } => {
             use locus_schemas::{decode_with_schema, encode_with_schema, location_schema, wire};
