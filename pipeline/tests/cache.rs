@@ -304,6 +304,19 @@ async fn nearby_bbox_presence_and_bad_parameters() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_down_for_30s_loses_nothing() {
+    redis_down_for_30s(None).await;
+}
+
+/// One of two shards down: the batches touching it are retried whole (the other shard applies
+/// them again, harmlessly) and reading waits; nothing is lost on either.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_of_two_shards_down_for_30s_loses_nothing() {
+    redis_down_for_30s(Some(redis_url().replace("/0", "/4"))).await;
+}
+
+/// The cache on a private Redis (after `other_shard`, if given), stopped for 30 s while fixes
+/// keep coming: once it returns every user ends at its newest fix.
+async fn redis_down_for_30s(other_shard: Option<String>) {
     let s = Scope::new("cache-outage");
     s.create_topics().await;
     let dir = tempfile::tempdir().unwrap();
@@ -329,7 +342,11 @@ async fn redis_down_for_30s_loses_nothing() {
     };
     let mut redis_proc = start_redis(dir.path());
     std::thread::sleep(Duration::from_millis(300));
-    let url = format!("redis://127.0.0.1:{rport}/0");
+    let private = format!("redis://127.0.0.1:{rport}/0");
+    let url = match &other_shard {
+        Some(other) => format!("{other},{private}"),
+        None => private,
+    };
     let prefix = unique("lo");
     let (_c, port) = locus(
         &s,
@@ -374,6 +391,19 @@ async fn redis_down_for_30s_loses_nothing() {
         metric(port, "locus_cache_write_retries_total").await > 0.0,
         "the outage was felt"
     );
+    for shard in url.split(',') {
+        let mut con = redis::Client::open(shard)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:pos:*"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(!keys.is_empty(), "{shard} holds some of the users");
+    }
 }
 
 /// The sweeper forgets users not seen for `forget_after_s` entirely (hash, GEO member,
