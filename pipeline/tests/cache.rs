@@ -67,6 +67,46 @@ async fn state(port: u16, users: &[String]) -> HashMap<String, (i64, i64)> {
     out
 }
 
+/// The user ids of a positions / nearby answer, in its order.
+fn user_ids(v: &serde_json::Value) -> Vec<&str> {
+    v["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap())
+        .collect()
+}
+
+/// Keys matching `pattern` in one Redis database.
+async fn keys(url: &str, pattern: &str) -> Vec<String> {
+    let mut con = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut con)
+        .await
+        .unwrap()
+}
+
+/// `locus cache rebuild` of the scope's topic into `url` under `prefix`.
+fn rebuild(s: &Scope, prefix: &str, url: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_locus"))
+        .args(["--config"])
+        .arg(repo().join("dev/locus.dev.toml"))
+        .args(["cache", "rebuild"])
+        .env("LOCUS_KAFKA__BROKERS", &s.brokers)
+        .env("LOCUS_REGISTRY__URL", registry_url())
+        .env("LOCUS_TOPICS__LOCATIONS", &s.locations)
+        .env("LOCUS_CACHE__KEY_PREFIX", prefix)
+        .env("LOCUS_CACHE__REDIS_URL", url)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
 async fn wait_applied(port: u16, n: f64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -147,30 +187,15 @@ async fn newest_fix_wins_replay_changes_nothing_and_rebuild_restores() {
     // Redis loses everything of this prefix; `locus cache rebuild` restores the same state.
     let client = redis::Client::open(redis_url()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    assert!(!keys.is_empty());
+    let cached = keys(&redis_url(), &format!("{prefix}:*")).await;
+    assert!(!cached.is_empty());
     let _: () = redis::cmd("DEL")
-        .arg(&keys)
+        .arg(&cached)
         .query_async(&mut con)
         .await
         .unwrap();
     assert!(state(port2, &users).await.is_empty());
-    let out = Command::new(env!("CARGO_BIN_EXE_locus"))
-        .args(["--config"])
-        .arg(repo().join("dev/locus.dev.toml"))
-        .args(["cache", "rebuild"])
-        .env("LOCUS_KAFKA__BROKERS", &s.brokers)
-        .env("LOCUS_REGISTRY__URL", registry_url())
-        .env("LOCUS_TOPICS__LOCATIONS", &s.locations)
-        .env("LOCUS_CACHE__KEY_PREFIX", &prefix)
-        .env("LOCUS_CACHE__REDIS_URL", redis_url())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+    let out = rebuild(&s, &prefix, &redis_url());
     assert!(
         out.status.success(),
         "{}",
@@ -214,12 +239,7 @@ async fn nearby_bbox_presence_and_bad_parameters() {
     )
     .await;
     assert_eq!(status, 200, "{v}");
-    let names: Vec<&str> = v["positions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["user_id"].as_str().unwrap())
-        .collect();
+    let names = user_ids(&v);
     assert_eq!(
         names,
         vec!["near", "mid", "far"],
@@ -255,24 +275,14 @@ async fn nearby_bbox_presence_and_bad_parameters() {
     )
     .await;
     assert_eq!(status, 200);
-    let names: Vec<&str> = v["positions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["user_id"].as_str().unwrap())
-        .collect();
+    let names = user_ids(&v);
     assert_eq!(names, vec!["mid", "near"]);
     let (_, v) = get_json(
         port,
         "/v1/tenants/acme/positions?bbox=13.0,52.3,13.5,52.6&status=online",
     )
     .await;
-    let names: Vec<&str> = v["positions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["user_id"].as_str().unwrap())
-        .collect();
+    let names = user_ids(&v);
     assert_eq!(names, vec!["near", "potsdam"]);
     let (_, v) = get_json(port, "/v1/tenants/other/positions?bbox=13.0,52.3,13.5,52.6").await;
     assert_eq!(v["count"], 0, "tenants are apart");
@@ -392,17 +402,8 @@ async fn redis_down_for_30s(other_shard: Option<String>) {
         "the outage was felt"
     );
     for shard in url.split(',') {
-        let mut con = redis::Client::open(shard)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:pos:*"))
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        assert!(!keys.is_empty(), "{shard} holds some of the users");
+        let held = keys(shard, &format!("{prefix}:pos:*")).await;
+        assert!(!held.is_empty(), "{shard} holds some of the users");
     }
 }
 
@@ -515,18 +516,13 @@ async fn two_shards_spread_users_and_answer_as_one() {
             .get_multiplexed_async_connection()
             .await
             .unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:pos:acme:*"))
-            .query_async(&mut con)
-            .await
-            .unwrap();
         let found: String = redis::cmd("GET")
             .arg(format!("{prefix}:shard"))
             .query_async(&mut con)
             .await
             .unwrap();
         assert_eq!(found, mark);
-        on_shard.push(keys.len());
+        on_shard.push(keys(url, &format!("{prefix}:pos:acme:*")).await.len());
     }
     assert!(
         on_shard.iter().all(|n| *n > 0),
@@ -569,12 +565,7 @@ async fn two_shards_spread_users_and_answer_as_one() {
         "/v1/tenants/acme/positions?bbox=13.417,52.52,13.426,52.53",
     )
     .await;
-    let names: Vec<&str> = v["positions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["user_id"].as_str().unwrap())
-        .collect();
+    let names = user_ids(&v);
     assert_eq!(
         names,
         users[3..9].iter().map(String::as_str).collect::<Vec<_>>()
@@ -586,18 +577,7 @@ async fn two_shards_spread_users_and_answer_as_one() {
     c.term();
 
     // The same servers listed the other way round: refused, nothing written.
-    let out = Command::new(env!("CARGO_BIN_EXE_locus"))
-        .args(["--config"])
-        .arg(repo().join("dev/locus.dev.toml"))
-        .args(["cache", "rebuild"])
-        .env("LOCUS_KAFKA__BROKERS", &s.brokers)
-        .env("LOCUS_REGISTRY__URL", registry_url())
-        .env("LOCUS_TOPICS__LOCATIONS", &s.locations)
-        .env("LOCUS_CACHE__KEY_PREFIX", &prefix)
-        .env("LOCUS_CACHE__REDIS_URL", format!("{b},{a}"))
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+    let out = rebuild(&s, &prefix, &format!("{b},{a}"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("the shard list changed"), "{err}");
