@@ -144,13 +144,17 @@ struct Shard {
     url: String,
 }
 
+fn redis_error(url: &str, e: impl std::fmt::Display) -> CacheError {
+    CacheError::Redis {
+        url: url.to_string(),
+        message: e.to_string(),
+    }
+}
+
 impl Shard {
     async fn connect(url: &str) -> Result<Shard, CacheError> {
         let redacted = crate::config::redact_url(url);
-        let err = |e: &dyn std::fmt::Display| CacheError::Redis {
-            url: redacted.clone(),
-            message: e.to_string(),
-        };
+        let err = |e: &dyn std::fmt::Display| redis_error(&redacted, e);
         let client = redis::Client::open(url).map_err(|e| err(&e))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
@@ -170,16 +174,30 @@ impl Shard {
     }
 
     fn err(&self, e: impl std::fmt::Display) -> CacheError {
-        CacheError::Redis {
-            url: self.url.clone(),
-            message: e.to_string(),
-        }
+        redis_error(&self.url, e)
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CacheError> {
         cmd.query_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.err(e))
+    }
+
+    /// Sends update script calls; returns how many fixes they applied.
+    async fn apply(&self, pipe: redis::Pipeline) -> Result<usize, CacheError> {
+        let result: Result<Vec<i64>, redis::RedisError> =
+            pipe.query_async(&mut self.conn.clone()).await;
+        let applied = match result {
+            Ok(v) => v,
+            // Redis restarted or was flushed: the script is gone. Load it (same text, same
+            // SHA1) and go again.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                load_script(self).await?;
+                self.query_pipe(&pipe).await?
+            }
+            Err(e) => return Err(self.err(e)),
+        };
+        Ok(applied.iter().sum::<i64>() as usize)
     }
 
     async fn query_pipe<T: redis::FromRedisValue>(
@@ -316,29 +334,9 @@ impl CacheStore {
         let sent = self
             .update_pipelines(&self.sha, fixes)
             .into_iter()
-            .map(|(i, pipe)| self.update_shard(&self.shards[i], pipe));
+            .map(|(i, pipe)| self.shards[i].apply(pipe));
         let applied = futures::future::try_join_all(sent).await?;
         Ok(applied.into_iter().sum())
-    }
-
-    async fn update_shard(
-        &self,
-        shard: &Shard,
-        pipe: redis::Pipeline,
-    ) -> Result<usize, CacheError> {
-        let result: Result<Vec<i64>, redis::RedisError> =
-            pipe.query_async(&mut shard.conn.clone()).await;
-        let applied = match result {
-            Ok(v) => v,
-            // Redis restarted or was flushed: the script is gone. Load it (same text, same
-            // SHA1) and go again.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                load_script(shard).await?;
-                shard.query_pipe(&pipe).await?
-            }
-            Err(e) => return Err(shard.err(e)),
-        };
-        Ok(applied.iter().sum::<i64>() as usize)
     }
 
     /// The script's SHA1, as loaded when the store connected.
@@ -611,8 +609,8 @@ impl CacheStore {
                     .arg("m"),
             )
             .await?;
-        let found = per_shard.into_iter().flatten();
-        let users: Vec<(String, Option<f64>)> = found.into_iter().map(|u| (u, None)).collect();
+        let users: Vec<(String, Option<f64>)> =
+            per_shard.into_iter().flatten().map(|u| (u, None)).collect();
         let mut out: Vec<Position> = self
             .positions_of(tenant, &users)
             .await?

@@ -93,6 +93,9 @@ enum Cmd {
 
 type Shards = [::redis::aio::MultiplexedConnection];
 
+/// The cache bench's two passes: users new, then each moving on.
+const PASSES: [&str; 2] = ["new users  ", "users move "];
+
 /// CPU seconds the Redis servers have used so far (`INFO cpu`, all their threads, summed).
 async fn redis_cpu_seconds(shards: &Shards) -> anyhow::Result<f64> {
     let mut total = 0.0;
@@ -121,30 +124,35 @@ async fn send(shards: &Shards, pipes: Vec<(usize, ::redis::Pipeline)>) -> anyhow
     Ok(())
 }
 
-/// Wall time, this process's CPU and the Redis server's CPU over one measured pass.
-struct RedisPass {
-    started: Instant,
-    cpu0: f64,
-    redis0: f64,
-}
-
-impl RedisPass {
-    async fn start(info: &Shards) -> anyhow::Result<RedisPass> {
-        Ok(RedisPass {
-            cpu0: cpu_seconds(),
-            redis0: redis_cpu_seconds(info).await?,
-            started: Instant::now(),
-        })
+/// Runs `work` (at most `in_flight` at once) as one measured pass and returns its line:
+/// `{count} in {wall} s = {rate} updates/s, ...`, and (updates/s, Redis CPU s).
+async fn measured_pass<F, E>(
+    shards: &Shards,
+    count: usize,
+    in_flight: usize,
+    work: impl Iterator<Item = F>,
+) -> anyhow::Result<(String, f64, f64)>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let cpu0 = cpu_seconds();
+    let redis0 = redis_cpu_seconds(shards).await?;
+    let started = Instant::now();
+    let mut running = futures::stream::iter(work).buffer_unordered(in_flight);
+    while let Some(done) = running.next().await {
+        done.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-
-    /// (wall s, client CPU s, Redis CPU s) since `start`.
-    async fn stop(self, info: &Shards) -> anyhow::Result<(f64, f64, f64)> {
-        let (wall, cpu) = (
-            self.started.elapsed().as_secs_f64(),
-            cpu_seconds() - self.cpu0,
-        );
-        Ok((wall, cpu, redis_cpu_seconds(info).await? - self.redis0))
-    }
+    let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let redis_cpu = redis_cpu_seconds(shards).await? - redis0;
+    let n = count as f64;
+    let line = format!(
+        "{count} in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update, Redis CPU {:.2} µs/update",
+        n / wall,
+        1e6 * cpu / n,
+        1e6 * redis_cpu / n
+    );
+    Ok((line, n / wall, redis_cpu))
 }
 
 /// The commands the cache's update script runs for `fixes` (HGET and HSET per fix; GEOADD,
@@ -155,9 +163,9 @@ fn script_commands(
     store: &locus_redis::CacheStore,
     fixes: &[LocationFix],
 ) -> Vec<(usize, ::redis::Pipeline)> {
-    let mut by_shard: Vec<Vec<LocationFix>> = vec![vec![]; store.shard_count()];
+    let mut by_shard: Vec<Vec<&LocationFix>> = vec![vec![]; store.shard_count()];
     for f in fixes {
-        by_shard[store.shard_of(&f.tenant, &f.user_id)].push(f.clone());
+        by_shard[store.shard_of(&f.tenant, &f.user_id)].push(f);
     }
     by_shard
         .iter()
@@ -167,7 +175,7 @@ fn script_commands(
         .collect()
 }
 
-fn shard_script_commands(prefix: &str, fixes: &[LocationFix]) -> ::redis::Pipeline {
+fn shard_script_commands(prefix: &str, fixes: &[&LocationFix]) -> ::redis::Pipeline {
     let mut pipe = ::redis::pipe();
     for run in fixes.chunks(locus_redis::UPDATE_CHUNK) {
         let tenant = &run[0].tenant;
@@ -387,23 +395,14 @@ async fn main() -> anyhow::Result<()> {
                         headers: vec![],
                     });
                 }
-                let pass = RedisPass::start(shards).await?;
                 let sink = &sink;
-                let mut applies = futures::stream::iter(records.chunks(batch))
-                    .map(|chunk| sink.apply(chunk.to_vec()))
-                    .buffer_unordered(in_flight);
-                while let Some(done) = applies.next().await {
-                    done.map_err(|e| anyhow::anyhow!(e))?;
-                }
-                let (wall, cpu, redis_cpu) = pass.stop(shards).await?;
-                let what = if p == 0 { "new users  " } else { "users move " };
-                println!(
-                    "[cache] sink, {what}: {count} updates in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update, Redis CPU {:.2} µs/update",
-                    count as f64 / wall,
-                    1e6 * cpu / count as f64,
-                    1e6 * redis_cpu / count as f64
-                );
-                rates.push((count as f64 / wall, redis_cpu));
+                let applies = records
+                    .chunks(batch)
+                    .map(|chunk| sink.apply(chunk.to_vec()));
+                let (line, rate, redis_cpu) =
+                    measured_pass(shards, count, in_flight, applies).await?;
+                println!("[cache] sink, {}: {line}", PASSES[p]);
+                rates.push((rate, redis_cpu));
             }
 
             // The ceiling: the sink's own commands (the script calls it sends for the same
@@ -428,20 +427,13 @@ async fn main() -> anyhow::Result<()> {
             for (label, build) in paths {
                 flush().await?;
                 for (p, fixes) in passes.iter().enumerate() {
-                    let pass = RedisPass::start(shards).await?;
                     let pipes = fixes.chunks(batch).map(|chunk| send(shards, build(chunk)));
-                    let mut sent = futures::stream::iter(pipes).buffer_unordered(in_flight);
-                    while let Some(done) = sent.next().await {
-                        done?;
-                    }
-                    let (wall, cpu, redis_cpu) = pass.stop(shards).await?;
-                    let what = if p == 0 { "new users  " } else { "users move " };
+                    let (line, rate, redis_cpu) =
+                        measured_pass(shards, count, in_flight, pipes).await?;
                     println!(
-                        "[cache] {label}, {what}: {count} in {wall:.2} s = {:.0} updates/s, client CPU {:.2} µs/update, Redis CPU {:.2} µs/update; the sink reaches {:.0}% of it (by Redis CPU per update: {:.0}%)",
-                        count as f64 / wall,
-                        1e6 * cpu / count as f64,
-                        1e6 * redis_cpu / count as f64,
-                        100.0 * rates[p].0 * wall / count as f64,
+                        "[cache] {label}, {}: {line}; the sink reaches {:.0}% of it (by Redis CPU per update: {:.0}%)",
+                        PASSES[p],
+                        100.0 * rates[p].0 / rate,
                         100.0 * redis_cpu / rates[p].1
                     );
                 }
