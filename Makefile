@@ -5,7 +5,7 @@ VENV := $(CACHE)/venv
 LOCUS_CONFIG ?= dev/locus.dev.toml
 export LOCUS_CONFIG
 
-.PHONY: demo test stack-up stack-down stack-status lint fmt bench build-release dashboard
+.PHONY: demo test stack-up stack-down stack-status lint fmt bench build-release dashboard k8s-check
 
 ## Start the local stack, build, apply topics, register schemas, run the pipeline.
 demo: stack-up build-release dashboard
@@ -14,7 +14,7 @@ demo: stack-up build-release dashboard
 	@bash dev/demo.sh
 
 ## Start the local stack if needed and run every test (Rust and Python).
-test: stack-up dashboard
+test: stack-up dashboard k8s-check
 	./dev/stack status
 	cargo build --workspace --all-targets
 	./target/debug/locus topics apply
@@ -39,7 +39,11 @@ stack-status:
 	./dev/stack status
 
 build-release:
-	cargo build --release -p locus -p locus-loadtest
+	cargo build --release --locked -p locus -p locus-loadtest
+
+## Validate the Kubernetes manifests offline (k8s/README.md): render, schemas, invariants, tests.
+k8s-check:
+	k8s/check/run.sh
 
 ## Build the dashboard (npm packages from the lockfile, bundled by esbuild) into
 ## connectors/sse/dashboard/dist, which `locus` serves at /.

@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
 # Builds the local Kafka broker: tansu 0.6.0 (sqlite storage) from crates.io, with
-# dev/tansu/fetch-wakeup.patch applied to tansu-storage. Idempotent: the binary is
-# cached outside the repo ($LOCUS_CACHE, default ~/.cache/locus) and reused by every
-# later run on this machine. A fresh build takes about 20 minutes on 2 cores.
+# every dev/tansu/*.patch applied to tansu-storage in name order. Idempotent: the
+# binary is cached outside the repo ($LOCUS_CACHE, default ~/.cache/locus) under a
+# name that includes a hash of the patches, so a changed patch means a new binary;
+# the build folder is shared by every patch set, so that rebuild is incremental
+# (a few minutes). A fresh build takes about 20 minutes on 2 cores.
+#
+#   dev/tansu/build.sh          build (if needed) and print nothing else on success
+#   dev/tansu/build.sh --path   print the path of the binary for the current patches
 set -euo pipefail
 
 VERSION=0.6.0
-PATCH_ID=p3
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${LOCUS_CACHE:-$HOME/.cache/locus}"
+PATCHES=("$HERE"/*.patch)
+PATCH_ID="$(cat "${PATCHES[@]}" | sha256sum | cut -c1-12)"
 OUT="$CACHE/tansu-$VERSION-$PATCH_ID/bin/tansu"
-BUILD="$CACHE/build/tansu-$VERSION-$PATCH_ID"
+BUILD="$CACHE/build/tansu-$VERSION"
+
+if [[ "${1:-}" == --path ]]; then
+  echo "$OUT"
+  exit 0
+fi
 
 if [[ -x "$OUT" ]]; then
   echo "tansu: cached at $OUT"
   exit 0
 fi
 
-echo "tansu: building $VERSION with the fetch patch (about 20 min on 2 cores; once per machine)"
+echo "tansu: building $VERSION with ${#PATCHES[@]} patches ($PATCH_ID; about 20 min on 2 cores the first time)"
 mkdir -p "$BUILD/fetch/src"
 cat > "$BUILD/fetch/Cargo.toml" <<TOML
 [package]
@@ -40,7 +51,10 @@ rm -rf "$BUILD/tansu" "$BUILD/tansu-storage"
 cp -r "$SRC_TANSU" "$BUILD/tansu"
 cp -r "$SRC_STORAGE" "$BUILD/tansu-storage"
 chmod -R u+w "$BUILD/tansu" "$BUILD/tansu-storage"
-patch -p1 -d "$BUILD/tansu-storage" < "$HERE/fetch-wakeup.patch"
+for p in "${PATCHES[@]}"; do
+  echo "tansu: applying $(basename "$p")"
+  patch -s -p1 -d "$BUILD/tansu-storage" < "$p"
+done
 cat >> "$BUILD/tansu/Cargo.toml" <<TOML
 
 [patch.crates-io]

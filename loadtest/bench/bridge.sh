@@ -4,11 +4,11 @@
 #
 #   loadtest/bench/bridge.sh [FIXES]        (default 100000; needs `dev/stack up` and
 #                                            `cargo build --release -p locus -p locus-loadtest`)
-#   KAFKA=memory loadtest/bench/bridge.sh 500000
-#                                            the same against a tansu of its own that keeps
-#                                            records in memory (started and stopped here), so
-#                                            that Kafka is not the first part to saturate
-#   LIVE=1 KAFKA=memory loadtest/bench/bridge.sh 500000
+#   KAFKA=private loadtest/bench/bridge.sh 500000
+#                                            the same against a tansu of its own on a fresh
+#                                            sqlite store (started and stopped here), so no
+#                                            earlier run's records are in the measurement
+#   LIVE=1 KAFKA=private loadtest/bench/bridge.sh 500000
 #                                            devices publish while the bridge runs (offered
 #                                            as fast as the simulator goes): every part's CPU
 #                                            over the same interval, Mosquitto's taking in and
@@ -58,9 +58,9 @@ SIM_ARGS=(--devices $DEVICES --connections 4 --fixes-per-device $PER_DEVICE --in
   --jitter-ms 0 --topic-template "$LOCUS_BRIDGE__TOPIC_TEMPLATE" --tenant bench
   --report "/tmp/$RUN-sim.json" --quiet)
 
-source loadtest/bench/memory-kafka.sh
-[[ -n "$MEMORY_KAFKA_PID" ]] && trap 'kill $MEMORY_KAFKA_PID 2>/dev/null || true' EXIT
-MOSQ=$(cat "$STACK_DIR/run/mqtt.pid"); TANSU=${MEMORY_KAFKA_PID:-$(cat "$STACK_DIR/run/kafka.pid")}
+source loadtest/bench/private-kafka.sh
+[[ -n "$PRIVATE_KAFKA_PID" ]] && trap 'kill $PRIVATE_KAFKA_PID 2>/dev/null || true' EXIT
+MOSQ=$(cat "$STACK_DIR/run/mqtt.pid"); TANSU=${PRIVATE_KAFKA_PID:-$(cat "$STACK_DIR/run/kafka.pid")}
 
 cat > "/tmp/$RUN-topics.yaml" <<YAML
 topics:

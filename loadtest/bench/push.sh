@@ -5,9 +5,8 @@
 #   loadtest/bench/push.sh [IDLE] [FIXES_PER_S] [ACTIVE] [SECS]
 #        (defaults 19500 5000 10 30; needs `dev/stack up` and
 #         `cargo build --release -p locus -p locus-loadtest`)
-#   KAFKA=memory loadtest/bench/push.sh ...
-#        the same with a tansu of its own that keeps records in memory (started and stopped
-#        here): the stack's tansu, writing every batch to sqlite, cannot take 5k fixes/s
+#   KAFKA=private loadtest/bench/push.sh ...
+#        the same with a tansu of its own on a fresh sqlite store (started and stopped here)
 #
 # Method: a bridge and a push process (release builds) on a fresh 12-partition topic. IDLE
 # streams of a tenant without traffic are opened and the push process's RSS is read before
@@ -38,7 +37,7 @@ if (( IDLE + ACTIVE + 200 > $(ulimit -n) )); then
   echo "[bench] the open-file limit ($(ulimit -n)) is too low for $IDLE streams" >&2; exit 1
 fi
 
-source loadtest/bench/memory-kafka.sh
+source loadtest/bench/private-kafka.sh
 
 cat > "/tmp/$RUN-topics.yaml" <<YAML
 topics:
@@ -48,7 +47,7 @@ YAML
 LOCUS_TOPICS__FILE="/tmp/$RUN-topics.yaml" $LOCUS topics apply >/dev/null
 $LOCUS schemas register >/dev/null
 
-cleanup() { kill "${SIMP:-}" "${BP:-}" "${PP:-}" $MEMORY_KAFKA_PID 2>/dev/null || true; rm -f "/tmp/$RUN.started"; }
+cleanup() { kill "${SIMP:-}" "${BP:-}" "${PP:-}" $PRIVATE_KAFKA_PID 2>/dev/null || true; rm -f "/tmp/$RUN.started"; }
 trap cleanup EXIT
 LOCUS_HTTP__LISTEN="127.0.0.1:$BPORT" $LOCUS bridge 2>"/tmp/$RUN-bridge.log" & BP=$!
 LOCUS_HTTP__LISTEN="127.0.0.1:$PPORT" LOCUS_PUSH__MAX_CONNECTIONS=$(( IDLE + ACTIVE + 100 )) \
@@ -76,7 +75,7 @@ $SIM --devices $DEVICES --connections 8 --interval-ms 2000 --jitter-ms 100 \
 touch "/tmp/$RUN.started"
 TICK=$(getconf CLK_TCK)
 STACK_DIR="${LOCUS_STACK_DIR:-.stack}"
-MOSQ=$(cat "$STACK_DIR/run/mqtt.pid"); TANSU=${MEMORY_KAFKA_PID:-$(cat "$STACK_DIR/run/kafka.pid")}
+MOSQ=$(cat "$STACK_DIR/run/mqtt.pid"); TANSU=${PRIVATE_KAFKA_PID:-$(cat "$STACK_DIR/run/kafka.pid")}
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A C0
 for p in $PP $BP $SIMP $MOSQ $TANSU $BENCHP; do C0[$p]=$(cpu "$p"); done

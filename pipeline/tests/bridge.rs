@@ -307,6 +307,51 @@ async fn batches_and_every_kind_of_bad_input() {
     );
 }
 
+/// One message within the MQTT packet limit but over Kafka's message size (~1 MB) cannot stop
+/// the bridge: its DLQ record keeps the first `bridge.max_dlq_value_bytes` and says so, and a
+/// valid fix published right after it arrives. (Before, the DLQ record was refused by Kafka
+/// and retried forever, and the replica's ingest stopped behind it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_too_large_for_kafka_does_not_stop_the_bridge() {
+    let s = Scope::new("bridge-huge");
+    s.create_topics().await;
+    let (_bridge, port) = s.bridge(&unique("b-"), &[]);
+    wait_ready(port, Duration::from_secs(30)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let t = s.topic("acme", "u1");
+    let good = format!(r#"{{"device_id":"d1","seq":1,"ts":{now},"lat":52.5,"lon":13.4}}"#);
+    publish(&[
+        (t.clone(), vec![b'x'; 1_000_500]),
+        (t.clone(), good.into_bytes()),
+    ])
+    .await;
+
+    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(30), |r| {
+        !r.is_empty()
+    });
+    let fixes = decode_all(&s.locations, &records).await;
+    assert_eq!(fixes.len(), 1, "the valid fix after the huge message");
+    assert_eq!(fixes[0].seq, 1);
+
+    let dlq = consume_until(&s.brokers, &s.dlq, Duration::from_secs(30), |r| {
+        !r.is_empty()
+    });
+    assert_eq!(dlq.len(), 1);
+    let r = &dlq[0];
+    assert_eq!(r.headers["locus-reason"], "oversize");
+    assert_eq!(r.headers["locus-truncated"], "true");
+    assert_eq!(r.headers["locus-original-bytes"], "1000500");
+    assert_eq!(
+        r.value,
+        vec![b'x'; 262_144],
+        "the first max_dlq_value_bytes bytes"
+    );
+    assert_eq!(metric(port, "locus_bridge_messages_acked_total").await, 2.0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_down_for_30s_loses_nothing() {
     let mut kafka = PrivateKafka::start();

@@ -58,6 +58,11 @@ pub struct BridgeConfig {
     /// Largest payload accepted as fixes; larger messages go to the DLQ (reason oversize).
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: usize,
+    /// Most bytes of a rejected message kept in its DLQ record; the rest is cut off and the
+    /// record says so (`locus-truncated`, `locus-original-bytes`), so a DLQ record always fits
+    /// Kafka's message size limit.
+    #[serde(default = "default_max_dlq_value_bytes")]
+    pub max_dlq_value_bytes: usize,
     /// Most fixes in one batch payload (a JSON array).
     #[serde(default = "default_max_batch_len")]
     pub max_batch_len: usize,
@@ -108,6 +113,9 @@ fn default_max_packet_bytes() -> u32 {
 fn default_max_payload_bytes() -> usize {
     256 * 1024
 }
+fn default_max_dlq_value_bytes() -> usize {
+    256 * 1024
+}
 fn default_max_batch_len() -> usize {
     1000
 }
@@ -138,6 +146,7 @@ impl Default for BridgeConfig {
             pause_reads: default_pause_reads(),
             max_packet_bytes: default_max_packet_bytes(),
             max_payload_bytes: default_max_payload_bytes(),
+            max_dlq_value_bytes: default_max_dlq_value_bytes(),
             max_batch_len: default_max_batch_len(),
             max_future_ms: default_max_future_ms(),
             max_age_ms: default_max_age_ms(),
@@ -176,6 +185,13 @@ impl BridgeConfig {
         }
         if !(2..=10_000_000).contains(&self.max_held_messages) {
             return bad("bridge.max_held_messages must be between 2 and 10000000".into());
+        }
+        if !(1..=900_000).contains(&self.max_dlq_value_bytes) {
+            return bad(
+                "bridge.max_dlq_value_bytes must be between 1 and 900000 (under Kafka's default \
+                 message.max.bytes of 1000000, with room for the headers)"
+                    .into(),
+            );
         }
         if self.max_payload_bytes == 0
             || self.max_payload_bytes as u64 > u64::from(self.max_packet_bytes)

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub produced: IntCounter,
     pub acked: IntCounter,
     pub dlq: IntCounterVec,
+    pub dlq_dropped: IntCounter,
     pub produce_retries: IntCounter,
     pub in_flight: IntGauge,
     pub overflow: IntGauge,
@@ -102,6 +103,11 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         registry_retries: counter(
             "locus_bridge_registry_retries_total",
             "Avro encodes retried because the Schema Registry did not answer",
+        ),
+        dlq_dropped: counter(
+            "locus_bridge_dlq_dropped_total",
+            "Rejected messages acknowledged without a DLQ record because Kafka refused even \
+             the record without the message's bytes",
         ),
     }
 });

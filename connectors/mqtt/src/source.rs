@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use locus_kafka::{KafkaConfig, Pending, Producer};
+use locus_kafka::{DeliveryError, KafkaConfig, Pending, Producer};
 use locus_schemas::{Codec, CodecError, FixLimits, LocationFix, RegistryConfig};
 use rumqttc::Transport;
 use rumqttc::v5::mqttbytes::QoS;
@@ -101,6 +101,23 @@ struct Outgoing {
     key: Vec<u8>,
     value: Vec<u8>,
     headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Outgoing {
+    /// Keeps at most `max` bytes of the value; a cut value is marked in the headers (once,
+    /// with the size of the original).
+    fn truncate_value(&mut self, max: usize) {
+        if self.value.len() <= max {
+            return;
+        }
+        if !self.headers.iter().any(|(k, _)| *k == "locus-truncated") {
+            let original = self.value.len().to_string().into_bytes();
+            self.headers.push(("locus-original-bytes", original));
+            self.headers.push(("locus-truncated", b"true".to_vec()));
+        }
+        self.value.truncate(max);
+        self.value.shrink_to_fit();
+    }
 }
 
 fn now_ms() -> i64 {
@@ -373,6 +390,11 @@ impl Bridge {
                         let r = Rejection::new("kafka_refused", format!("{}: {e}", e.reason()));
                         out = self.dead_letter_record(&m.publish, &r, None);
                     }
+                    Err(e) if e.is_permanent() => {
+                        if !Self::after_dead_letter_refused(&mut out, &e) {
+                            break;
+                        }
+                    }
                     Err(e) => {
                         M.produce_retries.inc();
                         failures += 1;
@@ -388,7 +410,10 @@ impl Bridge {
                         }
                     }
                 }
-                pending = self.enqueue(&mut out, &m.publish).await;
+                match self.enqueue(&mut out, &m.publish).await {
+                    Some(p) => pending = p,
+                    None => break,
+                }
             }
         }
         M.produce_latency
@@ -398,8 +423,9 @@ impl Bridge {
     }
 
     /// Enqueues `out` (to the DLQ topic or the locations topic), retrying until librdkafka
-    /// takes it. A fix it refuses for good is turned into a DLQ record.
-    async fn enqueue(&self, out: &mut Outgoing, p: &Publish) -> Pending {
+    /// takes it. A fix it refuses for good is turned into a DLQ record; a DLQ record it
+    /// refuses for good is shrunk, then given up on (`None`).
+    async fn enqueue(&self, out: &mut Outgoing, p: &Publish) -> Option<Pending> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let topic = if out.dlq { &self.dlq } else { &self.locations };
@@ -413,11 +439,16 @@ impl Bridge {
                 .send(topic, &out.key, &out.value, &headers)
                 .await
             {
-                Ok(pending) => return pending,
+                Ok(pending) => return Some(pending),
                 Err(e) if e.is_permanent() && !out.dlq => {
                     warn!(error = %e, "Kafka refuses a fix; sending the message to the DLQ");
                     let r = Rejection::new("kafka_refused", format!("{}: {e}", e.reason()));
                     *out = self.dead_letter_record(p, &r, None);
+                }
+                Err(e) if e.is_permanent() => {
+                    if !Self::after_dead_letter_refused(out, &e) {
+                        return None;
+                    }
                 }
                 Err(e) => {
                     M.produce_retries.inc();
@@ -447,12 +478,28 @@ impl Bridge {
         if let Some(ix) = rejected_indexes {
             headers.push(("locus-rejected-indexes", ix.as_bytes().to_vec()));
         }
-        Outgoing {
+        let mut out = Outgoing {
             dlq: true,
             key: p.topic.to_vec(),
             value: p.payload.to_vec(),
             headers,
+        };
+        out.truncate_value(self.cfg.max_dlq_value_bytes);
+        out
+    }
+
+    /// What to do with a DLQ record Kafka refused for good (e.g. over the broker's size
+    /// limit): send it again without the message's bytes; if even that is refused, count it
+    /// and give up on it, so that no single message can stop the bridge. `false`: give up.
+    fn after_dead_letter_refused(out: &mut Outgoing, error: &DeliveryError) -> bool {
+        if out.value.is_empty() {
+            M.dlq_dropped.inc();
+            error!(%error, "Kafka refuses even the DLQ record without the message's bytes; the message is acknowledged without a DLQ record");
+            return false;
         }
+        warn!(%error, bytes = out.value.len(), "Kafka refused a DLQ record; sending it again without the message's bytes");
+        out.truncate_value(0);
+        true
     }
 
     async fn encode(
@@ -569,9 +616,69 @@ impl Bridge {
             records.push(self.dead_letter_record(p, &first, Some(&indexes.join(","))));
         }
         for mut out in records {
-            let pending = self.enqueue(&mut out, &m.publish).await;
-            m.deliveries.push((pending, out));
+            if let Some(pending) = self.enqueue(&mut out, &m.publish).await {
+                m.deliveries.push((pending, out));
+            }
         }
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::KafkaError as RdError;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    fn dead_letter(value: Vec<u8>) -> Outgoing {
+        Outgoing {
+            dlq: true,
+            key: b"t".to_vec(),
+            value,
+            headers: vec![("locus-reason", b"oversize".to_vec())],
+        }
+    }
+
+    fn header<'a>(out: &'a Outgoing, name: &str) -> Option<&'a [u8]> {
+        out.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    #[test]
+    fn a_long_value_is_cut_and_marked_once() {
+        let mut out = dead_letter(vec![7; 10]);
+        out.truncate_value(10);
+        assert_eq!(out.value.len(), 10);
+        assert_eq!(header(&out, "locus-truncated"), None, "nothing was cut");
+
+        out.truncate_value(4);
+        assert_eq!(out.value, vec![7; 4]);
+        assert_eq!(header(&out, "locus-original-bytes"), Some(&b"10"[..]));
+        out.truncate_value(0);
+        assert!(out.value.is_empty());
+        assert_eq!(header(&out, "locus-original-bytes"), Some(&b"10"[..]));
+        assert_eq!(
+            out.headers
+                .iter()
+                .filter(|(k, _)| *k == "locus-truncated")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_refused_dead_letter_is_sent_once_more_without_bytes_then_given_up() {
+        let error = DeliveryError(RdError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        ));
+        let mut out = dead_letter(vec![1; 100]);
+        assert!(Bridge::after_dead_letter_refused(&mut out, &error));
+        assert!(out.value.is_empty());
+        assert_eq!(header(&out, "locus-original-bytes"), Some(&b"100"[..]));
+        let dropped = M.dlq_dropped.get();
+        assert!(!Bridge::after_dead_letter_refused(&mut out, &error));
+        assert_eq!(M.dlq_dropped.get(), dropped + 1);
     }
 }

@@ -362,11 +362,15 @@ pub struct PrivateKafka {
     pub proc: Option<Proc>,
 }
 
+/// The local tansu build for the current `dev/tansu` patches (built by `dev/stack up`).
 pub fn tansu_bin() -> PathBuf {
-    let cache = std::env::var("LOCUS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/locus"));
-    cache.join("tansu-0.6.0-p3/bin/tansu")
+    let out = Command::new("bash")
+        .arg(repo().join("dev/tansu/build.sh"))
+        .arg("--path")
+        .output()
+        .expect("run dev/tansu/build.sh --path");
+    assert!(out.status.success(), "dev/tansu/build.sh --path failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 impl PrivateKafka {
@@ -382,6 +386,11 @@ impl PrivateKafka {
 
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's process id (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, |p| p.child.id())
     }
 
     pub fn resume(&mut self) {
