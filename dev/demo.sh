@@ -30,10 +30,11 @@ cat <<MSG
          dashboard http://$LISTEN/#token=$TOKEN
          metrics  http://$LISTEN/metrics
          health   http://$LISTEN/healthz   http://$LISTEN/readyz
-         where    http://$LISTEN/v1/tenants/demo/nearby?lat=52.52&lon=13.405&radius_m=5000&limit=10
-         who      http://$LISTEN/v1/tenants/demo/positions?bbox=13.3,52.45,13.5,52.6
-         track    http://$LISTEN/v1/tenants/demo/users/user-00001/track?format=geojson
-         stream   curl -N "http://$LISTEN/v1/stream?access_token=\$TOKEN"   (TOKEN as in the dashboard URL)
+         where    http://$LISTEN/v1/tenants/demo/nearby?lat=52.52&lon=13.405&radius_m=5000&limit=10&access_token=$TOKEN
+         who      http://$LISTEN/v1/tenants/demo/positions?bbox=13.3,52.45,13.5,52.6&access_token=$TOKEN
+         track    http://$LISTEN/v1/tenants/demo/users/user-00001/track?format=geojson&access_token=$TOKEN
+         stream   curl -N "http://$LISTEN/v1/stream?access_token=$TOKEN"
+         (every data route takes the token as access_token=… or Authorization: Bearer …)
 [demo] driving ${DEMO_DEVICES:-50} simulated devices; Ctrl-C stops
 MSG
 ./target/release/locus-sim --devices "${DEMO_DEVICES:-50}" --connections 2 \

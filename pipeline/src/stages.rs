@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::runtime::auth::require_token;
 use crate::runtime::http::{Readiness, base_router, serve};
 use crate::runtime::shutdown;
 
@@ -54,6 +55,13 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
     let grace = Duration::from_millis(config.http.shutdown_grace_ms);
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let mut router = axum::Router::new();
+    // Every data route takes the same tokens as the live stream (runtime/auth.rs).
+    let data_auth = || -> anyhow::Result<Arc<locus_sse::Authenticator>> {
+        Ok(Arc::new(
+            locus_sse::Authenticator::from_config(&config.push)
+                .context("the data routes check tokens with the push.jwt_* keys")?,
+        ))
+    };
     for stage in stages {
         match stage {
             Stage::Bridge => {
@@ -75,10 +83,13 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
             }
             Stage::Cache => {
                 let store = Arc::new(OnceLock::new());
-                router = router.merge(locus_redis::router(locus_redis::PositionsApi {
-                    store: store.clone(),
-                    config: config.cache.clone(),
-                }));
+                router = router.merge(require_token(
+                    locus_redis::router(locus_redis::PositionsApi {
+                        store: store.clone(),
+                        config: config.cache.clone(),
+                    }),
+                    data_auth()?,
+                ));
                 let ready_store = store.clone();
                 readiness.add("redis", move || {
                     let s: Option<locus_redis::CacheStore> = ready_store.get().cloned();
@@ -130,10 +141,13 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
             }
             Stage::History => {
                 let store = Arc::new(OnceLock::new());
-                router = router.merge(locus_scylla::router(locus_scylla::TrackApi {
-                    store: store.clone(),
-                    config: config.history.clone(),
-                }));
+                router = router.merge(require_token(
+                    locus_scylla::router(locus_scylla::TrackApi {
+                        store: store.clone(),
+                        config: config.history.clone(),
+                    }),
+                    data_auth()?,
+                ));
                 let ready_store = store.clone();
                 readiness.add("cassandra", move || {
                     let s: Option<locus_scylla::HistoryStore> = ready_store.get().cloned();

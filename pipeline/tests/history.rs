@@ -88,9 +88,7 @@ async fn wait_rows(keyspace: &str, n: i64, timeout: Duration) -> i64 {
 }
 
 async fn get(port: u16, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
-    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
-        .await
-        .unwrap();
+    let r = get_data(port, path).await;
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     (status, r.text().await.unwrap(), headers)

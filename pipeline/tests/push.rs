@@ -12,8 +12,6 @@ use common::*;
 use locus_schemas::LocationFix;
 use sse::{Event, SseClient};
 
-const SECRET: &str = "locus-dev-secret-change-me-in-production"; // dev/locus.dev.toml
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -40,22 +38,6 @@ fn fix(tenant: &str, user: &str, seq: i64, lat: f64, lon: f64) -> LocationFix {
         source: None,
         received_at: ts,
     }
-}
-
-fn token(tenant: &str, users: Option<&[&str]>, ttl_s: i64) -> String {
-    let exp = (now_ms() / 1000 + ttl_s).max(0) as u64;
-    locus_sse::mint_hs256(
-        SECRET,
-        &locus_sse::Claims {
-            tenant: tenant.into(),
-            users: users.map(|u| u.iter().map(|s| s.to_string()).collect()),
-            exp,
-            sub: None,
-            iss: None,
-            aud: None,
-        },
-    )
-    .unwrap()
 }
 
 /// Environment for a push (and cache) process of this scope: its own Redis key prefix.
@@ -99,11 +81,7 @@ async fn next_event(c: &mut SseClient, wait: Duration) -> Option<Event> {
 async fn wait_cached(port: u16, tenant: &str, user: &str, seq: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = reqwest::get(format!(
-            "http://127.0.0.1:{port}/v1/tenants/{tenant}/users/{user}/position"
-        ))
-        .await
-        .unwrap();
+        let r = get_data(port, &format!("/v1/tenants/{tenant}/users/{user}/position")).await;
         if r.status() == 200 {
             let v: serde_json::Value = r.json().await.unwrap();
             if v["seq"] == seq {

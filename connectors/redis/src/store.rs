@@ -34,8 +34,14 @@ use crate::{CacheConfig, CacheError};
 /// KEYS: geo, seen, tenants, then one hash per fix. ARGV: tenant, then per fix
 /// 11 values: user, ts, lat, lon, device, seq, speed, heading, accuracy,
 /// battery, received_at. Returns how many fixes were applied.
+///
+/// A fix beyond the latitudes Redis GEO can index (±85.05112878°, the Web Mercator limit) is
+/// applied to the hash and the last-seen set but kept out of the GEO set (and its user taken
+/// out of it, so nearby and bbox never answer with an older position): `position` has it,
+/// `nearby` and bbox queries do not. GEOADD is therefore never given a value it refuses, so
+/// the script cannot fail half-way.
 pub const UPDATE_SCRIPT: &str = r#"
-local geo, seen, n = {}, {}, 0
+local geo, polar, seen, g, p, n = {}, {}, {}, 0, 0, 0
 local call, num = redis.call, tonumber
 for i = 4, #KEYS do
   local a = (i - 4) * 11
@@ -47,13 +53,25 @@ for i = 4, #KEYS do
       'device_id', ARGV[a + 6], 'seq', ARGV[a + 7], 'speed_mps', ARGV[a + 8],
       'heading_deg', ARGV[a + 9], 'accuracy_m', ARGV[a + 10], 'battery_pct', ARGV[a + 11],
       'received_at', ARGV[a + 12])
-    geo[3 * n + 1], geo[3 * n + 2], geo[3 * n + 3] = lon, lat, user
+    local y = num(lat)
+    if y > 85.05112878 or y < -85.05112878 then
+      p = p + 1
+      polar[p] = user
+    else
+      geo[3 * g + 1], geo[3 * g + 2], geo[3 * g + 3] = lon, lat, user
+      g = g + 1
+    end
     seen[2 * n + 1], seen[2 * n + 2] = ts, user
     n = n + 1
   end
 end
-if n > 0 then
+if g > 0 then
   call('GEOADD', KEYS[1], unpack(geo))
+end
+if p > 0 then
+  call('ZREM', KEYS[1], unpack(polar))
+end
+if n > 0 then
   call('ZADD', KEYS[2], unpack(seen))
   call('SADD', KEYS[3], ARGV[1])
 end

@@ -50,18 +50,28 @@ fn bad(message: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// The times a query may name: years 1 to 9999, so no arithmetic on them can overflow.
+const MIN_MS: i64 = -62_135_596_800_000;
+const MAX_MS: i64 = 253_402_300_799_999;
+
 /// ms since the epoch from RFC 3339 or a number; the error is the message for a 400.
 fn parse_time(name: &str, v: &str) -> Result<i64, String> {
-    if let Ok(ms) = v.parse::<i64>() {
-        return Ok(ms);
+    let ms = match v.parse::<i64>() {
+        Ok(ms) => ms,
+        Err(_) => chrono::DateTime::parse_from_rfc3339(v)
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| {
+                format!(
+                    "{name}: '{v}' is neither RFC 3339 (2026-01-31T12:00:00Z) nor ms since the epoch"
+                )
+            })?,
+    };
+    if !(MIN_MS..=MAX_MS).contains(&ms) {
+        return Err(format!(
+            "{name}: {ms} is outside the years 1 to 9999 ({MIN_MS} to {MAX_MS} ms)"
+        ));
     }
-    chrono::DateTime::parse_from_rfc3339(v)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            format!(
-                "{name}: '{v}' is neither RFC 3339 (2026-01-31T12:00:00Z) nor ms since the epoch"
-            )
-        })
+    Ok(ms)
 }
 
 fn now_ms() -> i64 {
@@ -82,14 +92,14 @@ async fn track(
         Err(m) => return bad(m),
     };
     let from = match q.from.as_deref().map(|v| parse_time("from", v)).transpose() {
-        Ok(f) => f.unwrap_or(to - 86_400_000),
+        Ok(f) => f.unwrap_or(to.saturating_sub(86_400_000)),
         Err(m) => return bad(m),
     };
     if from >= to {
         return bad(format!("from ({from}) must be before to ({to})"));
     }
-    let max_range = i64::from(api.config.query_max_range_days) * 86_400_000;
-    if to - from > max_range {
+    let max_range = i64::from(api.config.query_max_range_days).saturating_mul(86_400_000);
+    if to.checked_sub(from).is_none_or(|range| range > max_range) {
         return bad(format!(
             "the range is longer than {} days; page through shorter ranges",
             api.config.query_max_range_days
@@ -109,9 +119,11 @@ async fn track(
     };
     let cursor = match q.cursor.as_deref() {
         None | Some("") => None,
+        // A cursor skips at most one page of fixes that share a millisecond: a larger skip
+        // is not one this API returned (and would make one query read without a limit).
         Some(c) => match Cursor::decode(c) {
-            Some(c) => Some(c),
-            None => return bad("cursor is not one this API returned"),
+            Some(c) if c.skip <= api.config.query_max_limit => Some(c),
+            _ => return bad("cursor is not one this API returned"),
         },
     };
     let format = q.format.as_deref().unwrap_or("json");
@@ -216,4 +228,72 @@ fn csv(fixes: &[LocationFix]) -> Response {
         ));
     }
     ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// The route with no store: every request that passes validation answers 503.
+    async fn get(uri: &str) -> (StatusCode, String) {
+        let app = router(TrackApi {
+            store: Arc::new(std::sync::OnceLock::new()),
+            config: HistoryConfig::default(),
+        });
+        let resp = app
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    const TRACK: &str = "/v1/tenants/acme/users/u1/track";
+
+    #[tokio::test]
+    async fn times_whose_difference_overflows_are_a_clean_400() {
+        for q in [
+            "from=-4611686018427387904&to=4611686018427387904",
+            "from=-9223372036854775808&to=9223372036854775807",
+            "to=-9223372036854775808",
+            "from=9223372036854775807",
+        ] {
+            let (status, body) = get(&format!("{TRACK}?{q}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{q}: {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crafted_cursor_cannot_lift_the_limit() {
+        let max = HistoryConfig::default().query_max_limit;
+        let (status, body) = get(&format!("{TRACK}?cursor=0.{:x}", max + 1)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, body) = get(&format!("{TRACK}?cursor=0.ffffffffffffffff")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        // A cursor this API could have returned passes validation (503: no store here).
+        let (status, _) = get(&format!("{TRACK}?cursor=0.{max:x}")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn bad_parameters_are_400_with_a_message() {
+        for q in [
+            "from=yesterday",
+            "from=2&to=1",
+            "limit=0",
+            "limit=abc",
+            "format=xml",
+            "cursor=zz",
+            "colour=red",
+        ] {
+            let (status, body) = get(&format!("{TRACK}?{q}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{q}: {body}");
+            assert!(body.contains("\"error\""), "{q}: {body}");
+        }
+    }
 }

@@ -222,7 +222,7 @@ impl HistoryStore {
         let mut out: Vec<LocationFix> = Vec::with_capacity(limit.min(4096));
         while bucket <= last_bucket && out.len() < limit {
             let upper = to.min(self.bucket_start(bucket + 1));
-            let want = (limit - out.len() + skip) as i32;
+            let want = i32::try_from((limit - out.len()).saturating_add(skip)).unwrap_or(i32::MAX);
             let rows = self
                 .session
                 .execute_unpaged(

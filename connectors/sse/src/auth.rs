@@ -38,6 +38,10 @@ impl Claims {
     }
 }
 
+/// The latest expiry a token may name (the end of the year 9999, s since the epoch): any
+/// later one is refused, so no deadline computed from it can overflow.
+const MAX_EXP: u64 = 253_402_300_799;
+
 /// Checks tokens against the configured keys.
 pub struct Authenticator {
     keys: Vec<(Algorithm, DecodingKey)>,
@@ -103,9 +107,11 @@ impl Authenticator {
         for (alg, key) in self.keys.iter().filter(|(a, _)| *a == header.alg) {
             let mut v = Validation::new(*alg);
             v.leeway = self.leeway_s;
+            v.validate_nbf = true;
             v.set_required_spec_claims(&["exp"]);
             if !self.issuer.is_empty() {
                 v.set_issuer(&[&self.issuer]);
+                v.required_spec_claims.insert("iss".into());
             }
             if self.audience.is_empty() {
                 v.validate_aud = false;
@@ -118,6 +124,9 @@ impl Authenticator {
                     let c = data.claims;
                     if c.tenant.is_empty() {
                         return Err("bad token: empty tenant claim".into());
+                    }
+                    if c.exp > MAX_EXP {
+                        return Err("bad token: exp is past the year 9999".into());
                     }
                     return Ok(c);
                 }
@@ -173,6 +182,53 @@ mod tests {
         let c = auth().check(&t).expect("valid");
         assert_eq!(c.tenant, "acme");
         assert_eq!(c.users.as_deref(), Some(&["u1".to_string()][..]));
+    }
+
+    #[test]
+    fn absurd_expiry_missing_issuer_and_future_nbf_are_refused() {
+        let a = auth();
+        let mut c = claims(60);
+        c.exp = u64::MAX / 2;
+        let t = mint_hs256(SECRET, &c).expect("sign");
+        assert!(a.check(&t).unwrap_err().contains("exp"), "huge exp");
+
+        let cfg = PushConfig {
+            jwt_hs256_secret: Secret::new(SECRET),
+            jwt_issuer: "https://id.example".into(),
+            ..PushConfig::default()
+        };
+        let with_iss = Authenticator::from_config(&cfg).expect("config");
+        let no_iss = mint_hs256(SECRET, &claims(60)).expect("sign");
+        assert!(
+            with_iss.check(&no_iss).is_err(),
+            "iss is required when configured"
+        );
+        let mut c = claims(60);
+        c.iss = Some("https://id.example".into());
+        assert!(
+            with_iss
+                .check(&mint_hs256(SECRET, &c).expect("sign"))
+                .is_ok()
+        );
+
+        #[derive(Serialize)]
+        struct WithNbf {
+            tenant: String,
+            exp: u64,
+            nbf: u64,
+        }
+        let now = claims(0).exp;
+        let early = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &WithNbf {
+                tenant: "acme".into(),
+                exp: now + 7200,
+                nbf: now + 3600,
+            },
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign");
+        assert!(a.check(&early).unwrap_err().contains("ImmatureSignature"));
     }
 
     #[test]

@@ -248,7 +248,9 @@ pub async fn stream(
     let now_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let expires_at = Instant::now() + Duration::from_secs(claims.exp.saturating_sub(now_s));
+    // The authenticator refuses an exp past the year 9999; a cap of 100 years keeps the sum sane.
+    let until_exp = Duration::from_secs(claims.exp.saturating_sub(now_s));
+    let expires_at = Instant::now() + until_exp.min(Duration::from_secs(366 * 86_400 * 100));
 
     let opening = match resume_from {
         None => Opening::Snapshot { gap: None },
