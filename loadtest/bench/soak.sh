@@ -13,7 +13,7 @@ LISTEN="$($LOCUS config check | awk -F'"' '/^listen = /{print $2; exit}')"
 KAFKA_PID="$(cat .stack/run/kafka.pid)"
 MINUTES="${SOAK_MINUTES:-120}"
 ticks() { awk '{print $14 + $15}' "/proc/$KAFKA_PID/stat"; }
-metric() { curl -fsS "http://$LISTEN/metrics" | awk -v m="$1" '$1 == m {print $2; exit}'; }
+metric() { curl -fsS "http://$LISTEN/metrics" | awk -v m="$1" '$1 == m {v = $2} END {print v}'; }
 
 failed=0 checks=0 first_cpu="" last_cpu=""
 echo "# soak: $MINUTES min against http://$LISTEN, broker pid $KAFKA_PID"

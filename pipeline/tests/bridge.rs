@@ -307,6 +307,50 @@ async fn batches_and_every_kind_of_bad_input() {
     );
 }
 
+/// Tenant, user and device ids outside the safe set (letters, digits, `. _ ~ - @`) are refused
+/// at the bridge with reason `bad_id`, whether they come from the topic or the payload: an id
+/// like `a:b` could collide in a Redis key, one like `<img …>` could become markup.
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_outside_the_safe_set_go_to_the_dlq() {
+    let s = Scope::new("bridge-ids");
+    s.create_topics().await;
+    let (_bridge, port) = s.bridge(&unique("b-"), &[]);
+    wait_ready(port, Duration::from_secs(30)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let fix = |device: &str, seq: i64| {
+        format!(r#"{{"device_id":"{device}","seq":{seq},"ts":{now},"lat":52.5,"lon":13.4}}"#)
+    };
+    publish(&[
+        (s.topic("acme", "a:b"), fix("d1", 1).into_bytes()),
+        (
+            s.topic("acme", "<img src=x onerror=alert(1)>"),
+            fix("d1", 2).into_bytes(),
+        ),
+        (s.topic("acme", "u1"), fix("d:1", 3).into_bytes()),
+        (
+            s.topic("acme", "alice@acme.example"),
+            fix("d-1", 4).into_bytes(),
+        ),
+    ])
+    .await;
+    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(30), |r| {
+        !r.is_empty()
+    });
+    let fixes = decode_all(&s.locations, &records).await;
+    assert_eq!(fixes.len(), 1);
+    assert_eq!(fixes[0].user_id, "alice@acme.example");
+    let dlq = consume_until(&s.brokers, &s.dlq, Duration::from_secs(30), |r| {
+        r.len() >= 3
+    });
+    assert_eq!(dlq.len(), 3);
+    for r in &dlq {
+        assert_eq!(r.headers["locus-reason"], "bad_id", "{:?}", r.headers);
+    }
+}
+
 /// One message within the MQTT packet limit but over Kafka's message size (~1 MB) cannot stop
 /// the bridge: its DLQ record keeps the first `bridge.max_dlq_value_bytes` and says so, and a
 /// valid fix published right after it arrives. (Before, the DLQ record was refused by Kafka

@@ -52,6 +52,12 @@ pub enum InvalidFix {
     TooOld { ts: i64, age_ms: i64, max_ms: i64 },
     #[error("seq must be >= 0, got {0}")]
     NegativeSeq(i64),
+    #[error("{field} may hold only letters, digits and . _ ~ - @ (found {found:?} at byte {at})")]
+    BadId {
+        field: &'static str,
+        found: char,
+        at: usize,
+    },
 }
 
 impl InvalidFix {
@@ -64,6 +70,7 @@ impl InvalidFix {
             InvalidFix::InFuture { .. } => "ts_in_future",
             InvalidFix::TooOld { .. } => "ts_too_old",
             InvalidFix::NegativeSeq(_) => "bad_seq",
+            InvalidFix::BadId { .. } => "bad_id",
         }
     }
 }

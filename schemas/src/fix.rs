@@ -67,9 +67,17 @@ fn range(field: &'static str, value: f64, min: f64, max: f64) -> Result<(), Inva
     Ok(())
 }
 
+/// Whether `c` may appear in a tenant, user or device id: ASCII letters, digits and `. _ ~ - @`.
+/// Ids become Redis keys (`:`-separated), URL path segments, MQTT topic levels, metric-free log
+/// fields and dashboard text; this set is safe in all of them, so no id can be ambiguous in a
+/// key or turn into markup.
+pub fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-' | '@')
+}
+
 impl LocationFix {
-    /// Checks required ids, coordinate and measurement ranges, and event time against
-    /// `now_ms` (the receive time).
+    /// Checks required ids (non-empty, at most `max_id_len` bytes, only [`is_id_char`]s),
+    /// coordinate and measurement ranges, and event time against `now_ms` (the receive time).
     pub fn validate(&self, limits: &FixLimits, now_ms: i64) -> Result<(), InvalidFix> {
         for (field, v) in [
             ("tenant", &self.tenant),
@@ -85,6 +93,9 @@ impl LocationFix {
                     len: v.len(),
                     max: limits.max_id_len,
                 });
+            }
+            if let Some((at, found)) = v.char_indices().find(|(_, c)| !is_id_char(*c)) {
+                return Err(InvalidFix::BadId { field, found, at });
             }
         }
         if self.seq < 0 {
@@ -158,6 +169,45 @@ mod tests {
             activity: Some("walking".into()),
             source: None,
             received_at: 1_000_100,
+        }
+    }
+
+    #[test]
+    fn ids_outside_the_safe_set_are_refused() {
+        let l = FixLimits::default();
+        for bad in [
+            "a:b",
+            "<img src=x onerror=alert(1)>",
+            "a\"b",
+            "a b",
+            "a/b",
+            "é",
+            "a\u{0}",
+        ] {
+            for f in [
+                LocationFix {
+                    user_id: bad.into(),
+                    ..fix()
+                },
+                LocationFix {
+                    tenant: bad.into(),
+                    ..fix()
+                },
+                LocationFix {
+                    device_id: bad.into(),
+                    ..fix()
+                },
+            ] {
+                let e = f.validate(&l, 1_000_100).unwrap_err();
+                assert_eq!(e.reason(), "bad_id", "{bad:?}: {e}");
+            }
+        }
+        for good in ["u-1", "alice@acme.example", "Truck_07.A~b"] {
+            let f = LocationFix {
+                user_id: good.into(),
+                ..fix()
+            };
+            f.validate(&l, 1_000_100).unwrap();
         }
     }
 
