@@ -693,3 +693,64 @@ async fn a_polar_fix_in_a_batch_stalls_nothing() {
         "nearby never answers with the mover's old place: {v}"
     );
 }
+
+/// The partitions `locus_consumer_lag_records` of one process reports.
+async fn lag_partitions(port: u16) -> std::collections::BTreeSet<String> {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("locus_consumer_lag_records{"))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("partition=\"")?;
+            Some(rest.split('"').next()?.to_string())
+        })
+        .collect()
+}
+
+/// After a second replica joins, each replica reports lag only for the partitions it holds:
+/// a revoked partition's series is removed, so summing lag over pods (as KEDA and the alerts
+/// do) counts every partition once.
+#[tokio::test(flavor = "multi_thread")]
+async fn lag_is_reported_once_per_partition_across_replicas() {
+    let s = Scope::new("cache-lag");
+    s.create_topics().await;
+    let prefix = unique("ll");
+    let group = unique("g-");
+    let now = now_ms();
+    let fixes: Vec<LocationFix> = (0..40)
+        .map(|i| fix(&format!("u{i}"), 1, now - 5_000, 52.0, 13.0))
+        .collect();
+    produce(&s, &fixes).await;
+    let env = cache_env(&prefix, &group, &redis_url());
+    let (_a, port_a) = locus(&s, "cache-a", &["cache"], &env);
+    wait_ready(port_a, Duration::from_secs(60)).await;
+    let all: std::collections::BTreeSet<String> = (0..4).map(|p| p.to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lag_partitions(port_a).await != all {
+        assert!(
+            Instant::now() < deadline,
+            "replica A never reported lag for all partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let (_b, port_b) = locus(&s, "cache-b", &["cache"], &env);
+    wait_ready(port_b, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (a, b) = (lag_partitions(port_a).await, lag_partitions(port_b).await);
+        let both: std::collections::BTreeSet<String> = a.union(&b).cloned().collect();
+        if !a.is_empty() && !b.is_empty() && a.is_disjoint(&b) && both == all {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the rebalance the replicas report A {a:?}, B {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

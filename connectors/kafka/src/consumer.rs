@@ -117,15 +117,23 @@ struct RunnerContext {
     tracker: Arc<Mutex<Tracker>>,
     group: String,
     stage: String,
+    /// The partitions assigned to this consumer now: lag is reported for these only, and a
+    /// revoked partition's lag series is removed, so a sum over replicas counts each once.
+    assigned: Mutex<BTreeSet<i32>>,
 }
 
 impl ClientContext for RunnerContext {
     /// Consumer lag per partition from librdkafka's statistics (computed from the high
     /// watermarks fetch responses carry: no extra requests to the brokers).
     fn stats(&self, stats: rdkafka::Statistics) {
+        let assigned = self
+            .assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for topic in stats.topics.values() {
             for (p, part) in &topic.partitions {
-                if *p >= 0 && part.consumer_lag >= 0 {
+                if assigned.contains(p) && part.consumer_lag >= 0 {
                     crate::metrics::M
                         .lag
                         .with_label_values(&[self.stage.as_str(), &p.to_string()])
@@ -148,8 +156,13 @@ impl ConsumerContext for RunnerContext {
                 debug!(%error, "commit before revoke (nothing stored is fine)");
             }
             let mut t = lock(&self.tracker);
+            let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
             for e in tpl.elements() {
                 t.revoke(e.partition());
+                assigned.remove(&e.partition());
+                let _ = crate::metrics::M
+                    .lag
+                    .remove_label_values(&[self.stage.as_str(), &e.partition().to_string()]);
             }
             info!(
                 group = self.group,
@@ -165,6 +178,10 @@ impl ConsumerContext for RunnerContext {
         rebalance: &Rebalance<'_>,
     ) {
         if let Rebalance::Assign(tpl) = rebalance {
+            self.assigned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(tpl.elements().iter().map(|e| e.partition()));
             info!(
                 group = self.group,
                 partitions = tpl.count(),
@@ -194,6 +211,7 @@ pub async fn run<S: Sink>(
             tracker: tracker.clone(),
             group: settings.group.clone(),
             stage: stage.to_string(),
+            assigned: Mutex::default(),
         })
         .map(Arc::new)
         .map_err(KafkaError::Client)?;
