@@ -23,6 +23,14 @@ pub async fn topics_plan(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn topics_render(config: &Config, cluster: &str) -> anyhow::Result<()> {
+    print!(
+        "{}",
+        locus_topics::render_strimzi(&topics_file(config)?, cluster)
+    );
+    Ok(())
+}
+
 pub async fn topics_apply(config: &Config) -> anyhow::Result<()> {
     let file = topics_file(config)?;
     let plan =

@@ -115,6 +115,15 @@ enum TopicsAction {
     Plan,
     /// Create missing topics, add partitions, set configs. Never deletes or shrinks.
     Apply,
+    /// Print topics.yaml as resources for a topic operator instead of applying it.
+    Render {
+        /// `strimzi`: kafka.strimzi.io/v1 KafkaTopics (k8s/base/kafka/kafkatopics.yaml).
+        #[arg(long, value_parser = ["strimzi"])]
+        format: String,
+        /// The Strimzi cluster the topics belong to (label strimzi.io/cluster).
+        #[arg(long, default_value = "locus")]
+        cluster: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +186,9 @@ fn main() -> ExitCode {
             Command::Topics {
                 action: TopicsAction::Apply,
             } => admin::topics_apply(&config).await,
+            Command::Topics {
+                action: TopicsAction::Render { format: _, cluster },
+            } => admin::topics_render(&config, &cluster),
             Command::Schemas {
                 action: SchemasAction::Register,
             } => admin::schemas_register(&config).await,

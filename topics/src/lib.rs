@@ -5,10 +5,12 @@
 mod error;
 mod incremental;
 mod plan;
+mod render;
 mod spec;
 
 pub use error::TopicsError;
 pub use plan::{Change, Plan, apply, plan};
+pub use render::{STRIMZI_HEADER, render_strimzi, strimzi_name};
 pub use spec::{TopicSpec, TopicsFile};
 
 /// The `topics.yaml` shipped with Locus.
