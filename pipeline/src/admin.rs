@@ -26,7 +26,7 @@ pub async fn topics_plan(config: &Config) -> anyhow::Result<()> {
 pub fn topics_render(config: &Config, cluster: &str) -> anyhow::Result<()> {
     print!(
         "{}",
-        locus_topics::render_strimzi(&topics_file(config)?, cluster)
+        locus_topics::render_strimzi(&topics_file(config)?, cluster)?
     );
     Ok(())
 }

@@ -613,7 +613,20 @@ async fn a_polar_fix_in_a_batch_stalls_nothing() {
     s.create_topics().await;
     let prefix = unique("lp");
     let now = now_ms();
-    let mut fixes = vec![fix("mover", 1, now - 60_000, 52.5, 13.4)];
+    // The mover is first applied in Berlin (a batch of its own), then moves to -88°.
+    let first = vec![fix("mover", 1, now - 60_000, 52.5, 13.4)];
+    produce(&s, &first).await;
+    let (_c, port) = locus(
+        &s,
+        "cache",
+        &["cache"],
+        &cache_env(&prefix, &unique("g-"), &redis_url()),
+    );
+    wait_ready(port, Duration::from_secs(60)).await;
+    wait_applied(port, 1.0, Duration::from_secs(60)).await;
+    assert_eq!(state(port, &["mover".to_string()]).await["mover"].0, 1);
+
+    let mut fixes = vec![];
     for u in 0..5 {
         fixes.push(fix(
             &format!("u{u}"),
@@ -635,14 +648,7 @@ async fn a_polar_fix_in_a_batch_stalls_nothing() {
         ));
     }
     produce(&s, &fixes).await;
-    let (_c, port) = locus(
-        &s,
-        "cache",
-        &["cache"],
-        &cache_env(&prefix, &unique("g-"), &redis_url()),
-    );
-    wait_ready(port, Duration::from_secs(60)).await;
-    wait_applied(port, fixes.len() as f64, Duration::from_secs(60)).await;
+    wait_applied(port, (1 + fixes.len()) as f64, Duration::from_secs(60)).await;
 
     let users: Vec<String> = (0..10).map(|u| format!("u{u}")).collect();
     let positions = state(port, &users).await;

@@ -5,7 +5,9 @@
 
 use std::fmt::Write as _;
 
-use crate::TopicsFile;
+use std::collections::BTreeMap;
+
+use crate::{TopicsError, TopicsFile};
 
 /// The first line of the rendered file.
 pub const STRIMZI_HEADER: &str =
@@ -18,8 +20,22 @@ pub fn strimzi_name(topic: &str) -> String {
 
 /// Every topic of `file` as one YAML document, in file order, labelled for the Strimzi
 /// cluster `cluster`. Strings are JSON-quoted (valid YAML); configs are strings, the declared
-/// ones first, then the topic's extra `config` entries by name.
-pub fn render_strimzi(file: &TopicsFile, cluster: &str) -> String {
+/// ones first, then the topic's extra `config` entries by name. Two topics whose Kubernetes
+/// names would be the same (`a.b` and `a_b`) are refused: one resource would replace the other.
+pub fn render_strimzi(file: &TopicsFile, cluster: &str) -> Result<String, TopicsError> {
+    let mut names = BTreeMap::new();
+    for t in &file.topics {
+        if let Some(other) = names.insert(strimzi_name(&t.name), &t.name) {
+            return Err(TopicsError::Invalid {
+                path: "topics.yaml".into(),
+                message: format!(
+                    "topics {other} and {} would both be the KafkaTopic {}",
+                    t.name,
+                    strimzi_name(&t.name)
+                ),
+            });
+        }
+    }
     let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"));
     let docs: Vec<String> = file
         .topics
@@ -53,7 +69,7 @@ pub fn render_strimzi(file: &TopicsFile, cluster: &str) -> String {
             d
         })
         .collect();
-    format!("{STRIMZI_HEADER}{}", docs.join("---\n"))
+    Ok(format!("{STRIMZI_HEADER}{}", docs.join("---\n")))
 }
 
 #[cfg(test)]
@@ -65,7 +81,7 @@ mod tests {
         let file = TopicsFile::parse(crate::DEFAULT_TOPICS_YAML, "topics.yaml").unwrap();
         let committed = include_str!("../../k8s/base/kafka/kafkatopics.yaml");
         assert_eq!(
-            render_strimzi(&file, "locus"),
+            render_strimzi(&file, "locus").unwrap(),
             committed,
             "k8s/base/kafka/kafkatopics.yaml differs from topics.yaml: regenerate it with \
              `locus topics render --format strimzi > k8s/base/kafka/kafkatopics.yaml`"
@@ -77,7 +93,7 @@ mod tests {
         let yaml = "topics:\n- {name: Fleet_Events.v2, partitions: 3, replication_factor: 2, \
                     min_insync_replicas: 1, retention_ms: -1, cleanup_policy: compact, \
                     compression: zstd, config: {segment.ms: '60000', max.message.bytes: '2000000'}}\n";
-        let out = render_strimzi(&TopicsFile::parse(yaml, "t").unwrap(), "prod");
+        let out = render_strimzi(&TopicsFile::parse(yaml, "t").unwrap(), "prod").unwrap();
         assert!(out.contains("  name: \"fleet-events-v2\"\n"), "{out}");
         assert!(out.contains("  topicName: \"Fleet_Events.v2\"\n"), "{out}");
         assert!(out.contains("    strimzi.io/cluster: \"prod\"\n"), "{out}");
@@ -88,5 +104,18 @@ mod tests {
             out.find("compression.type").unwrap() < extra,
             "declared first"
         );
+    }
+
+    #[test]
+    fn two_topics_with_one_kubernetes_name_are_refused() {
+        let t = |name: &str| {
+            format!(
+                "- {{name: {name}, partitions: 1, replication_factor: 1, min_insync_replicas: 1, \
+                 retention_ms: 1, cleanup_policy: delete, compression: producer}}\n"
+            )
+        };
+        let yaml = format!("topics:\n{}{}", t("a.b"), t("a_b"));
+        let e = render_strimzi(&TopicsFile::parse(&yaml, "t").unwrap(), "x").unwrap_err();
+        assert!(e.to_string().contains("a.b and a_b"), "{e}");
     }
 }

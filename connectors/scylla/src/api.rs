@@ -119,10 +119,13 @@ async fn track(
     };
     let cursor = match q.cursor.as_deref() {
         None | Some("") => None,
-        // A cursor skips at most one page of fixes that share a millisecond: a larger skip
-        // is not one this API returned (and would make one query read without a limit).
+        // A cursor points into the range asked for and skips at most one page of fixes that
+        // share a millisecond: anything else is not one this API returned (a time outside the
+        // range would walk buckets outside it; a larger skip would lift the limit).
         Some(c) => match Cursor::decode(c) {
-            Some(c) if c.skip <= api.config.query_max_limit => Some(c),
+            Some(c) if c.skip <= api.config.query_max_limit && (from..to).contains(&c.ts) => {
+                Some(c)
+            }
             _ => return bad("cursor is not one this API returned"),
         },
     };
@@ -275,8 +278,12 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         let (status, body) = get(&format!("{TRACK}?cursor=0.ffffffffffffffff")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        // A cursor time outside [from, to) would walk buckets outside the range.
+        let (status, body) =
+            get(&format!("{TRACK}?from=0&to=1000&cursor=7fffffffffffffff.0")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         // A cursor this API could have returned passes validation (503: no store here).
-        let (status, _) = get(&format!("{TRACK}?cursor=0.{max:x}")).await;
+        let (status, _) = get(&format!("{TRACK}?from=0&to=1000&cursor=1f4.{max:x}")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
 

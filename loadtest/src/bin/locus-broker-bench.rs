@@ -466,8 +466,10 @@ async fn catchup(args: &Args, max_seconds: u64) -> anyhow::Result<serde_json::Va
     let c: BaseConsumer = client(args)
         .set("group.id", format!("bench-catchup-{}", now_us()))
         .set("enable.auto.commit", "false")
-        // A small client queue, so the reading pace is the broker's, not a prefetch's.
+        // A small client queue, so the reading pace is the broker's, not a prefetch's; and no
+        // 1 s pause (librdkafka's default) each time that queue is full.
         .set("queued.max.messages.kbytes", "1024")
+        .set("fetch.queue.backoff.ms", "5")
         .set("fetch.wait.max.ms", "500")
         .set("fetch.max.bytes", (8 * 1024 * 1024).to_string())
         .set("max.partition.fetch.bytes", (1024 * 1024).to_string())
