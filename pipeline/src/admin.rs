@@ -23,6 +23,29 @@ pub async fn topics_plan(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `locus bridge drain`: the bridge of `client_id`, draining its session (no HTTP server:
+/// a one-shot command, like `cache rebuild`).
+pub async fn bridge_drain(config: &Config, client_id: String, idle_ms: u64) -> anyhow::Result<()> {
+    let mut cfg = config.bridge.clone();
+    cfg.client_id = client_id;
+    let (bridge, _health) = locus_mqtt::Bridge::build(
+        &cfg,
+        &config.kafka,
+        &config.registry,
+        &config.topics.locations,
+        &config.topics.dlq,
+        std::time::Duration::from_millis(config.http.shutdown_grace_ms),
+    )?;
+    let acked = bridge
+        .drain(std::time::Duration::from_millis(idle_ms))
+        .await?;
+    println!(
+        "drained {acked} messages; the session of {} is ended",
+        cfg.client_id
+    );
+    Ok(())
+}
+
 pub fn topics_render(config: &Config, cluster: &str) -> anyhow::Result<()> {
     print!(
         "{}",

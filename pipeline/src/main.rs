@@ -41,7 +41,10 @@ enum Command {
     /// Run every stage in one process (bridge, history, cache, push): a laptop, a small site, the demo.
     Run,
     /// MQTT → Kafka bridge: devices' fixes into the locations topic.
-    Bridge,
+    Bridge {
+        #[command(subcommand)]
+        action: Option<BridgeAction>,
+    },
     /// Last-position cache (Kafka → Redis) and the position / nearby query API.
     Cache {
         #[command(subcommand)]
@@ -71,6 +74,20 @@ enum Command {
     Schemas {
         #[command(subcommand)]
         action: SchemasAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BridgeAction {
+    /// Empty and end the MQTT session of a removed replica (after scaling the bridge down):
+    /// connect as its client id, stop new messages, bridge what the session holds, end it.
+    Drain {
+        /// The client id of the replica that was removed (e.g. locus-bridge-2).
+        #[arg(long)]
+        client_id: String,
+        /// Stop once nothing has arrived for this long, ms.
+        #[arg(long, default_value_t = 2000)]
+        idle_ms: u64,
     },
 }
 
@@ -157,7 +174,12 @@ fn main() -> ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Run => stages::run(&config, stages::Stage::ALL).await,
-            Command::Bridge => stages::run(&config, &[stages::Stage::Bridge]).await,
+            Command::Bridge { action: None } => {
+                stages::run(&config, &[stages::Stage::Bridge]).await
+            }
+            Command::Bridge {
+                action: Some(BridgeAction::Drain { client_id, idle_ms }),
+            } => admin::bridge_drain(&config, client_id, idle_ms).await,
             Command::Cache { action: None } => stages::run(&config, &[stages::Stage::Cache]).await,
             Command::Cache {
                 action: Some(CacheAction::Rebuild),

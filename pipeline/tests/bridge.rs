@@ -307,6 +307,71 @@ async fn batches_and_every_kind_of_bad_input() {
     );
 }
 
+/// Scale-down: a removed replica's persistent session keeps its share of the traffic while
+/// nobody reads it. `locus bridge drain --client-id` bridges everything that session holds
+/// and ends it; afterwards the remaining replica gets every new message.
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_empties_and_ends_a_removed_replicas_session() {
+    let s = Scope::new("bridge-drain");
+    s.create_topics().await;
+    let gone = unique("gone-");
+    let (mut b, port) = s.bridge(&gone, &[]);
+    wait_ready(port, Duration::from_secs(30)).await;
+    b.term();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let fixes = |from: i64, n: i64| -> Vec<(String, Vec<u8>)> {
+        (from..from + n)
+            .map(|seq| {
+                let payload =
+                    format!(r#"{{"device_id":"d1","seq":{seq},"ts":{now},"lat":52.5,"lon":13.4}}"#);
+                (
+                    s.topic("acme", &format!("u{}", seq % 5)),
+                    payload.into_bytes(),
+                )
+            })
+            .collect()
+    };
+    // Queued for the stopped replica's session, the only member of the share group.
+    publish(&fixes(0, 50)).await;
+
+    let out = s
+        .bridge_command(
+            &gone,
+            &["drain", "--client-id", &gone, "--idle-ms", "1500"],
+            free_port(),
+        )
+        .stdout(Stdio::piped())
+        .output()
+        .expect("run locus bridge drain");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "drain failed: {stdout}");
+    assert!(stdout.contains("drained 50 messages"), "{stdout}");
+    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(20), |r| {
+        r.len() >= 50
+    });
+    assert_eq!(
+        distinct_fixes(&records),
+        50,
+        "the session's messages, each bridged"
+    );
+
+    // The session is gone: the one replica left receives every new message.
+    let (_b2, port2) = s.bridge(&unique("kept-"), &[]);
+    wait_ready(port2, Duration::from_secs(30)).await;
+    publish(&fixes(50, 20)).await;
+    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(20), |r| {
+        distinct_fixes(r) >= 70
+    });
+    assert_eq!(
+        distinct_fixes(&records),
+        70,
+        "no message left with the drained session"
+    );
+}
+
 /// Tenant, user and device ids outside the safe set (letters, digits, `. _ ~ - @`) are refused
 /// at the bridge with reason `bad_id`, whether they come from the topic or the payload: an id
 /// like `a:b` could collide in a Redis key, one like `<img …>` could become markup.

@@ -9,4 +9,6 @@ pub enum BridgeError {
     Codec(#[from] locus_schemas::CodecError),
     #[error("cannot open the local MQTT relay socket: {0}")]
     Relay(std::io::Error),
+    #[error("MQTT: {0}")]
+    Mqtt(String),
 }

@@ -58,6 +58,16 @@ pub struct Bridge {
     dlq: String,
     health: BridgeHealth,
     shutdown_grace: Duration,
+    /// Set by [`Bridge::drain`]: unsubscribe instead of subscribing, and record activity.
+    drain: Option<Arc<DrainWatch>>,
+}
+
+/// What a draining bridge has seen: whether the broker confirmed the unsubscription, and
+/// when the last message arrived.
+#[derive(Debug, Default)]
+struct DrainWatch {
+    unsubscribed: AtomicBool,
+    last_message_ms: std::sync::atomic::AtomicI64,
 }
 
 /// One MQTT message on its way to being acknowledged.
@@ -149,8 +159,57 @@ impl Bridge {
             dlq: dlq.to_string(),
             health: health.clone(),
             shutdown_grace,
+            drain: None,
         };
         Ok((bridge, health))
+    }
+
+    /// Empties and ends the persistent session of `bridge.client_id` — a replica removed by
+    /// scaling down, whose session would otherwise keep taking its share of the traffic while
+    /// nobody reads it. Connects as that client id, unsubscribes at once (no new messages are
+    /// routed to the session), bridges everything the session holds exactly as a running
+    /// replica would (PUBACK after Kafka), and once nothing has arrived for `idle` and nothing
+    /// is in flight, disconnects and ends the session (a clean start with session expiry 0).
+    /// Returns how many messages it acknowledged.
+    pub async fn drain(mut self, idle: Duration) -> Result<u64, BridgeError> {
+        let watch = Arc::new(DrainWatch::default());
+        self.drain = Some(watch.clone());
+        let cfg = self.cfg.clone();
+        let acked_before = M.acked.get();
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(self.run(cancel.clone()));
+        let mut last_report = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if run.is_finished() {
+                break;
+            }
+            let quiet_ms = now_ms() - watch.last_message_ms.load(Ordering::Relaxed);
+            if watch.unsubscribed.load(Ordering::Relaxed)
+                && M.in_flight.get() == 0
+                && quiet_ms >= idle.as_millis() as i64
+            {
+                cancel.cancel();
+                break;
+            }
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                info!(
+                    acked = M.acked.get() - acked_before,
+                    in_flight = M.in_flight.get(),
+                    "draining"
+                );
+                last_report = Instant::now();
+            }
+        }
+        run.await
+            .map_err(|e| BridgeError::Mqtt(format!("the draining bridge stopped: {e}")))??;
+        end_session(&cfg).await?;
+        let acked = M.acked.get() - acked_before;
+        info!(
+            client_id = cfg.client_id,
+            acked, "session drained and ended"
+        );
+        Ok(acked)
     }
 
     /// The client connects to the broker directly, or through `relay` (see [`crate::relay`]).
@@ -209,6 +268,7 @@ impl Bridge {
 
         // 1. The MQTT event loop: polled continuously, never blocked by the pipeline.
         let health = me.health.clone();
+        let drain = me.drain.clone();
         let sub_client = client.clone();
         let stop = loop_stop.clone();
         let event_loop = tokio::spawn(async move {
@@ -250,11 +310,24 @@ impl Bridge {
                         health.mqtt_connected.store(true, Ordering::Relaxed);
                         M.mqtt_connected.set(1);
                         backoff = Duration::from_millis(100);
-                        // Resubscribe after every (re)connect; a no-op if the session kept it.
-                        if let Err(error) =
-                            sub_client.try_subscribe(subscription.clone(), QoS::AtLeastOnce)
+                        if drain.is_some() {
+                            // Draining: no new messages for this session, only what it holds.
+                            if let Err(error) = sub_client.try_unsubscribe(subscription.clone()) {
+                                error!(%error, "cannot queue the MQTT unsubscription");
+                            }
+                        } else if let Err(error) =
+                            // Resubscribe after every (re)connect; a no-op if the session kept it.
+                            sub_client
+                                .try_subscribe(subscription.clone(), QoS::AtLeastOnce)
                         {
                             error!(%error, "cannot queue the MQTT subscription");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                        if let Some(w) = &drain {
+                            info!("unsubscribed: draining what the session holds");
+                            w.last_message_ms.store(now_ms(), Ordering::Relaxed);
+                            w.unsubscribed.store(true, Ordering::Relaxed);
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -263,6 +336,9 @@ impl Bridge {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         M.received.inc();
                         M.in_flight.inc();
+                        if let Some(w) = &drain {
+                            w.last_message_ms.store(now_ms(), Ordering::Relaxed);
+                        }
                         if !overflow.is_empty() {
                             overflow.push_back(p);
                         } else {
@@ -627,6 +703,40 @@ impl Bridge {
             }
         }
         m
+    }
+}
+
+/// Ends `cfg.client_id`'s session: a connection with clean start and session expiry 0,
+/// straight to the broker, then a disconnect.
+async fn end_session(cfg: &BridgeConfig) -> Result<(), BridgeError> {
+    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.mqtt_host.clone(), cfg.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s))
+        .set_clean_start(true)
+        .set_session_expiry_interval(Some(0));
+    if !cfg.username.is_empty() {
+        o.set_credentials(cfg.username.clone(), cfg.password.expose().to_string());
+    }
+    let (client, mut eventloop) = AsyncClient::new(o, 4);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                let _ = client.try_disconnect();
+            }
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => {
+                // Let the DISCONNECT reach the broker before the connection drops.
+                let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+                return Ok(());
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(BridgeError::Mqtt(format!("ending the session: {e}"))),
+            Err(_) => {
+                return Err(BridgeError::Mqtt(
+                    "ending the session: no answer from the MQTT broker within 30 s".into(),
+                ));
+            }
+        }
     }
 }
 

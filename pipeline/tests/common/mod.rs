@@ -158,10 +158,27 @@ impl Scope {
     /// Starts `locus bridge` for this scope; returns it and its HTTP port.
     pub fn bridge(&self, client_id: &str, extra_env: &[(&str, String)]) -> (Proc, u16) {
         let port = free_port();
+        let mut cmd = self.bridge_command(client_id, &[], port);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start locus bridge");
+        (
+            Proc {
+                child,
+                name: "bridge".into(),
+            },
+            port,
+        )
+    }
+
+    /// `locus bridge <args>` for this scope as client `client_id` (not started yet).
+    pub fn bridge_command(&self, client_id: &str, args: &[&str], port: u16) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_locus"));
         cmd.arg("--config")
             .arg(repo().join("dev/locus.dev.toml"))
             .arg("bridge")
+            .args(args)
             .env("LOCUS_KAFKA__BROKERS", &self.brokers)
             .env("LOCUS_REGISTRY__URL", registry_url())
             .env("LOCUS_TOPICS__LOCATIONS", &self.locations)
@@ -174,17 +191,7 @@ impl Scope {
             .env("LOCUS_LOG__FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(log_file(&format!("{}-{client_id}-bridge", self.prefix)));
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start locus bridge");
-        (
-            Proc {
-                child,
-                name: "bridge".into(),
-            },
-            port,
-        )
+        cmd
     }
 
     /// Runs `locus-sim` to completion for this scope; returns its report.
