@@ -223,6 +223,25 @@ impl KafkaConfig {
 mod tests {
     use super::*;
 
+    /// Production clusters (Strimzi's TLS listener, MSK, Confluent Cloud) need TLS and SASL:
+    /// librdkafka must be built with them, or the client refuses the config at start-up.
+    #[test]
+    fn tls_and_sasl_scram_are_supported() {
+        let mut c = KafkaConfig::default();
+        for (k, v) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "locus-bridge"),
+            ("sasl.password", "secret"),
+        ] {
+            c.properties.insert(k.into(), v.into());
+        }
+        c.validate().unwrap();
+        let producer: Result<rdkafka::producer::BaseProducer, _> =
+            c.producer_config("bridge").create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
     #[test]
     fn reserved_properties_are_refused() {
         let mut c = KafkaConfig::default();
