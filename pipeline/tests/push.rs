@@ -591,6 +591,10 @@ async fn push_dashboard_in_a_real_browser() {
         wait_ready(p, Duration::from_secs(60)).await;
     }
     let tenant = "fleet";
+    // A hostile producer with access to Kafka writes a fix whose user id is markup (the
+    // bridge refuses such ids): the dashboard must show it as text.
+    let evil = "<img src=x onerror=window.__pwned=1>";
+    produce(&s, &[fix(tenant, evil, 1, 52.51, 13.39)]).await;
     let shot = repo().join("target/test-artifacts/dashboard.png");
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(&shot);
@@ -607,6 +611,7 @@ async fn push_dashboard_in_a_real_browser() {
         .env("MQTT_PORT", mqtt_port().to_string())
         .env("MQTT_TOPIC", s.topic(tenant, "walker-1"))
         .env("USER_ID", "walker-1")
+        .env("EVIL_USER", evil)
         .env("SCREENSHOT", &shot)
         .output()
         .await

@@ -69,12 +69,20 @@ function drawGrid() {
 }
 map.on("moveend", drawGrid);
 
+// Anything from a device is text, never markup: Leaflet puts a string tooltip in innerHTML,
+// so the tooltip gets an element whose textContent is the id.
+function textElement(text) {
+  const span = document.createElement("span");
+  span.textContent = text;
+  return span;
+}
+
 function upsert(p, now) {
   let u = users.get(p.user_id);
   if (u && p.ts <= u.ts) return; // positions only move forward (duplicates and late fixes)
   if (!u) {
     const marker = L.circleMarker([p.lat, p.lon], { radius: 7, weight: 2, fillOpacity: 0.85 })
-      .bindTooltip(p.user_id, { permanent: users.size < 50, direction: "right", offset: [8, 0] })
+      .bindTooltip(textElement(p.user_id), { permanent: users.size < 50, direction: "right", offset: [8, 0] })
       .addTo(map);
     marker.getElement()?.setAttribute("data-user", p.user_id);
     const row = document.createElement("tr");

@@ -1,10 +1,13 @@
 // Browser test of the dashboard, driven by the Rust test `push_dashboard_in_a_real_browser`
 // (pipeline/tests/push.rs), which runs the pipeline. Here: Debian's Chromium loads the
 // dashboard, a fix is published over MQTT (mosquitto_pub), its marker must appear; a second
-// fix must move it; a screenshot is saved.
+// fix must move it; a screenshot is saved. A user whose id is markup (written straight to
+// Kafka by the Rust test, as a hostile producer could: the bridge refuses such ids) must show
+// as text, create no element and run nothing; the page must carry its Content-Security-Policy.
 //
 // env: DASHBOARD_URL (with #token=...), MQTT_HOST, MQTT_PORT, MQTT_TOPIC, USER_ID,
-//      SCREENSHOT (path of the PNG to write), CHROMIUM (default /usr/bin/chromium)
+//      EVIL_USER (the markup id already in Kafka), SCREENSHOT (path of the PNG to write),
+//      CHROMIUM (default /usr/bin/chromium)
 import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
 
@@ -38,9 +41,28 @@ let failed = false;
 try {
   page = await browser.newPage({ viewport: { width: 1200, height: 760 } });
   page.on("console", (m) => console.log(`[page] ${m.text()}`));
-  await page.goto(url);
+  const response = await page.goto(url);
+  const csp = response.headers()["content-security-policy"] ?? "";
+  if (!csp.includes("script-src 'self'")) throw new Error(`no Content-Security-Policy: '${csp}'`);
   await page.waitForSelector("#conn.conn-live", { timeout: 20_000 });
   console.log("dashboard connected");
+
+  // The markup id arrives with the snapshot: as text in the list and the tooltip, nothing run.
+  const evil = env("EVIL_USER");
+  await page.waitForFunction(
+    (id) => [...document.querySelectorAll("#users tr td:first-child")].some((td) => td.textContent === id),
+    evil,
+    { timeout: 20_000 },
+  );
+  const injected = await page.evaluate(() => ({
+    img: document.querySelectorAll('img[src="x"]').length,
+    ran: window.__pwned ?? null,
+    tooltip: [...document.querySelectorAll(".leaflet-tooltip")].some((t) => t.querySelector("img")),
+  }));
+  if (injected.img || injected.ran || injected.tooltip) {
+    throw new Error(`a device id became markup: ${JSON.stringify(injected)}`);
+  }
+  console.log("a markup id shows as text and creates no element");
 
   const parked = `path[data-user="${user}-parked"]`;
   const marker = `path[data-user="${user}"]`;
