@@ -106,13 +106,22 @@ impl Default for KafkaConfig {
 }
 
 /// librdkafka properties that Locus sets itself; overriding them would break a guarantee.
+/// librdkafka properties Locus sets for its guarantees, with their aliases (librdkafka takes
+/// `request.required.acks` for `acks`, `metadata.broker.list` for `bootstrap.servers`, and a
+/// `topic.` prefix for topic-level ones), so none can be overridden under another name.
 const RESERVED: &[&str] = &[
     "bootstrap.servers",
+    "metadata.broker.list",
     "enable.idempotence",
     "acks",
+    "request.required.acks",
+    "topic.acks",
+    "topic.request.required.acks",
     "enable.auto.offset.store",
+    "topic.enable.auto.offset.store",
     "enable.auto.commit",
     "partitioner",
+    "topic.partitioner",
 ];
 
 impl KafkaConfig {
@@ -152,7 +161,7 @@ impl KafkaConfig {
             ));
         }
         for key in self.properties.keys() {
-            if RESERVED.contains(&key.as_str()) {
+            if RESERVED.contains(&key.trim().to_ascii_lowercase().as_str()) {
                 return Err(KafkaError::Config(format!(
                     "kafka.properties.{key} is set by Locus itself and cannot be overridden"
                 )));
@@ -240,6 +249,21 @@ mod tests {
         let producer: Result<rdkafka::producer::BaseProducer, _> =
             c.producer_config("bridge").create();
         assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
+    #[test]
+    fn reserved_properties_are_refused_under_their_aliases_too() {
+        for key in [
+            "request.required.acks",
+            "metadata.broker.list",
+            "topic.acks",
+            "ACKS",
+        ] {
+            let mut c = KafkaConfig::default();
+            c.properties.insert(key.into(), "1".into());
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("cannot be overridden"), "{key}: {e}");
+        }
     }
 
     #[test]

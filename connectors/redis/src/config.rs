@@ -158,15 +158,39 @@ impl CacheConfig {
     }
 }
 
-/// `scheme://user:password@host` → `scheme://user:***@host`.
+/// `scheme://user:password@host` → `scheme://user:***@host`, and a `pass` / `password`
+/// query parameter (`redis+unix:///run/redis.sock?pass=…`) → `pass=***`. The user info ends
+/// at the last `@`, so a password holding `@` is hidden whole.
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((auth, host)) = rest.split_once('@')
-    {
-        let user = auth.split(':').next().unwrap_or("");
-        return format!("{scheme}://{user}:***@{host}");
+    let (body, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match body.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => {
+                let user = auth.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => body.to_string(),
+        },
+        None => body.to_string(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{out}?{}", params.join("&"));
     }
-    url.to_string()
+    out
 }
 
 #[cfg(test)]
@@ -196,6 +220,32 @@ mod tests {
             let e = with_url(bad).validate().unwrap_err().to_string();
             assert!(e.contains("cache.redis_url"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn every_form_of_url_password_is_redacted() {
+        for (url, want) in [
+            ("redis://:p@ss@host:6379/0", "redis://:***@host:6379/0"),
+            (
+                "redis://user:s3cr@t@host:6379",
+                "redis://user:***@host:6379",
+            ),
+            (
+                "redis+unix:///run/redis.sock?db=0&pass=hunter2",
+                "redis+unix:///run/redis.sock?db=0&pass=***",
+            ),
+            (
+                "unix:///run/redis.sock?password=hunter2",
+                "unix:///run/redis.sock?password=***",
+            ),
+        ] {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+        assert_eq!(redact_url("redis://host:6379/0"), "redis://host:6379/0");
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=2"),
+            "redis+unix:///run/redis.sock?db=2"
+        );
     }
 
     #[test]
