@@ -760,3 +760,57 @@ async fn lag_is_reported_once_per_partition_across_replicas() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Boxes that cross the equator, and the whole world, return every user inside; a box
+/// holding more users than the limit answers `limit` of them with bounded work.
+#[tokio::test(flavor = "multi_thread")]
+async fn bbox_across_the_equator_and_the_whole_world() {
+    let s = Scope::new("cache-bbox");
+    s.create_topics().await;
+    let prefix = unique("lb");
+    let now = now_ms();
+    // On the equator near the box's east and west edges, and just inside its corners.
+    let inside = [
+        ("east", 0.0, 9.99),
+        ("west", 0.0, -9.99),
+        ("ne", 9.99, 9.99),
+        ("sw", -9.99, -9.99),
+    ];
+    let mut fixes: Vec<LocationFix> = inside
+        .iter()
+        .map(|(u, lat, lon)| fix(u, 1, now - 5_000, *lat, *lon))
+        .collect();
+    fixes.push(fix("outside", 1, now - 5_000, 0.0, 10.5));
+    fixes.push(fix("far", 1, now - 5_000, 70.0, 179.9));
+    produce(&s, &fixes).await;
+    let (_c, port) = locus(
+        &s,
+        "cache",
+        &["cache"],
+        &cache_env(&prefix, &unique("g-"), &redis_url()),
+    );
+    wait_ready(port, Duration::from_secs(60)).await;
+    wait_applied(port, fixes.len() as f64, Duration::from_secs(60)).await;
+
+    let (status, v) = get_json(port, "/v1/tenants/acme/positions?bbox=-10,-10,10,10").await;
+    assert_eq!(status, 200, "{v}");
+    let mut got = user_ids(&v);
+    got.sort();
+    assert_eq!(got, vec!["east", "ne", "sw", "west"], "{v}");
+
+    let (status, v) = get_json(
+        port,
+        "/v1/tenants/acme/positions?bbox=-180,-85,180,85&limit=100",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(user_ids(&v).len(), 6, "the whole world: {v}");
+
+    let (status, v) = get_json(
+        port,
+        "/v1/tenants/acme/positions?bbox=-180,-85,180,85&limit=2",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(user_ids(&v).len(), 2, "at most limit: {v}");
+}

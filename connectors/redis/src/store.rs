@@ -592,7 +592,10 @@ impl CacheStore {
         self.positions_of(tenant, &users).await
     }
 
-    /// Users inside the box, optionally of one presence.
+    /// Users inside the box, optionally of one presence, at most `limit` (by user id). The
+    /// work is bounded by `limit`, not by how many users the box holds: each shard returns at
+    /// most `2 × limit + 64` members, those nearest the box's centre, so in a box holding more
+    /// users than that the answer is those nearest its centre.
     pub async fn in_bbox(
         &self,
         tenant: &str,
@@ -605,15 +608,15 @@ impl CacheStore {
         let clat = (min_lat + max_lat) / 2.0;
         let clon = (min_lon + max_lon) / 2.0;
         let h = (max_lat - min_lat) * 111_320.0 * 1.01 + 10.0;
-        let w = (max_lon - min_lon)
-            * 111_320.0
-            * min_lat
-                .to_radians()
-                .cos()
-                .max(max_lat.to_radians().cos())
-                .max(0.0)
-            * 1.01
-            + 10.0;
+        // The box is widest (in metres) at the latitude nearest the equator it spans: the
+        // equator itself when it crosses it.
+        let widest = if min_lat <= 0.0 && max_lat >= 0.0 {
+            1.0
+        } else {
+            min_lat.to_radians().cos().max(max_lat.to_radians().cos())
+        };
+        let w = (max_lon - min_lon) * 111_320.0 * widest.max(0.0) * 1.01 + 10.0;
+        let cap = limit.saturating_mul(2).saturating_add(64);
         let per_shard: Vec<Vec<String>> = self
             .ask_all(
                 redis::cmd("GEOSEARCH")
@@ -624,7 +627,10 @@ impl CacheStore {
                     .arg("BYBOX")
                     .arg(w.max(1.0))
                     .arg(h.max(1.0))
-                    .arg("m"),
+                    .arg("m")
+                    .arg("ASC")
+                    .arg("COUNT")
+                    .arg(cap),
             )
             .await?;
         let users: Vec<(String, Option<f64>)> =
