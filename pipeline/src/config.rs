@@ -87,6 +87,10 @@ impl Default for TopicsSection {
 pub struct HttpSection {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served instead of `listen` (unset: on
+    /// `listen` with everything else), so that they can stay off a public port.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
     /// How long shutdown waits for stages to flush and commit, ms.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -109,6 +113,7 @@ impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             listen: default_listen(),
+            admin_listen: None,
             shutdown_grace_ms: default_shutdown_grace_ms(),
             readiness_interval_ms: default_readiness_interval_ms(),
         }

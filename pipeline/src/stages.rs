@@ -168,11 +168,26 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
         Duration::from_millis(config.http.readiness_interval_ms),
         cancel.child_token(),
     );
-    let router = base_router(readiness).merge(router);
     let http_cancel = CancellationToken::new();
     let listen = config.http.listen;
+    // Health and metrics on their own port when http.admin_listen is set.
+    let (router, admin) = match config.http.admin_listen {
+        Some(admin_listen) => (router, Some((admin_listen, base_router(readiness)))),
+        None => (base_router(readiness).merge(router), None),
+    };
     let http_stop = http_cancel.clone();
-    let http = tokio::spawn(async move { serve(listen, router, STREAMING_PATHS, http_stop).await });
+    let http = tokio::spawn(async move {
+        let admin = async {
+            match admin {
+                Some((addr, admin_router)) => {
+                    serve(addr, admin_router, &[], http_stop.clone()).await
+                }
+                None => Ok(()),
+            }
+        };
+        let public = serve(listen, router, STREAMING_PATHS, http_stop.clone());
+        tokio::try_join!(public, admin).map(|_| ())
+    });
 
     let names: Vec<&str> = stages.iter().map(|s| s.name()).collect();
     tracing::info!(stages = ?names, "locus running");

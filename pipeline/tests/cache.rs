@@ -814,3 +814,34 @@ async fn bbox_across_the_equator_and_the_whole_world() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(user_ids(&v).len(), 2, "at most limit: {v}");
 }
+
+/// With `http.admin_listen`, `/metrics`, `/healthz` and `/readyz` move to their own port and
+/// the public port serves only the data routes.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_metrics_on_the_admin_port_only() {
+    let s = Scope::new("cache-admin");
+    s.create_topics().await;
+    let admin = free_port();
+    let mut env = cache_env(&unique("la"), &unique("g-"), &redis_url());
+    env.push(("LOCUS_HTTP__ADMIN_LISTEN", format!("127.0.0.1:{admin}")));
+    let (_c, port) = locus(&s, "cache", &["cache"], &env);
+    wait_ready(admin, Duration::from_secs(60)).await;
+    let get = |p: u16, path: &str| {
+        let url = format!("http://127.0.0.1:{p}{path}");
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(get(admin, path).await, 200, "{path} on the admin port");
+        assert_eq!(get(port, path).await, 404, "{path} not on the public port");
+    }
+    let r = get_data(port, "/v1/tenants/acme/users/nobody/position").await;
+    assert_eq!(
+        r.status().as_u16(),
+        404,
+        "the data routes stay on the public port"
+    );
+    assert_eq!(
+        get(port, "/v1/tenants/acme/users/nobody/position").await,
+        401
+    );
+}

@@ -18,7 +18,8 @@ use serde_json::json;
 
 /// `router` with every request checked against `auth` first.
 pub fn require_token(router: Router, auth: Arc<Authenticator>) -> Router {
-    router.layer(from_fn_with_state(auth, check))
+    // Only the matched routes: other paths (the dashboard, health) fall through untouched.
+    router.route_layer(from_fn_with_state(auth, check))
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
