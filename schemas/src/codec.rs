@@ -1,16 +1,13 @@
 use std::collections::HashMap;
-use std::sync::{Once, OnceLock, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Once, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
-use schema_registry_converter::async_impl::easy_avro::{EasyAvroDecoder, EasyAvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::{
     SrSettings, get_schema_by_id, post_schema,
 };
 use schema_registry_converter::error::SRCError;
-use schema_registry_converter::schema_registry_common::{
-    SchemaType, SubjectNameStrategy, SuppliedSchema,
-};
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::{CodecError, LOCATION_AVSC, LocationFix, Secret, wire};
@@ -89,17 +86,44 @@ fn registry_error(e: SRCError) -> CodecError {
     CodecError::Registry(e.to_string())
 }
 
+/// The HTTP status a registry call failed with, if it got an answer.
+fn http_status(e: &SRCError) -> Option<u16> {
+    let (_, rest) = e.error.split_once("failed with status ")?;
+    rest.get(..3)?.parse().ok()
+}
+
+/// Whether a failed registry call is an outage (retry, never dead-letter): no answer, or an
+/// answer that says nothing about the request itself — 5xx, 429 (rate limited), 408, and
+/// 401/403 (credentials: a deployment problem, not bad data).
+fn is_outage(e: &SRCError) -> bool {
+    e.retriable || http_status(e).is_none_or(|s| s >= 500 || matches!(s, 401 | 403 | 408 | 429))
+}
+
+/// How long the registry's "no such schema id" is believed, and how many such ids are
+/// remembered at most: a device sending made-up ids costs one registry call per id per
+/// minute, and bounded memory.
+const UNKNOWN_ID_TTL: Duration = Duration::from_secs(60);
+const UNKNOWN_IDS_MAX: usize = 10_000;
+
+/// What a writer schema id stands for.
+#[derive(Clone)]
+enum Writer {
+    /// `location.avsc` itself: the direct decoder.
+    Ours,
+    /// Another registered schema: the generic decoder, resolving into `location.avsc`.
+    Other(Arc<Schema>),
+}
+
 /// Encodes and decodes [`LocationFix`] values of one topic in the Confluent wire format.
 pub struct Codec {
     settings: SrSettings,
     schema: Schema,
     writer_id: OnceLock<u32>,
-    /// Writer schema ids seen on input, and whether each is `location.avsc` (same canonical
-    /// form: same bytes), so its values take the direct decoder.
-    ours: RwLock<HashMap<u32, bool>>,
-    encoder: EasyAvroEncoder,
-    decoder: EasyAvroDecoder,
-    strategy: SubjectNameStrategy,
+    /// Writer schema ids the registry resolved (never forgotten: registered schemas do not
+    /// change, and there are as many as the registry holds).
+    known: RwLock<HashMap<u32, Writer>>,
+    /// Ids the registry said it does not have, until when that is believed.
+    unknown: Mutex<HashMap<u32, Instant>>,
     topic: String,
 }
 
@@ -136,15 +160,9 @@ impl Codec {
         Ok(Codec {
             schema: location_schema(),
             writer_id: OnceLock::new(),
-            ours: RwLock::new(HashMap::new()),
-            encoder: EasyAvroEncoder::new(settings.clone()),
-            decoder: EasyAvroDecoder::new(settings.clone()),
+            known: RwLock::new(HashMap::new()),
+            unknown: Mutex::new(HashMap::new()),
             settings,
-            strategy: SubjectNameStrategy::TopicNameStrategyWithSchema(
-                topic.to_string(),
-                false,
-                supplied_schema(),
-            ),
             topic: topic.to_string(),
         })
     }
@@ -163,22 +181,13 @@ impl Codec {
     }
 
     /// Encodes with `location.avsc`. The first call registers the schema (or finds its id)
-    /// through the registry; later calls encode locally with the cached id.
+    /// through the registry; later calls encode locally with the cached id. A registry that
+    /// fails is a [`CodecError::Registry`] every time (nothing about a failure is cached), so
+    /// the caller retries and the next call after the registry recovers succeeds.
     pub async fn encode(&self, fix: &LocationFix) -> Result<Vec<u8>, CodecError> {
         let id = match self.writer_id.get() {
             Some(id) => *id,
             None => {
-                // The converter's own path registers (idempotently) and caches the schema.
-                self.encoder
-                    .encode_struct(fix, &self.strategy)
-                    .await
-                    .map_err(|e| {
-                        if e.retriable {
-                            registry_error(e)
-                        } else {
-                            CodecError::Encode(e.to_string())
-                        }
-                    })?;
                 let id = self.register().await?;
                 let _ = self.writer_id.set(id);
                 id
@@ -187,42 +196,81 @@ impl Codec {
         Ok(wire::encode_framed(id, fix))
     }
 
-    /// Whether values written with schema `id` are `location.avsc` ones. Asks the registry
-    /// once per id; an id it cannot resolve is not remembered (the generic path reports it).
-    async fn is_ours(&self, id: u32) -> bool {
+    /// The writer schema `id` names. Asks the registry once per id it has; an id it says it
+    /// does not have is a [`CodecError::Decode`] (bad data) and believed for a minute; any
+    /// other failure is a [`CodecError::Registry`] (an outage: retry) and not remembered.
+    async fn writer(&self, id: u32) -> Result<Writer, CodecError> {
         if self.writer_id.get() == Some(&id) {
-            return true;
+            return Ok(Writer::Ours);
         }
-        if let Some(known) = self.ours.read().ok().and_then(|m| m.get(&id).copied()) {
-            return known;
+        if let Some(w) = self.known.read().ok().and_then(|m| m.get(&id).cloned()) {
+            return Ok(w);
         }
-        let Ok(registered) = get_schema_by_id(id, &self.settings).await else {
-            return false;
+        let not_found = || CodecError::Decode(format!("schema id {id} is not in the registry"));
+        {
+            let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+            match unknown.get(&id) {
+                Some(until) if *until > Instant::now() => return Err(not_found()),
+                Some(_) => {
+                    unknown.remove(&id);
+                }
+                None => {}
+            }
+        }
+        let registered = match get_schema_by_id(id, &self.settings).await {
+            Ok(r) => r,
+            Err(e) if is_outage(&e) => return Err(registry_error(e)),
+            Err(_) => {
+                let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+                if unknown.len() >= UNKNOWN_IDS_MAX {
+                    let now = Instant::now();
+                    unknown.retain(|_, until| *until > now);
+                    if unknown.len() >= UNKNOWN_IDS_MAX {
+                        unknown.clear();
+                    }
+                }
+                unknown.insert(id, Instant::now() + UNKNOWN_ID_TTL);
+                return Err(not_found());
+            }
         };
-        let same = Schema::parse_str(&registered.schema)
-            .is_ok_and(|s| s.canonical_form() == self.schema.canonical_form());
-        if let Ok(mut m) = self.ours.write() {
-            m.insert(id, same);
+        let schema = Schema::parse_str(&registered.schema).map_err(|e| {
+            CodecError::Decode(format!(
+                "schema id {id} is not an Avro schema Locus reads: {e}"
+            ))
+        })?;
+        let writer = if schema.canonical_form() == self.schema.canonical_form() {
+            Writer::Ours
+        } else {
+            Writer::Other(Arc::new(schema))
+        };
+        if let Ok(mut m) = self.known.write() {
+            m.insert(id, writer.clone());
         }
-        same
+        Ok(writer)
     }
 
     /// Decodes a Confluent-framed Avro value with the writer schema its id names.
     pub async fn decode(&self, bytes: &[u8]) -> Result<LocationFix, CodecError> {
         let id = check_framing(bytes)?;
-        if self.is_ours(id).await {
-            return wire::read_fix(&bytes[5..]);
+        match self.writer(id).await? {
+            Writer::Ours => wire::read_fix(&bytes[5..]),
+            Writer::Other(writer) => decode_resolving(&writer, &self.schema, bytes),
         }
-        let decoded = self.decoder.decode(Some(bytes)).await.map_err(|e| {
-            if e.retriable {
-                registry_error(e)
-            } else {
-                CodecError::Decode(e.to_string())
-            }
-        })?;
-        apache_avro::from_value::<LocationFix>(&decoded.value)
-            .map_err(|e| CodecError::Shape(e.to_string()))
     }
+}
+
+/// A value written with another registered schema, read into `location.avsc` by Avro's schema
+/// resolution (added fields with defaults, promoted types).
+#[allow(deprecated)] // from_avro_datum: the one-shot form of GenericDatumReader
+fn decode_resolving(
+    writer: &Schema,
+    reader: &Schema,
+    bytes: &[u8],
+) -> Result<LocationFix, CodecError> {
+    let mut datum = &bytes[5..];
+    let value = apache_avro::from_avro_datum(writer, &mut datum, Some(reader))
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    apache_avro::from_value::<LocationFix>(&value).map_err(|e| CodecError::Shape(e.to_string()))
 }
 
 fn check_framing(bytes: &[u8]) -> Result<u32, CodecError> {

@@ -134,6 +134,163 @@ async fn evolution_rules() {
     assert_eq!(body["error_code"], 409);
 }
 
+/// A registry in front of the real one that answers `500` to the first `fail` requests
+/// (then passes everything through), and counts the requests it saw.
+struct FlakyRegistry {
+    url: String,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn flaky_registry(fail: usize) -> FlakyRegistry {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = registry_url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                // One request per connection: read its head (and body, if any), answer or
+                // forward it, then close.
+                let mut req = Vec::new();
+                let mut buf = [0u8; 8192];
+                loop {
+                    let Ok(n) = client.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if req.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                if seen.fetch_add(1, Ordering::SeqCst) < fail {
+                    let body = r#"{"error_code":50001,"message":"the store is down"}"#;
+                    let resp = format!(
+                        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = client.write_all(resp.as_bytes()).await;
+                    return;
+                }
+                // Forward, asking the registry to close after its answer.
+                let text =
+                    String::from_utf8_lossy(&req).replacen("\r\n", "\r\nconnection: close\r\n", 1);
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = up.write_all(text.as_bytes()).await;
+                let mut resp = Vec::new();
+                let _ = up.read_to_end(&mut resp).await;
+                let _ = client.write_all(&resp).await;
+            });
+        }
+    });
+    FlakyRegistry { url, requests }
+}
+
+/// A registry failing with 500 is an outage, not bad data: the codec says `Registry` (callers
+/// retry and never dead-letter) and remembers nothing of it, so the next call after the
+/// registry recovers succeeds — for encoding, and for decoding a value of another registered
+/// schema. (Before, a 500 was an encode/decode error and the converter kept it per schema id.)
+#[tokio::test]
+async fn a_registry_that_fails_once_is_an_outage_and_recovers() {
+    let topic = unique_topic("flaky");
+    let flaky = flaky_registry(1).await;
+    let cfg = RegistryConfig {
+        url: flaky.url.clone(),
+        ..Default::default()
+    };
+    let codec = Codec::new(&cfg, &topic).unwrap();
+    let err = codec.encode(&sample(1)).await.unwrap_err();
+    assert!(matches!(err, CodecError::Registry(_)), "{err}");
+    let bytes = codec.encode(&sample(1)).await.expect("recovered");
+    assert_eq!(codec.decode(&bytes).await.unwrap(), sample(1));
+
+    // A value written with an evolved schema (one more optional field), read by a codec whose
+    // registry fails its first request.
+    let mut v2: serde_json::Value = serde_json::from_str(LOCATION_AVSC).unwrap();
+    v2["fields"].as_array_mut().unwrap().push(serde_json::json!(
+        {"name": "floor", "type": ["null", "int"], "default": null}
+    ));
+    let r: serde_json::Value = reqwest::Client::new()
+        .post(format!(
+            "{}/subjects/{}/versions",
+            registry_url(),
+            value_subject(&topic)
+        ))
+        .header("content-type", "application/vnd.schemaregistry.v1+json")
+        .json(&serde_json::json!({ "schema": v2.to_string() }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let v2_id = r["id"].as_u64().unwrap() as u32;
+    let v2_schema = apache_avro::Schema::parse_str(&v2.to_string()).unwrap();
+    let evolved = encode_with_schema(&v2_schema, v2_id, &sample(2)).unwrap();
+    let reader = Codec::new(
+        &RegistryConfig {
+            url: flaky_registry(1).await.url,
+            ..Default::default()
+        },
+        &topic,
+    )
+    .unwrap();
+    let err = reader.decode(&evolved).await.unwrap_err();
+    assert!(matches!(err, CodecError::Registry(_)), "{err}");
+    assert_eq!(reader.decode(&evolved).await.expect("recovered"), sample(2));
+}
+
+/// An id the registry does not have is bad data (`Decode`), asked about once a minute at most.
+#[tokio::test]
+async fn unknown_schema_ids_cost_one_registry_call_each() {
+    let flaky = flaky_registry(0).await;
+    let codec = Codec::new(
+        &RegistryConfig {
+            url: flaky.url.clone(),
+            ..Default::default()
+        },
+        &unique_topic("unknown"),
+    )
+    .unwrap();
+    let value = [0, 0x7f, 0xff, 0xff, 0xf0, 1, 2];
+    for _ in 0..5 {
+        let err = codec.decode(&value).await.unwrap_err();
+        assert!(matches!(err, CodecError::Decode(_)), "{err}");
+    }
+    assert_eq!(
+        flaky.requests.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one registry call for five values of one unknown id"
+    );
+}
+
 fn arb_fix() -> impl Strategy<Value = LocationFix> {
     (
         ("[a-z]{1,12}", "\\PC{1,40}", "[a-zA-Z0-9-]{1,36}"),
