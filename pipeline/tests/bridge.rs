@@ -199,10 +199,7 @@ async fn batches_and_every_kind_of_bad_input() {
         &[("LOCUS_BRIDGE__MAX_PAYLOAD_BYTES", "2048".into())],
     );
     wait_ready(port, Duration::from_secs(30)).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let fix = |seq: i64, lat: f64| {
         format!(r#"{{"device_id":"d1","seq":{seq},"ts":{now},"lat":{lat},"lon":13.4}}"#)
     };
@@ -307,6 +304,105 @@ async fn batches_and_every_kind_of_bad_input() {
     );
 }
 
+/// The bridge reaches a broker over TLS: a private Mosquitto with a TLS listener whose
+/// certificate comes from a CA generated here (openssl); a fix published over TLS arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bridge_speaks_tls_to_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let path = |f: &str| d.join(f).to_string_lossy().into_owned();
+    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=locus-test-ca",
+        "req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1",
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile ext.cnf",
+    ] {
+        let ok = Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(d)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl {args}");
+    }
+    let port = free_port();
+    std::fs::write(
+        d.join("mosquitto.conf"),
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence false\n\
+             cafile {}\ncertfile {}\nkeyfile {}\n",
+            path("ca.pem"),
+            path("server.pem"),
+            path("server.key")
+        ),
+    )
+    .unwrap();
+    let mosquitto = ["/usr/sbin/mosquitto", "mosquitto"]
+        .into_iter()
+        .find(|m| !m.starts_with('/') || std::path::Path::new(m).exists())
+        .unwrap();
+    let _broker = Proc {
+        child: Command::new(mosquitto)
+            .args(["-c", &path("mosquitto.conf")])
+            .stdout(Stdio::null())
+            .stderr(log_file("bridge-tls-mosquitto"))
+            .spawn()
+            .expect("start mosquitto"),
+        name: "mosquitto-tls".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the TLS listener did not open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let s = Scope::new("bridge-tls");
+    s.create_topics().await;
+    let (_bridge, hport) = s.bridge(
+        &unique("b-"),
+        &[
+            ("LOCUS_BRIDGE__MQTT_PORT", port.to_string()),
+            ("LOCUS_BRIDGE__TLS_CA_FILE", path("ca.pem")),
+            ("LOCUS_BRIDGE__PAUSE_READS", "false".into()),
+        ],
+    );
+    wait_ready(hport, Duration::from_secs(30)).await;
+    let fix = format!(
+        r#"{{"device_id":"d1","seq":7,"ts":{},"lat":52.5,"lon":13.4}}"#,
+        now_ms()
+    );
+    let ok = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-V",
+            "mqttv5",
+        ])
+        .args([
+            "--cafile",
+            &path("ca.pem"),
+            "-t",
+            &s.topic("acme", "u1"),
+            "-m",
+            &fix,
+        ])
+        .status()
+        .expect("mosquitto_pub")
+        .success();
+    assert!(ok, "publishing over TLS");
+    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(30), |r| {
+        !r.is_empty()
+    });
+    let fixes = decode_all(&s.locations, &records).await;
+    assert_eq!(fixes.len(), 1);
+    assert_eq!((fixes[0].user_id.as_str(), fixes[0].seq), ("u1", 7));
+}
+
 /// Scale-down: a removed replica's persistent session keeps its share of the traffic while
 /// nobody reads it. `locus bridge drain --client-id` bridges everything that session holds
 /// and ends it; afterwards the remaining replica gets every new message.
@@ -318,10 +414,7 @@ async fn drain_empties_and_ends_a_removed_replicas_session() {
     let (mut b, port) = s.bridge(&gone, &[]);
     wait_ready(port, Duration::from_secs(30)).await;
     b.term();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let fixes = |from: i64, n: i64| -> Vec<(String, Vec<u8>)> {
         (from..from + n)
             .map(|seq| {
@@ -381,10 +474,7 @@ async fn ids_outside_the_safe_set_go_to_the_dlq() {
     s.create_topics().await;
     let (_bridge, port) = s.bridge(&unique("b-"), &[]);
     wait_ready(port, Duration::from_secs(30)).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let fix = |device: &str, seq: i64| {
         format!(r#"{{"device_id":"{device}","seq":{seq},"ts":{now},"lat":52.5,"lon":13.4}}"#)
     };
@@ -426,10 +516,7 @@ async fn a_message_too_large_for_kafka_does_not_stop_the_bridge() {
     s.create_topics().await;
     let (_bridge, port) = s.bridge(&unique("b-"), &[]);
     wait_ready(port, Duration::from_secs(30)).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let t = s.topic("acme", "u1");
     let good = format!(r#"{{"device_id":"d1","seq":1,"ts":{now},"lat":52.5,"lon":13.4}}"#);
     publish(&[

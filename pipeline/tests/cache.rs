@@ -9,13 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use locus_schemas::LocationFix;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn fix(user: &str, seq: i64, ts: i64, lat: f64, lon: f64) -> LocationFix {
     LocationFix {
         tenant: "acme".into(),
@@ -42,6 +35,18 @@ fn cache_env(prefix: &str, group: &str, url: &str) -> Vec<(&'static str, String)
         ("LOCUS_CACHE__GROUP", group.to_string()),
         ("LOCUS_CACHE__REDIS_URL", url.to_string()),
     ]
+}
+
+/// `locus cache` for this scope under `prefix`, in a consumer group of its own, ready.
+async fn start_cache(s: &Scope, prefix: &str) -> (Proc, u16) {
+    let (c, port) = locus(
+        s,
+        "cache",
+        &["cache"],
+        &cache_env(prefix, &unique("g-"), &redis_url()),
+    );
+    wait_ready(port, Duration::from_secs(60)).await;
+    (c, port)
 }
 
 async fn get_json(port: u16, path: &str) -> (u16, serde_json::Value) {
@@ -222,13 +227,7 @@ async fn nearby_bbox_presence_and_bad_parameters() {
         fix("potsdam", 1, now - 5_000, 52.3906, 13.0645),
     ];
     produce(&s, &fixes).await;
-    let (_c, port) = locus(
-        &s,
-        "cache",
-        &["cache"],
-        &cache_env(&prefix, &unique("g-"), &redis_url()),
-    );
-    wait_ready(port, Duration::from_secs(60)).await;
+    let (_c, port) = start_cache(&s, &prefix).await;
     wait_applied(port, 4.0, Duration::from_secs(60)).await;
 
     // Every data route needs a token of its tenant (and one limited to some users may not
@@ -616,13 +615,7 @@ async fn a_polar_fix_in_a_batch_stalls_nothing() {
     // The mover is first applied in Berlin (a batch of its own), then moves to -88°.
     let first = vec![fix("mover", 1, now - 60_000, 52.5, 13.4)];
     produce(&s, &first).await;
-    let (_c, port) = locus(
-        &s,
-        "cache",
-        &["cache"],
-        &cache_env(&prefix, &unique("g-"), &redis_url()),
-    );
-    wait_ready(port, Duration::from_secs(60)).await;
+    let (_c, port) = start_cache(&s, &prefix).await;
     wait_applied(port, 1.0, Duration::from_secs(60)).await;
     assert_eq!(state(port, &["mover".to_string()]).await["mover"].0, 1);
 
@@ -702,13 +695,9 @@ async fn a_polar_fix_in_a_batch_stalls_nothing() {
 
 /// The partitions `locus_consumer_lag_records` of one process reports.
 async fn lag_partitions(port: u16) -> std::collections::BTreeSet<String> {
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    metrics_text(port)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    body.lines()
+        .lines()
         .filter(|l| l.starts_with("locus_consumer_lag_records{"))
         .filter_map(|l| {
             let (_, rest) = l.split_once("partition=\"")?;
@@ -783,13 +772,7 @@ async fn bbox_across_the_equator_and_the_whole_world() {
     fixes.push(fix("outside", 1, now - 5_000, 0.0, 10.5));
     fixes.push(fix("far", 1, now - 5_000, 70.0, 179.9));
     produce(&s, &fixes).await;
-    let (_c, port) = locus(
-        &s,
-        "cache",
-        &["cache"],
-        &cache_env(&prefix, &unique("g-"), &redis_url()),
-    );
-    wait_ready(port, Duration::from_secs(60)).await;
+    let (_c, port) = start_cache(&s, &prefix).await;
     wait_applied(port, fixes.len() as f64, Duration::from_secs(60)).await;
 
     let (status, v) = get_json(port, "/v1/tenants/acme/positions?bbox=-10,-10,10,10").await;

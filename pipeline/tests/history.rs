@@ -14,13 +14,6 @@ use locus_scylla::ScyllaConfig;
 
 const HOUR: i64 = 3_600_000;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn fix(user: &str, seq: i64, ts: i64) -> LocationFix {
     LocationFix {
         tenant: "acme".into(),

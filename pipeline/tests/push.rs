@@ -12,13 +12,6 @@ use common::*;
 use locus_schemas::LocationFix;
 use sse::{Event, SseClient};
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn fix(tenant: &str, user: &str, seq: i64, lat: f64, lon: f64) -> LocationFix {
     let ts = now_ms();
     LocationFix {

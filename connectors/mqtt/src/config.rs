@@ -23,6 +23,15 @@ pub struct BridgeConfig {
     pub username: String,
     #[serde(default)]
     pub password: Secret,
+    /// TLS to the broker: the CA (PEM) that signed the broker's certificate; empty: plaintext.
+    /// The broker's host name (or IP) must be in its certificate.
+    #[serde(default)]
+    pub tls_ca_file: String,
+    /// Client certificate and key (PEM) for brokers that require one; empty: none.
+    #[serde(default)]
+    pub tls_client_cert_file: String,
+    #[serde(default)]
+    pub tls_client_key_file: String,
     /// Shared-subscription group: replicas in one group split the messages.
     #[serde(default = "default_share_group")]
     pub share_group: String,
@@ -129,6 +138,33 @@ fn default_max_id_len() -> usize {
     FixLimits::default().max_id_len
 }
 
+impl BridgeConfig {
+    /// The TLS settings for the broker connection (files read now), or `None` for plaintext.
+    pub fn tls(&self) -> Result<Option<rumqttc::TlsConfiguration>, BridgeError> {
+        if self.tls_ca_file.is_empty() {
+            return Ok(None);
+        }
+        let read = |key: &str, path: &str| {
+            std::fs::read(path)
+                .map_err(|e| BridgeError::Config(format!("bridge.{key}: cannot read {path}: {e}")))
+        };
+        let ca = read("tls_ca_file", &self.tls_ca_file)?;
+        let client_auth = if self.tls_client_cert_file.is_empty() {
+            None
+        } else {
+            Some((
+                read("tls_client_cert_file", &self.tls_client_cert_file)?,
+                read("tls_client_key_file", &self.tls_client_key_file)?,
+            ))
+        };
+        Ok(Some(rumqttc::TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }))
+    }
+}
+
 impl Default for BridgeConfig {
     fn default() -> Self {
         BridgeConfig {
@@ -137,6 +173,9 @@ impl Default for BridgeConfig {
             client_id: default_client_id(),
             username: String::new(),
             password: Secret::default(),
+            tls_ca_file: String::new(),
+            tls_client_cert_file: String::new(),
+            tls_client_key_file: String::new(),
             share_group: default_share_group(),
             topic_template: default_topic_template(),
             session_expiry_s: default_session_expiry_s(),
@@ -186,6 +225,19 @@ impl BridgeConfig {
         if !(2..=10_000_000).contains(&self.max_held_messages) {
             return bad("bridge.max_held_messages must be between 2 and 10000000".into());
         }
+        if !self.tls_ca_file.is_empty() && self.pause_reads {
+            return bad(
+                "bridge.tls_ca_file needs bridge.pause_reads = false: the relay that pauses \
+                 reading speaks plaintext MQTT to the broker (use TLS with a broker that honours \
+                 the receive maximum)"
+                    .into(),
+            );
+        }
+        if self.tls_client_cert_file.is_empty() != self.tls_client_key_file.is_empty() {
+            return bad(
+                "bridge.tls_client_cert_file and bridge.tls_client_key_file go together".into(),
+            );
+        }
         if !(1..=900_000).contains(&self.max_dlq_value_bytes) {
             return bad(
                 "bridge.max_dlq_value_bytes must be between 1 and 900000 (under Kafka's default \
@@ -211,5 +263,44 @@ impl BridgeConfig {
             return bad("bridge.keep_alive_s must be >= 5".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let tls = |ca: &str, cert: &str, key: &str, pause: bool| BridgeConfig {
+            tls_ca_file: ca.into(),
+            tls_client_cert_file: cert.into(),
+            tls_client_key_file: key.into(),
+            pause_reads: pause,
+            ..BridgeConfig::default()
+        };
+        let e = tls("ca.pem", "", "", true)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pause_reads"), "{e}");
+        let e = tls("ca.pem", "c.pem", "", false)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("go together"), "{e}");
+        tls("ca.pem", "c.pem", "k.pem", false).validate().unwrap();
+        let e = tls("/nonexistent/ca.pem", "", "", false)
+            .tls()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bridge.tls_ca_file") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
+        assert!(
+            tls("", "", "", true).tls().unwrap().is_none(),
+            "plaintext by default"
+        );
     }
 }

@@ -60,6 +60,8 @@ pub struct Bridge {
     shutdown_grace: Duration,
     /// Set by [`Bridge::drain`]: unsubscribe instead of subscribing, and record activity.
     drain: Option<Arc<DrainWatch>>,
+    /// TLS to the broker (`bridge.tls_*`), read at build.
+    tls: Option<rumqttc::TlsConfiguration>,
 }
 
 /// What a draining bridge has seen: whether the broker confirmed the unsubscription, and
@@ -160,6 +162,7 @@ impl Bridge {
             health: health.clone(),
             shutdown_grace,
             drain: None,
+            tls: cfg.tls()?,
         };
         Ok((bridge, health))
     }
@@ -175,6 +178,7 @@ impl Bridge {
         let watch = Arc::new(DrainWatch::default());
         self.drain = Some(watch.clone());
         let cfg = self.cfg.clone();
+        let tls = self.tls.clone();
         let acked_before = M.acked.get();
         let cancel = CancellationToken::new();
         let run = tokio::spawn(self.run(cancel.clone()));
@@ -203,7 +207,7 @@ impl Bridge {
         }
         run.await
             .map_err(|e| BridgeError::Mqtt(format!("the draining bridge stopped: {e}")))??;
-        end_session(&cfg).await?;
+        end_session(&cfg, tls).await?;
         let acked = M.acked.get() - acked_before;
         info!(
             client_id = cfg.client_id,
@@ -222,7 +226,13 @@ impl Bridge {
                 o.set_transport(Transport::Unix);
                 o
             }
-            None => MqttOptions::new(c.client_id.clone(), c.mqtt_host.clone(), c.mqtt_port),
+            None => {
+                let mut o = MqttOptions::new(c.client_id.clone(), c.mqtt_host.clone(), c.mqtt_port);
+                if let Some(tls) = &self.tls {
+                    o.set_transport(Transport::tls_with_config(tls.clone()));
+                }
+                o
+            }
         };
         o.set_keep_alive(Duration::from_secs(c.keep_alive_s))
             .set_clean_start(false)
@@ -708,8 +718,14 @@ impl Bridge {
 
 /// Ends `cfg.client_id`'s session: a connection with clean start and session expiry 0,
 /// straight to the broker, then a disconnect.
-async fn end_session(cfg: &BridgeConfig) -> Result<(), BridgeError> {
+async fn end_session(
+    cfg: &BridgeConfig,
+    tls: Option<rumqttc::TlsConfiguration>,
+) -> Result<(), BridgeError> {
     let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.mqtt_host.clone(), cfg.mqtt_port);
+    if let Some(tls) = tls {
+        o.set_transport(Transport::tls_with_config(tls));
+    }
     o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s))
         .set_clean_start(true)
         .set_session_expiry_interval(Some(0));

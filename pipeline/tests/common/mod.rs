@@ -21,6 +21,14 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// Now, in ms since the epoch (event times of test fixes).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -349,14 +357,20 @@ pub async fn wait_ready(port: u16, timeout: Duration) {
     panic!("locus on port {port} not ready within {timeout:?}");
 }
 
-pub async fn metric(port: u16, name: &str) -> f64 {
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+/// The text of a process's `/metrics`.
+pub async fn metrics_text(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    body.lines()
+        .unwrap()
+}
+
+pub async fn metric(port: u16, name: &str) -> f64 {
+    metrics_text(port)
+        .await
+        .lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -553,10 +567,7 @@ pub const DEV_SECRET: &str = "locus-dev-secret-change-me-in-production";
 
 /// A token for `tenant` (every user of it, or only `users`), valid for `ttl_s` seconds.
 pub fn token(tenant: &str, users: Option<&[&str]>, ttl_s: i64) -> String {
-    let now_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now_s = now_ms() / 1000;
     locus_sse::mint_hs256(
         DEV_SECRET,
         &locus_sse::Claims {
