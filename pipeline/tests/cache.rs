@@ -619,27 +619,20 @@ async fn a_polar_fix_in_a_batch_stalls_nothing() {
     wait_applied(port, 1.0, Duration::from_secs(60)).await;
     assert_eq!(state(port, &["mover".to_string()]).await["mover"].0, 1);
 
-    let mut fixes = vec![];
-    for u in 0..5 {
-        fixes.push(fix(
+    // Ten normal users, with the two polar fixes in the middle of the batch.
+    let normal = |u: usize| {
+        fix(
             &format!("u{u}"),
             1,
             now - 5_000,
             52.0 + u as f64 * 0.01,
             13.0,
-        ));
-    }
+        )
+    };
+    let mut fixes: Vec<LocationFix> = (0..5).map(normal).collect();
     fixes.push(fix("pole", 1, now - 5_000, 89.9, 10.0));
     fixes.push(fix("mover", 2, now - 4_000, -88.0, 20.0));
-    for u in 5..10 {
-        fixes.push(fix(
-            &format!("u{u}"),
-            1,
-            now - 5_000,
-            52.0 + u as f64 * 0.01,
-            13.0,
-        ));
-    }
+    fixes.extend((5..10).map(normal));
     produce(&s, &fixes).await;
     wait_applied(port, (1 + fixes.len()) as f64, Duration::from_secs(60)).await;
 
