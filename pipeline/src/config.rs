@@ -271,6 +271,12 @@ impl Config {
                 "topics.max_replication_factor must be >= 1".into(),
             ));
         }
+        if self.http.admin_listen == Some(self.http.listen) {
+            return Err(ConfigError::Invalid(
+                "http.admin_listen must differ from http.listen (unset it to serve both on one port)"
+                    .into(),
+            ));
+        }
         if self.http.readiness_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "http.readiness_interval_ms must be > 0".into(),

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::runtime::auth::require_token;
-use crate::runtime::http::{Readiness, base_router, serve};
+use crate::runtime::http::{Readiness, base_router, bind, serve};
 use crate::runtime::shutdown;
 
 /// Routes whose responses are long-lived streams (see `runtime::streaming`).
@@ -175,17 +175,22 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
         Some(admin_listen) => (router, Some((admin_listen, base_router(readiness)))),
         None => (base_router(readiness).merge(router), None),
     };
+    let public_listener = bind(listen, "http.listen").await?;
+    let admin = match admin {
+        Some((addr, admin_router)) => Some((bind(addr, "http.admin_listen").await?, admin_router)),
+        None => None,
+    };
     let http_stop = http_cancel.clone();
     let http = tokio::spawn(async move {
         let admin = async {
             match admin {
-                Some((addr, admin_router)) => {
-                    serve(addr, admin_router, &[], http_stop.clone()).await
+                Some((listener, admin_router)) => {
+                    serve(listener, admin_router, &[], http_stop.clone()).await
                 }
                 None => Ok(()),
             }
         };
-        let public = serve(listen, router, STREAMING_PATHS, http_stop.clone());
+        let public = serve(public_listener, router, STREAMING_PATHS, http_stop.clone());
         tokio::try_join!(public, admin).map(|_| ())
     });
 

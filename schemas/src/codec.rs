@@ -105,6 +105,16 @@ fn is_outage(e: &SRCError) -> bool {
 const UNKNOWN_ID_TTL: Duration = Duration::from_secs(60);
 const UNKNOWN_IDS_MAX: usize = 10_000;
 
+/// Whether the registry answered that it has no schema with the id asked for: a 404 whose
+/// body carries Confluent's error code 40403. Any other 404 (a wrong registry URL, a proxy)
+/// is an outage, not proof that the id does not exist.
+fn schema_not_found(e: &SRCError) -> bool {
+    http_status(e) == Some(404)
+        && e.cause
+            .as_deref()
+            .is_some_and(|c| c.starts_with("error_code: 40403,"))
+}
+
 /// What a writer schema id stands for.
 #[derive(Clone)]
 enum Writer {
@@ -112,6 +122,9 @@ enum Writer {
     Ours,
     /// Another registered schema: the generic decoder, resolving into `location.avsc`.
     Other(Arc<Schema>),
+    /// A registered schema Locus cannot read fixes with (not Avro, or references): every
+    /// value written with it is bad data, known without asking again.
+    Unreadable(Arc<str>),
 }
 
 /// Encodes and decodes [`LocationFix`] values of one topic in the Confluent wire format.
@@ -219,7 +232,9 @@ impl Codec {
         }
         let registered = match get_schema_by_id(id, &self.settings).await {
             Ok(r) => r,
-            Err(e) if is_outage(&e) => return Err(registry_error(e)),
+            Err(e) if !schema_not_found(&e) && (is_outage(&e) || http_status(&e) == Some(404)) => {
+                return Err(registry_error(e));
+            }
             Err(_) => {
                 let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
                 if unknown.len() >= UNKNOWN_IDS_MAX {
@@ -233,15 +248,12 @@ impl Codec {
                 return Err(not_found());
             }
         };
-        let schema = Schema::parse_str(&registered.schema).map_err(|e| {
-            CodecError::Decode(format!(
-                "schema id {id} is not an Avro schema Locus reads: {e}"
-            ))
-        })?;
-        let writer = if schema.canonical_form() == self.schema.canonical_form() {
-            Writer::Ours
-        } else {
-            Writer::Other(Arc::new(schema))
+        let writer = match Schema::parse_str(&registered.schema) {
+            Ok(schema) if schema.canonical_form() == self.schema.canonical_form() => Writer::Ours,
+            Ok(schema) => Writer::Other(Arc::new(schema)),
+            Err(e) => Writer::Unreadable(
+                format!("schema id {id} is not an Avro schema Locus reads: {e}").into(),
+            ),
         };
         if let Ok(mut m) = self.known.write() {
             m.insert(id, writer.clone());
@@ -255,6 +267,7 @@ impl Codec {
         match self.writer(id).await? {
             Writer::Ours => wire::read_fix(&bytes[5..]),
             Writer::Other(writer) => decode_resolving(&writer, &self.schema, bytes),
+            Writer::Unreadable(why) => Err(CodecError::Decode(why.to_string())),
         }
     }
 }

@@ -120,6 +120,8 @@ const RESERVED: &[&str] = &[
     "enable.auto.offset.store",
     "topic.enable.auto.offset.store",
     "enable.auto.commit",
+    "auto.offset.reset",
+    "topic.auto.offset.reset",
     "partitioner",
     "topic.partitioner",
 ];

@@ -149,6 +149,12 @@ impl BridgeConfig {
                 .map_err(|e| BridgeError::Config(format!("bridge.{key}: cannot read {path}: {e}")))
         };
         let ca = read("tls_ca_file", &self.tls_ca_file)?;
+        if !ca.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(BridgeError::Config(format!(
+                "bridge.tls_ca_file: {} is not a PEM certificate",
+                self.tls_ca_file
+            )));
+        }
         let client_auth = if self.tls_client_cert_file.is_empty() {
             None
         } else {
@@ -233,6 +239,13 @@ impl BridgeConfig {
                     .into(),
             );
         }
+        if self.tls_ca_file.is_empty() && !self.tls_client_cert_file.is_empty() {
+            return bad(
+                "bridge.tls_client_cert_file needs bridge.tls_ca_file (a client certificate \
+                 without TLS would send the credentials in clear)"
+                    .into(),
+            );
+        }
         if self.tls_client_cert_file.is_empty() != self.tls_client_key_file.is_empty() {
             return bad(
                 "bridge.tls_client_cert_file and bridge.tls_client_key_file go together".into(),
@@ -284,6 +297,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("pause_reads"), "{e}");
+        let e = tls("", "c.pem", "k.pem", false)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in clear"), "{e}");
         let e = tls("ca.pem", "c.pem", "", false)
             .validate()
             .unwrap_err()

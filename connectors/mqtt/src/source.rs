@@ -179,7 +179,9 @@ impl Bridge {
         self.drain = Some(watch.clone());
         let cfg = self.cfg.clone();
         let tls = self.tls.clone();
+        let health = self.health.clone();
         let acked_before = M.acked.get();
+        let mut acked_seen = acked_before;
         let cancel = CancellationToken::new();
         let run = tokio::spawn(self.run(cancel.clone()));
         let mut last_report = Instant::now();
@@ -188,8 +190,16 @@ impl Bridge {
             if run.is_finished() {
                 break;
             }
+            // Quiet means: connected, unsubscribed, nothing in flight, and neither a message
+            // nor a PUBACK for `idle` (a PUBACK frees the broker to send the next ones).
+            let acked = M.acked.get();
+            if acked != acked_seen {
+                acked_seen = acked;
+                watch.last_message_ms.store(now_ms(), Ordering::Relaxed);
+            }
             let quiet_ms = now_ms() - watch.last_message_ms.load(Ordering::Relaxed);
-            if watch.unsubscribed.load(Ordering::Relaxed)
+            if health.mqtt_connected.load(Ordering::Relaxed)
+                && watch.unsubscribed.load(Ordering::Relaxed)
                 && M.in_flight.get() == 0
                 && quiet_ms >= idle.as_millis() as i64
             {
@@ -317,6 +327,14 @@ impl Bridge {
                 match event {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         info!(session_present = ack.session_present, "MQTT connected");
+                        if let Some(w) = &drain {
+                            if !ack.session_present {
+                                warn!(
+                                    "the broker holds no session for this client id: nothing to drain"
+                                );
+                            }
+                            w.last_message_ms.store(now_ms(), Ordering::Relaxed);
+                        }
                         health.mqtt_connected.store(true, Ordering::Relaxed);
                         M.mqtt_connected.set(1);
                         backoff = Duration::from_millis(100);
@@ -383,6 +401,10 @@ impl Bridge {
                     Ok(_) => {}
                     Err(error) => {
                         health.mqtt_connected.store(false, Ordering::Relaxed);
+                        if let Some(w) = &drain {
+                            // Unsubscribed again after the reconnect, before drain may end.
+                            w.unsubscribed.store(false, Ordering::Relaxed);
+                        }
                         M.mqtt_connected.set(0);
                         M.mqtt_errors.inc();
                         warn!(%error, retry_in = ?backoff, "MQTT connection error; reconnecting");
@@ -594,6 +616,27 @@ impl Bridge {
         true
     }
 
+    /// Decodes an Avro payload, waiting out a registry outage (an outage is never the
+    /// device's fault: nothing is dead-lettered or acknowledged meanwhile).
+    async fn decode(
+        &self,
+        payload: &[u8],
+        cancel: &CancellationToken,
+    ) -> Result<LocationFix, CodecError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.codec.decode(payload).await {
+                Err(CodecError::Registry(e)) if !cancel.is_cancelled() => {
+                    M.registry_retries.inc();
+                    warn!(error = e, retry_in = ?backoff, "Schema Registry unavailable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn encode(
         &self,
         fix: &LocationFix,
@@ -641,7 +684,7 @@ impl Bridge {
             Ok(topic) => match self.template.extract(topic) {
                 Err(r) => rejection(r),
                 Ok((tenant, user)) if p.payload.first() == Some(&0) => {
-                    match self.codec.decode(&p.payload).await {
+                    match self.decode(&p.payload, cancel).await {
                         Ok(mut fix) => {
                             fix.received_at = now;
                             match check_fix(&fix, tenant, user, now, &self.limits) {

@@ -162,20 +162,23 @@ impl CacheConfig {
 /// query parameter (`redis+unix:///run/redis.sock?pass=…`) → `pass=***`. The user info ends
 /// at the last `@`, so a password holding `@` is hidden whole.
 pub fn redact_url(url: &str) -> String {
-    let (body, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let mut out = match body.split_once("://") {
+    // The user info ends at the last `@` (a password may hold `@`, `?` or `/`); what follows
+    // is host, path and query.
+    let with_host = match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((auth, host)) => {
                 let user = auth.split(':').next().unwrap_or("");
                 format!("{scheme}://{user}:***@{host}")
             }
-            None => body.to_string(),
+            None => url.to_string(),
         },
-        None => body.to_string(),
+        None => url.to_string(),
     };
+    let (body, query) = match with_host.split_once('?') {
+        Some((b, q)) => (b.to_string(), Some(q.to_string())),
+        None => (with_host, None),
+    };
+    let mut out = body;
     if let Some(q) = query {
         let params: Vec<String> = q
             .split('&')
@@ -226,6 +229,7 @@ mod tests {
     fn every_form_of_url_password_is_redacted() {
         for (url, want) in [
             ("redis://:p@ss@host:6379/0", "redis://:***@host:6379/0"),
+            ("redis://u:pa?ss@host:6379", "redis://u:***@host:6379"),
             (
                 "redis://user:s3cr@t@host:6379",
                 "redis://user:***@host:6379",

@@ -78,6 +78,12 @@ end
 return n
 "#;
 
+/// What one bbox search found.
+struct BboxPass {
+    positions: Vec<Position>,
+    truncated: bool,
+}
+
 /// Fixes per script call at most: keeps one call's unpack() within Lua's stack limit and
 /// its run time (Redis does nothing else meanwhile) around a few milliseconds.
 pub const UPDATE_CHUNK: usize = 500;
@@ -592,10 +598,11 @@ impl CacheStore {
         self.positions_of(tenant, &users).await
     }
 
-    /// Users inside the box, optionally of one presence, at most `limit` (by user id). The
-    /// work is bounded by `limit`, not by how many users the box holds: each shard returns at
-    /// most `2 × limit + 64` members, those nearest the box's centre, so in a box holding more
-    /// users than that the answer is those nearest its centre.
+    /// Users inside the box, optionally of one presence, at most `limit` (by user id). First
+    /// each shard returns at most `2 × limit + 64` members, those nearest the box's centre:
+    /// when they hold `limit` matches that is the answer (a crowded box answers with users
+    /// near its centre, at a cost set by `limit`); otherwise the whole box is searched, so no
+    /// match is missed.
     pub async fn in_bbox(
         &self,
         tenant: &str,
@@ -617,25 +624,61 @@ impl CacheStore {
         };
         let w = (max_lon - min_lon) * 111_320.0 * widest.max(0.0) * 1.01 + 10.0;
         let cap = limit.saturating_mul(2).saturating_add(64);
-        let per_shard: Vec<Vec<String>> = self
-            .ask_all(
-                redis::cmd("GEOSEARCH")
-                    .arg(self.key("geo", tenant))
-                    .arg("FROMLONLAT")
-                    .arg(clon)
-                    .arg(clat)
-                    .arg("BYBOX")
-                    .arg(w.max(1.0))
-                    .arg(h.max(1.0))
-                    .arg("m")
-                    .arg("ASC")
-                    .arg("COUNT")
-                    .arg(cap),
+        let mut out = self
+            .bbox_pass(
+                tenant,
+                (clon, clat, w, h),
+                (min_lon, min_lat, max_lon, max_lat),
+                status,
+                Some(cap),
             )
             .await?;
+        if out.positions.len() < limit && out.truncated {
+            // The nearest `cap` per shard did not hold `limit` matches (a status filter, or
+            // the search box's corners at high latitudes): look at the whole box.
+            out = self
+                .bbox_pass(
+                    tenant,
+                    (clon, clat, w, h),
+                    (min_lon, min_lat, max_lon, max_lat),
+                    status,
+                    None,
+                )
+                .await?;
+        }
+        let mut out = out.positions;
+        out.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// One GEOSEARCH over every shard (`count`: at most that many members per shard, nearest
+    /// the centre first), kept to the exact box and status. `truncated`: some shard had more.
+    async fn bbox_pass(
+        &self,
+        tenant: &str,
+        (clon, clat, w, h): (f64, f64, f64, f64),
+        (min_lon, min_lat, max_lon, max_lat): (f64, f64, f64, f64),
+        status: Option<Presence>,
+        count: Option<usize>,
+    ) -> Result<BboxPass, CacheError> {
+        let mut cmd = redis::cmd("GEOSEARCH");
+        cmd.arg(self.key("geo", tenant))
+            .arg("FROMLONLAT")
+            .arg(clon)
+            .arg(clat)
+            .arg("BYBOX")
+            .arg(w.max(1.0))
+            .arg(h.max(1.0))
+            .arg("m");
+        if let Some(n) = count {
+            cmd.arg("ASC").arg("COUNT").arg(n);
+        }
+        let per_shard: Vec<Vec<String>> = self.ask_all(&cmd).await?;
+        let truncated = count.is_some_and(|n| per_shard.iter().any(|s| s.len() >= n));
         let users: Vec<(String, Option<f64>)> =
             per_shard.into_iter().flatten().map(|u| (u, None)).collect();
-        let mut out: Vec<Position> = self
+        let positions = self
             .positions_of(tenant, &users)
             .await?
             .into_iter()
@@ -644,9 +687,10 @@ impl CacheStore {
             })
             .filter(|p| status.is_none_or(|s| p.status == s))
             .collect();
-        out.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        out.truncate(limit);
-        Ok(out)
+        Ok(BboxPass {
+            positions,
+            truncated,
+        })
     }
 
     /// Forgets users not seen for `forget_after_s`: their hash, GEO member and last-seen

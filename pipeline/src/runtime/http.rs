@@ -128,16 +128,23 @@ pub fn base_router(readiness: Readiness) -> Router {
 /// HTTP/1.1 only, one task per connection. Requests for `streaming_paths` (long-lived
 /// event streams) take the lean path of [`super::streaming`], which holds no per-connection
 /// buffers while a stream idles; everything else is served by hyper.
+/// Binds `listen` (named `key` in the config for the error), before anything is served, so
+/// a port that cannot be had stops the process at start-up.
+pub async fn bind(listen: SocketAddr, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} ({key}): {e}"))
+}
+
 pub async fn serve(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     router: Router,
     streaming_paths: &'static [&'static str],
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (http.listen): {e}"))?;
-    tracing::info!(%listen, "HTTP server listening");
+    if let Ok(listen) = listener.local_addr() {
+        tracing::info!(%listen, "HTTP server listening");
+    }
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
