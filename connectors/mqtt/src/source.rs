@@ -623,18 +623,7 @@ impl Bridge {
         payload: &[u8],
         cancel: &CancellationToken,
     ) -> Result<LocationFix, CodecError> {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.codec.decode(payload).await {
-                Err(CodecError::Registry(e)) if !cancel.is_cancelled() => {
-                    M.registry_retries.inc();
-                    warn!(error = e, retry_in = ?backoff, "Schema Registry unavailable; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                other => return other,
-            }
-        }
+        through_registry_outages(cancel, || self.codec.decode(payload)).await
     }
 
     async fn encode(
@@ -642,19 +631,7 @@ impl Bridge {
         fix: &LocationFix,
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, CodecError> {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.codec.encode(fix).await {
-                Err(CodecError::Registry(e)) if !cancel.is_cancelled() => {
-                    // Not the input's fault: wait for the registry, never drop.
-                    M.registry_retries.inc();
-                    warn!(error = e, retry_in = ?backoff, "Schema Registry unavailable; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                other => return other,
-            }
-        }
+        through_registry_outages(cancel, || self.codec.encode(fix)).await
     }
 
     /// Turns one MQTT message into pending Kafka deliveries (fixes and/or a DLQ record).
@@ -756,6 +733,30 @@ impl Bridge {
             }
         }
         m
+    }
+}
+
+/// Runs a codec call until it is not a registry outage (or `cancel`): an outage is not the
+/// input's fault, so wait for the registry, backing off, and never drop.
+async fn through_registry_outages<T, F, Fut>(
+    cancel: &CancellationToken,
+    mut call: F,
+) -> Result<T, CodecError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CodecError>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(CodecError::Registry(e)) if !cancel.is_cancelled() => {
+                M.registry_retries.inc();
+                warn!(error = e, retry_in = ?backoff, "Schema Registry unavailable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
     }
 }
 
