@@ -94,19 +94,16 @@ pub async fn history_migrate(config: &Config) -> anyhow::Result<()> {
 pub async fn cache_rebuild(config: &Config) -> anyhow::Result<()> {
     let store = locus_redis::CacheStore::connect(&config.cache).await?;
     let codec = locus_schemas::Codec::new(&config.registry, &config.topics.locations)?;
-    let sink = locus_redis::CacheSink::new(store, codec, None);
+    let sink = locus_redis::CacheSink::new(store, codec, locus_kafka::DeadLetter::skip());
     let started = std::time::Instant::now();
-    let n = locus_redis::rebuild(
-        &config.kafka,
-        &config.topics.locations,
-        &sink,
-        |done, total| {
-            eprintln!(
-                "[rebuild] {done} / {total} records ({:.0}%)",
-                100.0 * done as f64 / total.max(1) as f64
-            );
-        },
-    )
+    let n = locus_redis::rebuild(&config.kafka, &config.topics.locations, &sink, |p| {
+        eprintln!(
+            "[rebuild] {} / {} records ({:.0}%)",
+            p.records,
+            p.total,
+            100.0 * p.records as f64 / p.total.max(1) as f64
+        );
+    })
     .await?;
     println!(
         "cache rebuilt from {}: {n} records in {:.1} s",

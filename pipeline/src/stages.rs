@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use locus_kafka::Backoff;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -268,8 +269,10 @@ async fn history(
     let sink = Arc::new(locus_scylla::HistorySink::new(
         store,
         locus_schemas::Codec::new(&config.registry, &config.topics.locations)?,
-        locus_kafka::Producer::new(&config.kafka, "history")?,
-        &config.topics.dlq,
+        locus_kafka::DeadLetter::to(
+            locus_kafka::Producer::new(&config.kafka, "history")?,
+            &config.topics.dlq,
+        ),
         config.history.concurrency,
         config.history.rows_per_batch,
     ));
@@ -307,10 +310,10 @@ async fn cache(
     let sink = Arc::new(locus_redis::CacheSink::new(
         store,
         locus_schemas::Codec::new(&config.registry, &config.topics.locations)?,
-        Some((
+        locus_kafka::DeadLetter::to(
             locus_kafka::Producer::new(&config.kafka, "cache")?,
-            config.topics.dlq.clone(),
-        )),
+            &config.topics.dlq,
+        ),
     ));
     let settings = locus_kafka::RunnerSettings {
         group: config.cache.group.clone(),
@@ -382,17 +385,17 @@ async fn connect_until<T, E: std::fmt::Display, F: std::future::Future<Output = 
     what: &str,
     mut connect: impl FnMut() -> F,
 ) -> Option<T> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200));
     loop {
         match connect().await {
             Ok(t) => return Some(t),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach {what} yet");
+                tracing::warn!(error = %e, retry_in = ?backoff.current(), "cannot reach {what} yet");
                 tokio::select! {
                     _ = cancel.cancelled() => return None,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.current()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.grow();
             }
         }
     }

@@ -456,7 +456,30 @@ async fn push_resume_with_last_event_id_is_exact_and_a_lost_position_gives_a_gap
             .kind,
         "snapshot"
     );
-    assert!(metric(port2, "locus_push_gaps_total").await >= 2.0);
+    // an id ahead of the log (another topic or cluster, a recreated topic) → gap + snapshot:
+    // resuming from it would silently skip live fixes
+    let mut ahead = locus_sse::cursor::decode(&last_id).unwrap();
+    ahead[0] += 1_000_000;
+    let ahead = locus_sse::cursor::encode(&ahead);
+    let mut g = stream(port2, &format!("access_token={tok}"), Some(&ahead)).await;
+    let gap = next_event(&mut g, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(gap.kind, "gap");
+    assert!(
+        gap.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ahead of the log"),
+        "{:?}",
+        gap.json()
+    );
+    assert_eq!(
+        next_event(&mut g, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .kind,
+        "snapshot"
+    );
+    assert!(metric(port2, "locus_push_gaps_total").await >= 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

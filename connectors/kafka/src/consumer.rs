@@ -37,7 +37,19 @@ pub struct Record {
 }
 
 impl Record {
-    fn from_message(m: &BorrowedMessage<'_>) -> Record {
+    /// Key, value and header bytes.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
+    /// The only way to build a record: from what the consumer read.
+    pub(crate) fn from_message(m: &BorrowedMessage<'_>) -> Record {
         let headers = m
             .headers()
             .map(|h| {

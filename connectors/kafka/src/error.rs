@@ -13,6 +13,14 @@ pub enum KafkaError {
     },
     #[error("topic '{0}' does not exist (create it with `locus topics apply`)")]
     MissingTopic(String),
+    #[error("reading {topic} stalled: nothing arrived for {idle:?} (next offsets {positions:?})")]
+    Stalled {
+        topic: String,
+        idle: std::time::Duration,
+        positions: Vec<(i32, i64)>,
+    },
+    #[error("Kafka read failed: {0}")]
+    Read(#[source] rdkafka::error::KafkaError),
     #[error("the sink failed: {0}")]
     Sink(String),
     #[error("blocking task failed: {0}")]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use locus_kafka::{DeliveryError, KafkaConfig, Pending, Producer};
+use locus_kafka::{Backoff, DeliveryError, KafkaConfig, Pending, Producer};
 use locus_schemas::{Codec, CodecError, FixLimits, LocationFix, RegistryConfig};
 use rumqttc::Transport;
 use rumqttc::v5::mqttbytes::QoS;
@@ -292,7 +292,7 @@ impl Bridge {
         let sub_client = client.clone();
         let stop = loop_stop.clone();
         let event_loop = tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = Backoff::default();
             // Messages the pipeline has no room for yet. The broker should never send more
             // than the receive maximum unacknowledged, but some do (Mosquitto 2.0.11, live
             // and on session resume): hold them here, and at `max_held` close the relay's
@@ -337,7 +337,7 @@ impl Bridge {
                         }
                         health.mqtt_connected.store(true, Ordering::Relaxed);
                         M.mqtt_connected.set(1);
-                        backoff = Duration::from_millis(100);
+                        backoff = Backoff::default();
                         if drain.is_some() {
                             // Draining: no new messages for this session, only what it holds.
                             if let Err(error) = sub_client.try_unsubscribe(subscription.clone()) {
@@ -407,12 +407,12 @@ impl Bridge {
                         }
                         M.mqtt_connected.set(0);
                         M.mqtt_errors.inc();
-                        warn!(%error, retry_in = ?backoff, "MQTT connection error; reconnecting");
+                        warn!(%error, retry_in = ?backoff.current(), "MQTT connection error; reconnecting");
                         tokio::select! {
                             _ = &mut stopped => break,
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(backoff.current()) => {}
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        backoff.grow();
                     }
                 }
             }
@@ -482,7 +482,7 @@ impl Bridge {
     /// diverting to the DLQ a fix Kafka refuses for good. Then acknowledges the message.
     async fn settle(&self, m: InFlight, acks: &Acks) {
         for (mut pending, mut out) in m.deliveries {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = Backoff::default();
             let mut failures = 0u32;
             loop {
                 let generation = pending.generation();
@@ -506,9 +506,8 @@ impl Bridge {
                     Err(e) => {
                         M.produce_retries.inc();
                         failures += 1;
-                        warn!(error = %e, retry_in = ?backoff, dlq = out.dlq, "Kafka did not take a record; sending it again");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        warn!(error = %e, retry_in = ?backoff.current(), dlq = out.dlq, "Kafka did not take a record; sending it again");
+                        backoff.wait().await;
                         if failures.is_multiple_of(3) {
                             // Repeated failures of one record: the idempotent producer's
                             // state may be what the broker rejects. Start afresh.
@@ -534,7 +533,7 @@ impl Bridge {
     /// takes it. A fix it refuses for good is turned into a DLQ record; a DLQ record it
     /// refuses for good is shrunk, then given up on (`None`).
     async fn enqueue(&self, out: &mut Outgoing, p: &Publish) -> Option<Pending> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         loop {
             let topic = if out.dlq { &self.dlq } else { &self.locations };
             let headers: Vec<(&str, &[u8])> = out
@@ -560,9 +559,8 @@ impl Bridge {
                 }
                 Err(e) => {
                     M.produce_retries.inc();
-                    error!(error = %e, topic, retry_in = ?backoff, "cannot enqueue a record; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    error!(error = %e, topic, retry_in = ?backoff.current(), "cannot enqueue a record; retrying");
+                    backoff.wait().await;
                 }
             }
         }
@@ -746,14 +744,13 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, CodecError>>,
 {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
         match call().await {
             Err(CodecError::Registry(e)) if !cancel.is_cancelled() => {
                 M.registry_retries.inc();
-                warn!(error = e, retry_in = ?backoff, "Schema Registry unavailable; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                warn!(error = e, retry_in = ?backoff.current(), "Schema Registry unavailable; retrying");
+                backoff.wait().await;
             }
             other => return other,
         }

@@ -2,101 +2,48 @@
 //! group (so the live `last-position` group is not disturbed). The forward-only update makes
 //! this safe to run while the live group keeps writing.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use locus_kafka::KafkaConfig;
-use locus_kafka::Record;
-use locus_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
-use locus_kafka::rdkafka::message::Message;
-use locus_kafka::rdkafka::{Offset, TopicPartitionList};
+use locus_kafka::{Backoff, KafkaConfig, Progress, RangeReader, StartAt, StopAt};
 
 use crate::{CacheError, CacheSink};
 
 /// Reads `topic` from the beginning up to the end as of the start, applying every fix.
-/// Calls `progress(done, total)` about once a second. Returns the records read.
+/// Waits out registry and Redis outages. Calls `progress` about once a second. Returns the
+/// records read.
 pub async fn rebuild(
     kafka: &KafkaConfig,
     topic: &str,
     sink: &CacheSink,
-    progress: impl Fn(u64, u64),
+    progress: impl Fn(&Progress),
 ) -> Result<u64, CacheError> {
-    let group = format!("locus-cache-rebuild-{}", std::process::id());
-    let mut cfg = kafka.consumer_config("cache-rebuild", &group);
-    cfg.set("enable.auto.commit", "false");
-    let consumer: StreamConsumer = cfg
-        .create()
-        .map_err(|e| CacheError::Kafka(locus_kafka::KafkaError::Client(e)))?;
-    let timeout = Duration::from_millis(kafka.request_timeout_ms);
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| CacheError::Kafka(locus_kafka::KafkaError::Client(e)))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    if partitions.is_empty() {
-        return Err(CacheError::Kafka(locus_kafka::KafkaError::MissingTopic(
-            topic.to_string(),
-        )));
-    }
-    let mut end: HashMap<i32, i64> = HashMap::new();
-    let mut total = 0u64;
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, *p, timeout)
-            .map_err(|e| CacheError::Kafka(locus_kafka::KafkaError::Client(e)))?;
-        if high > low {
-            end.insert(*p, high);
-            total += (high - low) as u64;
-            tpl.add_partition_offset(topic, *p, Offset::Offset(low))
-                .map_err(|e| CacheError::Kafka(locus_kafka::KafkaError::Client(e)))?;
-        }
-    }
-    if end.is_empty() {
-        progress(0, 0);
-        return Ok(0);
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| CacheError::Kafka(locus_kafka::KafkaError::Client(e)))?;
-    let mut done = 0u64;
-    let mut batch: Vec<Record> = Vec::with_capacity(2000);
+    let mut reader = RangeReader::open(
+        kafka,
+        "cache-rebuild",
+        topic,
+        StartAt::Beginning,
+        StopAt::End,
+    )
+    .await?;
     let mut last_report = Instant::now();
-    while !end.is_empty() {
-        let m = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
-        let idle = m.is_err();
-        if let Ok(Ok(m)) = m {
-            let (p, o) = (m.partition(), m.offset());
-            batch.push(Record {
-                topic: m.topic().to_string(),
-                partition: p,
-                offset: o,
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                timestamp_ms: m.timestamp().to_millis(),
-                headers: vec![],
-            });
-            if end.get(&p).is_some_and(|high| o + 1 >= *high) {
-                end.remove(&p);
+    while let Some(batch) = reader.next_batch(2000).await? {
+        let mut backoff = Backoff::default();
+        let fixes = loop {
+            match sink.decode_batch(&batch).await {
+                Ok(fixes) => break fixes,
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?backoff.current(), "Schema Registry unavailable; retrying");
+                    backoff.wait().await;
+                }
             }
-        }
-        if batch.len() >= 2000 || (!batch.is_empty() && (end.is_empty() || idle)) {
-            let fixes = sink.decode_batch(&batch).await.map_err(|e| {
-                CacheError::Config(format!("registry unavailable during rebuild: {e}"))
-            })?;
-            sink.apply_fixes(&fixes).await;
-            done += batch.len() as u64;
-            batch.clear();
-        }
+        };
+        sink.apply_fixes(&fixes).await;
         if last_report.elapsed() >= Duration::from_secs(1) {
-            progress(done, total);
+            progress(&reader.progress());
             last_report = Instant::now();
         }
     }
-    progress(done, total);
-    Ok(done)
+    let done = reader.progress();
+    progress(&done);
+    Ok(done.records)
 }

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use locus_kafka::{Producer, Record, Sink};
-use locus_schemas::{Codec, LocationFix};
+use locus_kafka::{Backoff, DeadLetter, Record, Sink};
+use locus_schemas::{Codec, CodecError, LocationFix};
 use tracing::warn;
 
 use crate::CacheStore;
@@ -14,14 +14,18 @@ use crate::metrics::M;
 pub struct CacheSink {
     store: CacheStore,
     codec: Codec,
-    dlq: Option<(Producer, String)>,
+    dead_letter: DeadLetter,
 }
 
 impl CacheSink {
-    /// `dlq`: where undecodable records go (`None`: skip them with a warning, for rebuilds —
-    /// the live group already dead-letters them).
-    pub fn new(store: CacheStore, codec: Codec, dlq: Option<(Producer, String)>) -> CacheSink {
-        CacheSink { store, codec, dlq }
+    /// `dead_letter`: where undecodable records go (`DeadLetter::skip()` for rebuilds and
+    /// replays: the live group already dead-letters them).
+    pub fn new(store: CacheStore, codec: Codec, dead_letter: DeadLetter) -> CacheSink {
+        CacheSink {
+            store,
+            codec,
+            dead_letter,
+        }
     }
 
     /// Applies decoded fixes, retrying with backoff until Redis takes them.
@@ -29,7 +33,7 @@ impl CacheSink {
         if fixes.is_empty() {
             return;
         }
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         loop {
             let started = Instant::now();
             match self.store.update(fixes).await {
@@ -48,69 +52,31 @@ impl CacheSink {
                 }
                 Err(e) => {
                     M.retries.inc();
-                    warn!(error = %e, retry_in = ?backoff, "Redis update failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    warn!(error = %e, retry_in = ?backoff.current(), "Redis update failed; retrying");
+                    backoff.wait().await;
                 }
             }
         }
     }
 
-    async fn dead_letter(&self, r: &Record, reason: &str, error: &str) {
-        M.dlq.with_label_values(&[reason]).inc();
-        let Some((producer, topic)) = &self.dlq else {
-            warn!(
-                reason,
-                error,
-                partition = r.partition,
-                offset = r.offset,
-                "undecodable record skipped"
-            );
-            return;
-        };
-        let (partition, offset) = (r.partition.to_string(), r.offset.to_string());
-        let headers: [(&str, &[u8]); 5] = [
-            ("locus-reason", reason.as_bytes()),
-            ("locus-error", error.as_bytes()),
-            ("locus-source-topic", r.topic.as_bytes()),
-            ("locus-source-partition", partition.as_bytes()),
-            ("locus-source-offset", offset.as_bytes()),
-        ];
-        let (key, value) = (
-            r.key.clone().unwrap_or_default(),
-            r.value.clone().unwrap_or_default(),
-        );
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let sent = match producer.send(topic, &key, &value, &headers).await {
-                Ok(p) => p.delivered().await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            match sent {
-                Ok(()) => return,
-                Err(e) => {
-                    warn!(error = %e, retry_in = ?backoff, "DLQ write failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    pub async fn decode_batch(&self, batch: &[Record]) -> Result<Vec<LocationFix>, String> {
+    /// Decodes a batch, dead-lettering records that are not fixes. A registry outage fails
+    /// the whole batch (not the records' fault: nothing may be committed past them).
+    pub async fn decode_batch(&self, batch: &[Record]) -> Result<Vec<LocationFix>, CodecError> {
         let mut fixes = Vec::with_capacity(batch.len());
         for r in batch {
-            match r.value.as_deref() {
-                None => {
-                    self.dead_letter(r, "empty_value", "record has no value")
-                        .await
-                }
+            let (reason, error) = match r.value.as_deref() {
+                None => ("empty_value", "record has no value".to_string()),
                 Some(v) => match self.codec.decode(v).await {
-                    Ok(f) => fixes.push(f),
-                    Err(e @ locus_schemas::CodecError::Registry(_)) => return Err(e.to_string()),
-                    Err(e) => self.dead_letter(r, e.reason(), &e.to_string()).await,
+                    Ok(f) => {
+                        fixes.push(f);
+                        continue;
+                    }
+                    Err(e @ CodecError::Registry(_)) => return Err(e),
+                    Err(e) => (e.reason(), e.to_string()),
                 },
-            }
+            };
+            M.dlq.with_label_values(&[reason]).inc();
+            self.dead_letter.send(r, reason, &error).await;
         }
         Ok(fixes)
     }
@@ -118,7 +84,7 @@ impl CacheSink {
 
 impl Sink for CacheSink {
     async fn apply(&self, batch: Vec<Record>) -> Result<(), String> {
-        let fixes = self.decode_batch(&batch).await?;
+        let fixes = self.decode_batch(&batch).await.map_err(|e| e.to_string())?;
         self.apply_fixes(&fixes).await;
         Ok(())
     }

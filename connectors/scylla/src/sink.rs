@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use locus_kafka::{Producer, Record, Sink};
-use locus_schemas::{Codec, LocationFix};
+use locus_kafka::{Backoff, DeadLetter, Record, Sink};
+use locus_schemas::{Codec, CodecError, LocationFix};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
@@ -19,8 +19,7 @@ use crate::metrics::M;
 pub struct HistorySink {
     store: HistoryStore,
     codec: Codec,
-    producer: Producer,
-    dlq: String,
+    dead_letter: DeadLetter,
     permits: Arc<Semaphore>,
     rows_per_batch: usize,
 }
@@ -35,16 +34,14 @@ impl HistorySink {
     pub fn new(
         store: HistoryStore,
         codec: Codec,
-        producer: Producer,
-        dlq: &str,
+        dead_letter: DeadLetter,
         concurrency: usize,
         rows_per_batch: usize,
     ) -> HistorySink {
         HistorySink {
             store,
             codec,
-            producer,
-            dlq: dlq.to_string(),
+            dead_letter,
             permits: Arc::new(Semaphore::new(concurrency)),
             rows_per_batch,
         }
@@ -54,7 +51,7 @@ impl HistorySink {
     /// meanwhile (back-pressure), and nothing is skipped.
     async fn write(&self, rows: Vec<&LocationFix>) {
         let _permit = self.permits.acquire().await;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         loop {
             let started = Instant::now();
             match self.store.write_partition(&rows).await {
@@ -70,67 +67,41 @@ impl HistorySink {
                 }
                 Err(error) => {
                     M.retries.inc();
-                    warn!(error, retry_in = ?backoff, rows = rows.len(), "Cassandra write failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    async fn dead_letter(&self, r: &Record, reason: &str, error: &str) {
-        M.dlq.with_label_values(&[reason]).inc();
-        let partition = r.partition.to_string();
-        let offset = r.offset.to_string();
-        let headers: [(&str, &[u8]); 5] = [
-            ("locus-reason", reason.as_bytes()),
-            ("locus-error", error.as_bytes()),
-            ("locus-source-topic", r.topic.as_bytes()),
-            ("locus-source-partition", partition.as_bytes()),
-            ("locus-source-offset", offset.as_bytes()),
-        ];
-        let key = r.key.clone().unwrap_or_default();
-        let value = r.value.clone().unwrap_or_default();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let sent = match self.producer.send(&self.dlq, &key, &value, &headers).await {
-                Ok(p) => p.delivered().await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            match sent {
-                Ok(()) => return,
-                Err(e) => {
-                    warn!(error = %e, retry_in = ?backoff, "DLQ write failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    warn!(error, retry_in = ?backoff.current(), rows = rows.len(), "Cassandra write failed; retrying");
+                    backoff.wait().await;
                 }
             }
         }
     }
 }
 
-impl Sink for HistorySink {
-    async fn apply(&self, batch: Vec<Record>) -> Result<(), String> {
+impl HistorySink {
+    /// Decodes a batch, dead-lettering records that are not fixes. A registry outage fails
+    /// the whole batch (not the records' fault: nothing may be committed past them).
+    pub async fn decode_batch(&self, batch: &[Record]) -> Result<Vec<LocationFix>, CodecError> {
         let mut fixes: Vec<LocationFix> = Vec::with_capacity(batch.len());
-        for r in &batch {
-            match r.value.as_deref() {
-                None => {
-                    self.dead_letter(r, "empty_value", "record has no value")
-                        .await
-                }
+        for r in batch {
+            let (reason, error) = match r.value.as_deref() {
+                None => ("empty_value", "record has no value".to_string()),
                 Some(v) => match self.codec.decode(v).await {
-                    Ok(f) => fixes.push(f),
-                    Err(e @ locus_schemas::CodecError::Registry(_)) => {
-                        // Not the record's fault: fail the batch, so nothing is stored and the
-                        // stage stops loudly rather than dead-lettering good data.
-                        return Err(e.to_string());
+                    Ok(f) => {
+                        fixes.push(f);
+                        continue;
                     }
-                    Err(e) => self.dead_letter(r, e.reason(), &e.to_string()).await,
+                    Err(e @ CodecError::Registry(_)) => return Err(e),
+                    Err(e) => (e.reason(), e.to_string()),
                 },
-            }
+            };
+            M.dlq.with_label_values(&[reason]).inc();
+            self.dead_letter.send(r, reason, &error).await;
         }
+        Ok(fixes)
+    }
+
+    /// Writes decoded fixes, one Cassandra partition per batch, retrying until written.
+    pub async fn apply_fixes(&self, fixes: &[LocationFix]) {
         let mut partitions: HashMap<(&str, &str, i32), Vec<&LocationFix>> = HashMap::new();
-        for f in &fixes {
+        for f in fixes {
             partitions
                 .entry((&f.tenant, &f.user_id, self.store.bucket_of(f.ts)))
                 .or_default()
@@ -143,6 +114,15 @@ impl Sink for HistorySink {
             }
         }
         while writes.next().await.is_some() {}
+    }
+}
+
+impl Sink for HistorySink {
+    async fn apply(&self, batch: Vec<Record>) -> Result<(), String> {
+        // A registry outage fails the batch, so nothing is stored and the stage stops loudly
+        // rather than dead-lettering good data.
+        let fixes = self.decode_batch(&batch).await.map_err(|e| e.to_string())?;
+        self.apply_fixes(&fixes).await;
         Ok(())
     }
 }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use locus_kafka::KafkaConfig;
 use locus_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
 use locus_kafka::rdkafka::message::Message;
 use locus_kafka::rdkafka::{Offset, TopicPartitionList};
+use locus_kafka::{KafkaConfig, RangeReader, StartAt, StopAt};
 use locus_schemas::{Codec, LocationFix};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -232,51 +232,49 @@ async fn replay_inner(
     if todo.is_empty() {
         return Ok(None);
     }
-    let consumer = Arc::new(reader(kafka, "push-replay")?);
-    let timeout = Duration::from_millis(kafka.request_timeout_ms);
-    let mut tpl = TopicPartitionList::new();
-    for (p, lo, _hi) in watermarks(&consumer, topic, todo.iter().copied(), timeout).await? {
-        let start = from[p as usize];
-        if start < lo {
-            return Ok(Some(format!(
-                "partition {p} no longer holds offset {start} (retention starts at {lo})"
-            )));
-        }
-        tpl.add_partition_offset(topic, p, Offset::Offset(start))
-            .map_err(|e| PushError::Kafka(e.to_string()))?;
+    let starts = todo.iter().map(|&p| (p, from[p as usize])).collect();
+    let stops = todo.iter().map(|&p| (p, until[p as usize])).collect();
+    let mut reader = RangeReader::open(
+        kafka,
+        "push-replay",
+        topic,
+        StartAt::Offsets(starts),
+        StopAt::Offsets(stops),
+    )
+    .await
+    .map_err(|e| PushError::Kafka(format!("cannot open the replay of {topic}: {e}")))?;
+    if let Some(r) = reader.ranges().iter().find(|r| r.lost() > 0) {
+        return Ok(Some(format!(
+            "partition {} no longer holds offset {} (retention starts at {})",
+            r.partition, r.start, r.low
+        )));
     }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| PushError::Kafka(format!("cannot assign {topic} for replay: {e}")))?;
     let mut next: Vec<i64> = from.iter().zip(until).map(|(f, u)| (*f).max(*u)).collect();
     for &p in &todo {
         next[p as usize] = from[p as usize];
     }
     client.raise_to_skip(&mut next);
-    let mut left = todo.len();
-    let idle = Duration::from_secs(30);
-    while left > 0 {
-        let m = tokio::time::timeout(idle, consumer.recv())
-            .await
-            .map_err(|_| PushError::Kafka(format!("replay got nothing from Kafka for {idle:?}")))?
-            .map_err(|e| PushError::Kafka(format!("replay: {e}")))?;
-        let (p, o) = (m.partition(), m.offset());
-        let pi = p as usize;
-        if pi >= until.len() || next[pi] >= until[pi] || o < next[pi] {
-            continue;
-        }
-        let ev = to_event(codec, p, o, m.payload().unwrap_or_default()).await;
-        next[pi] = (o + 1).min(until[pi]).max(next[pi]);
-        if next[pi] >= until[pi] {
-            left -= 1;
-        }
-        if let Ok(ev) = ev
-            && ev.tenant == client.tenant
-            && client.filter.matches(&ev)
-        {
-            let id = cursor::encode(&next);
-            if tx.send(ReplayItem::Fix(Arc::new(ev), id)).await.is_err() {
-                return Ok(None); // the stream is gone
+    while let Some(batch) = reader
+        .next_batch(256)
+        .await
+        .map_err(|e| PushError::Kafka(format!("replay: {e}")))?
+    {
+        for m in batch {
+            let (p, o) = (m.partition, m.offset);
+            let pi = p as usize;
+            if pi >= until.len() || next[pi] >= until[pi] || o < next[pi] {
+                continue;
+            }
+            let ev = to_event(codec, p, o, m.value.as_deref().unwrap_or_default()).await;
+            next[pi] = (o + 1).min(until[pi]).max(next[pi]);
+            if let Ok(ev) = ev
+                && ev.tenant == client.tenant
+                && client.filter.matches(&ev)
+            {
+                let id = cursor::encode(&next);
+                if tx.send(ReplayItem::Fix(Arc::new(ev), id)).await.is_err() {
+                    return Ok(None); // the stream is gone
+                }
             }
         }
     }

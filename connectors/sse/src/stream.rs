@@ -275,7 +275,21 @@ pub async fn stream(
             // Partitions the id does not know (added since) are replayed from the start.
             from.resize(live_from.len(), 0);
             let from: Vec<i64> = from.into_iter().map(|o| o.max(0)).collect();
-            if from.iter().zip(&live_from).all(|(f, l)| f >= l) {
+            if let Some((p, (f, l))) = from
+                .iter()
+                .zip(&live_from)
+                .enumerate()
+                .find(|(_, (f, l))| f > l)
+            {
+                // Positions this log has not reached: the id is from another topic or
+                // cluster, or the topic was recreated. Nothing can be replayed from it.
+                Opening::Snapshot {
+                    gap: Some(format!(
+                        "Last-Event-ID is ahead of the log (partition {p}: {f} > {l}); \
+                         it belongs to another topic or a recreated one"
+                    )),
+                }
+            } else if from.iter().zip(&live_from).all(|(f, l)| f >= l) {
                 Opening::Live
             } else {
                 let (tx, rx) = mpsc::channel(512);

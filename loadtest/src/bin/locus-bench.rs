@@ -363,7 +363,7 @@ async fn main() -> anyhow::Result<()> {
                     },
                     &topic,
                 )?,
-                None,
+                locus_kafka::DeadLetter::skip(),
             );
             use locus_kafka::Sink;
             // Warm-up, not measured: Redis grows its heap to the size of a pass once, so the
@@ -532,8 +532,7 @@ async fn main() -> anyhow::Result<()> {
                     },
                     &topic,
                 )?,
-                producer,
-                "unused-dlq",
+                locus_kafka::DeadLetter::to(producer, "unused-dlq"),
                 concurrency,
                 history.rows_per_batch,
             );
