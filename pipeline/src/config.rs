@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use locus_kafka::KafkaConfig;
 use locus_mqtt::BridgeConfig;
 use locus_redis::CacheConfig;
+use locus_replay::ReplayConfig;
 use locus_schemas::RegistryConfig;
 use locus_scylla::{HistoryConfig, ScyllaConfig};
 use locus_sse::PushConfig;
@@ -39,6 +40,8 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub push: PushConfig,
+    #[serde(default)]
+    pub replay: ReplayConfig,
 }
 
 /// `[topics]`: which topics the stages use and where they are declared.
@@ -261,6 +264,9 @@ impl Config {
         self.push
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.replay
+            .validate(self.bridge.max_age_ms)
+            .map_err(ConfigError::Invalid)?;
         if self.topics.locations == self.topics.dlq {
             return Err(ConfigError::Invalid(
                 "topics.locations and topics.dlq must be different topics".into(),

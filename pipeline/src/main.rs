@@ -4,6 +4,7 @@
 
 mod admin;
 mod config;
+mod replay;
 mod runtime;
 mod stages;
 
@@ -59,6 +60,12 @@ enum Command {
     Push {
         #[command(subcommand)]
         action: Option<PushAction>,
+    },
+    /// Read retained windows of locations by event time: export, re-run a sink, copy to a
+    /// topic, move a stopped group (the live groups keep running).
+    Replay {
+        #[command(subcommand)]
+        action: replay::ReplayAction,
     },
     /// Inspect the configuration.
     Config {
@@ -199,6 +206,7 @@ fn main() -> ExitCode {
                         ttl_s,
                     }),
             } => admin::push_token(&config, tenant, users, ttl_s),
+            Command::Replay { action } => replay::run(&config, action).await,
             Command::Config {
                 action: ConfigAction::Check,
             } => admin::config_check(&config),

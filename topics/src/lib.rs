@@ -9,7 +9,7 @@ mod render;
 mod spec;
 
 pub use error::TopicsError;
-pub use plan::{Change, Plan, apply, plan};
+pub use plan::{Change, Plan, apply, live_config, plan};
 pub use render::{STRIMZI_HEADER, render_strimzi, strimzi_name};
 pub use spec::{TopicSpec, TopicsFile};
 

@@ -339,6 +339,24 @@ pub async fn apply(kafka: &KafkaConfig, plan: &Plan) -> Result<Vec<String>, Topi
     Ok(done)
 }
 
+/// One config value of a live topic (`retention.ms`, …); `None` if the broker does not
+/// report it. Errors name a missing topic.
+pub async fn live_config(
+    kafka: &KafkaConfig,
+    topic: &str,
+    key: &str,
+) -> Result<Option<String>, TopicsError> {
+    let admin = admin(kafka)?;
+    let live = live_state(kafka, &admin, &[topic]).await?;
+    let Some(t) = live.get(topic) else {
+        return Err(TopicsError::Admin {
+            operation: format!("DescribeConfigs of {topic}"),
+            message: format!("topic '{topic}' does not exist"),
+        });
+    };
+    Ok(t.configs.get(key).cloned().flatten())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

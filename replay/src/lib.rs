@@ -1,0 +1,18 @@
+//! `locus replay`: read any retained window of `locations` by event time while every live
+//! group keeps running — export it (NDJSON, CSV, GeoJSON, Parquet), re-run a stage's sink
+//! over it, copy it into another topic, move a stopped group's offsets, or stream it to a
+//! dashboard. See README.md for the window contract.
+
+mod config;
+pub mod copy;
+mod error;
+pub mod format;
+pub mod group;
+pub mod time;
+mod window;
+
+pub use config::ReplayConfig;
+pub use error::ReplayError;
+pub use window::{
+    BBox, Filter, Kept, PartitionRead, Report, Scan, Window, by_user_then_time, collect,
+};

@@ -1,0 +1,476 @@
+//! What a window is and how it is read.
+//!
+//! A fix belongs to a window by its **event time** `ts` (when the phone took it), not by
+//! when it reached Kafka. Kafka's record timestamp is the produce time, so the window is
+//! located in the log by it, with two bounds:
+//!
+//! - a fix's record cannot be older than its event time minus the device clock skew the
+//!   bridge allows (`bridge.max_future_ms`): reading starts at offsets-for-times of
+//!   `from − skew`;
+//! - a fix may arrive late (a phone offline for hours flushes its buffer): reading stops at
+//!   offsets-for-times of `to + lateness` (the end captured at start when that is in the
+//!   future).
+//!
+//! Every record in that range is decoded; fixes with `from ≤ ts < to` that pass the filter are
+//! kept, each identity `(tenant, user_id, device_id, seq)` once. A fix that arrived more than
+//! `lateness` after its event time is outside the contract (the report says how late the
+//! latest kept fix was, so a run near the bound is visible).
+
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
+
+use locus_kafka::{
+    Backoff, KafkaConfig, PartitionRange, Progress, RangeReader, Record, StartAt, StopAt,
+};
+use locus_schemas::{Codec, CodecError, LocationFix};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::ReplayError;
+use crate::time::format_time;
+
+/// An event-time window and how far around it the log is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Inclusive, ms.
+    pub from_ms: i64,
+    /// Exclusive, ms.
+    pub to_ms: i64,
+    /// How late a fix may arrive after its event time, ms.
+    pub lateness_ms: i64,
+    /// How far ahead of the bridge's clock a device's clock may be, ms.
+    pub skew_ms: i64,
+}
+
+impl Window {
+    /// Checks the arguments before anything is read.
+    pub fn new(
+        from_ms: i64,
+        to_ms: i64,
+        lateness_ms: i64,
+        skew_ms: i64,
+        max_lateness_ms: i64,
+    ) -> Result<Window, ReplayError> {
+        if to_ms <= from_ms {
+            return Err(ReplayError::Invalid(format!(
+                "--to ({}) must be after --from ({})",
+                format_time(to_ms),
+                format_time(from_ms)
+            )));
+        }
+        if !(0..=max_lateness_ms).contains(&lateness_ms) {
+            return Err(ReplayError::Invalid(format!(
+                "--lateness must be between 0 and the bridge's max_age_ms ({max_lateness_ms} ms); \
+                 older fixes never reach Kafka"
+            )));
+        }
+        Ok(Window {
+            from_ms,
+            to_ms,
+            lateness_ms,
+            skew_ms: skew_ms.max(0),
+        })
+    }
+
+    pub fn contains(&self, ts: i64) -> bool {
+        self.from_ms <= ts && ts < self.to_ms
+    }
+
+    /// Record timestamps read: `[from − skew, to + lateness)`.
+    pub fn read_range(&self) -> (i64, i64) {
+        (
+            self.from_ms.saturating_sub(self.skew_ms),
+            self.to_ms.saturating_add(self.lateness_ms),
+        )
+    }
+}
+
+/// A box in degrees: `min_lon,min_lat,max_lon,max_lat` (GeoJSON order). `min_lon > max_lon`
+/// crosses the antimeridian.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BBox {
+    pub min_lon: f64,
+    pub min_lat: f64,
+    pub max_lon: f64,
+    pub max_lat: f64,
+}
+
+impl BBox {
+    pub fn parse(s: &str) -> Result<BBox, ReplayError> {
+        let v: Vec<f64> = s
+            .split(',')
+            .map(|x| x.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                ReplayError::Invalid(format!(
+                    "bbox '{s}': expected min_lon,min_lat,max_lon,max_lat in degrees"
+                ))
+            })?;
+        let [min_lon, min_lat, max_lon, max_lat] = v[..] else {
+            return Err(ReplayError::Invalid(format!(
+                "bbox '{s}': expected four numbers, min_lon,min_lat,max_lon,max_lat"
+            )));
+        };
+        let lon_ok = |x: f64| (-180.0..=180.0).contains(&x);
+        let lat_ok = |x: f64| (-90.0..=90.0).contains(&x);
+        if !(lon_ok(min_lon) && lon_ok(max_lon) && lat_ok(min_lat) && lat_ok(max_lat))
+            || min_lat > max_lat
+        {
+            return Err(ReplayError::Invalid(format!(
+                "bbox '{s}': longitudes in [-180, 180], latitudes in [-90, 90], min_lat ≤ max_lat"
+            )));
+        }
+        Ok(BBox {
+            min_lon,
+            min_lat,
+            max_lon,
+            max_lat,
+        })
+    }
+
+    pub fn contains(&self, lat: f64, lon: f64) -> bool {
+        let lon_in = if self.min_lon <= self.max_lon {
+            self.min_lon <= lon && lon <= self.max_lon
+        } else {
+            lon >= self.min_lon || lon <= self.max_lon
+        };
+        lon_in && self.min_lat <= lat && lat <= self.max_lat
+    }
+}
+
+/// Which fixes of the window are kept.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub tenant: Option<String>,
+    pub users: Option<HashSet<String>>,
+    pub bbox: Option<BBox>,
+}
+
+impl Filter {
+    pub fn matches(&self, f: &LocationFix) -> bool {
+        self.tenant.as_ref().is_none_or(|t| *t == f.tenant)
+            && self.users.as_ref().is_none_or(|u| u.contains(&f.user_id))
+            && self.bbox.is_none_or(|b| b.contains(f.lat, f.lon))
+    }
+}
+
+/// What a read did; printed at the end of every run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub window_from: String,
+    pub window_to: String,
+    pub records_read: u64,
+    pub bytes_read: u64,
+    /// Fixes in the window that passed the filter, each once.
+    pub in_window: u64,
+    /// Fixes in the window the filter left out.
+    pub filtered_out: u64,
+    /// Fixes read outside the event-time window (read for lateness and skew).
+    pub outside_window: u64,
+    pub duplicates_removed: u64,
+    /// Records that are not fixes (the live groups dead-lettered them).
+    pub undecodable: u64,
+    /// Highest `record timestamp − event time` of a kept fix, ms.
+    pub latest_lateness_ms: Option<i64>,
+    /// Per partition: `[start, end)` read.
+    pub partitions: Vec<PartitionRead>,
+    /// Set when part of the window is older than the topic keeps.
+    pub gone: Option<String>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PartitionRead {
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+impl Report {
+    /// The human summary, one fact a line.
+    pub fn summary(&self) -> String {
+        let ranges: Vec<String> = self
+            .partitions
+            .iter()
+            .filter(|p| p.end > p.start)
+            .map(|p| format!("{}:[{},{})", p.partition, p.start, p.end))
+            .collect();
+        let mut s = format!(
+            "window      [{}, {})\n\
+             read        {} records, {} bytes in {:.1} s ({:.0} records/s)\n\
+             in window   {} fixes kept, {} filtered out, {} duplicates removed\n\
+             outside     {} fixes outside the window (read for lateness/skew), {} not fixes\n\
+             partitions  {} read: {}\n",
+            self.window_from,
+            self.window_to,
+            self.records_read,
+            self.bytes_read,
+            self.seconds,
+            self.records_read as f64 / self.seconds.max(1e-3),
+            self.in_window,
+            self.filtered_out,
+            self.duplicates_removed,
+            self.outside_window,
+            self.undecodable,
+            ranges.len(),
+            if ranges.len() > 8 {
+                format!("{} …", ranges[..8].join(" "))
+            } else {
+                ranges.join(" ")
+            }
+        );
+        if let Some(l) = self.latest_lateness_ms {
+            s.push_str(&format!(
+                "latest fix  arrived {:.1} s after its event time\n",
+                l as f64 / 1000.0
+            ));
+        }
+        if let Some(g) = &self.gone {
+            s.push_str(&format!("gone        {g}\n"));
+        }
+        s
+    }
+}
+
+/// A read of one window: batches of the records whose fix is in the window and passes the
+/// filter, each identity once, in offset order per partition.
+#[derive(Debug)]
+pub struct Scan {
+    reader: RangeReader,
+    codec: Codec,
+    window: Window,
+    filter: Filter,
+    seen: HashSet<u128>,
+    hasher: (std::hash::RandomState, std::hash::RandomState),
+    report: Report,
+    started: Instant,
+    cancel: CancellationToken,
+}
+
+/// A record of the window with its decoded fix.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub record: Record,
+    pub fix: LocationFix,
+}
+
+impl Scan {
+    /// Locates the window in `topic` and opens the read. `retention_ms` (the topic's, -1 for
+    /// forever) decides whether part of the window is gone: all of it is an error, part of it
+    /// is said in the report.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open(
+        kafka: &KafkaConfig,
+        codec: Codec,
+        topic: &str,
+        window: Window,
+        filter: Filter,
+        retention_ms: i64,
+        now_ms: i64,
+        cancel: CancellationToken,
+    ) -> Result<Scan, ReplayError> {
+        let mut report = Report {
+            window_from: format_time(window.from_ms),
+            window_to: format_time(window.to_ms),
+            ..Report::default()
+        };
+        if retention_ms > 0 {
+            let kept_from = now_ms.saturating_sub(retention_ms);
+            if window.to_ms <= kept_from {
+                return Err(ReplayError::Invalid(format!(
+                    "the window ends before {}: {topic} keeps {} h (retention.ms), nothing of it is left",
+                    format_time(kept_from),
+                    retention_ms / 3_600_000
+                )));
+            }
+            if window.from_ms < kept_from {
+                report.gone = Some(format!(
+                    "fixes before {} are past {topic}'s retention ({} h) and may be gone",
+                    format_time(kept_from),
+                    retention_ms / 3_600_000
+                ));
+            }
+        }
+        let (read_from, read_to) = window.read_range();
+        let reader = RangeReader::open(
+            kafka,
+            "replay",
+            topic,
+            StartAt::Time(read_from),
+            StopAt::Time(read_to),
+        )
+        .await?;
+        report.partitions = reader
+            .ranges()
+            .iter()
+            .map(|r: &PartitionRange| PartitionRead {
+                partition: r.partition,
+                start: r.start.max(r.low),
+                end: r.end,
+            })
+            .collect();
+        Ok(Scan {
+            reader,
+            codec,
+            window,
+            filter,
+            seen: HashSet::new(),
+            hasher: Default::default(),
+            report,
+            started: Instant::now(),
+            cancel,
+        })
+    }
+
+    /// The read's plan (offset ranges per partition).
+    pub fn ranges(&self) -> &[PartitionRange] {
+        self.reader.ranges()
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.reader.progress()
+    }
+
+    /// The report so far (final once `next` returned `None`).
+    pub fn report(&self) -> Report {
+        let mut r = self.report.clone();
+        let p = self.reader.progress();
+        r.records_read = p.records;
+        r.bytes_read = p.bytes;
+        r.seconds = self.started.elapsed().as_secs_f64();
+        r
+    }
+
+    /// The next batch of kept records; `None` at the end of the window.
+    pub async fn next(&mut self) -> Result<Option<Vec<Kept>>, ReplayError> {
+        let batch = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(ReplayError::Interrupted),
+            b = self.reader.next_batch(4096) => b?,
+        };
+        let Some(batch) = batch else {
+            return Ok(None);
+        };
+        let mut kept = Vec::with_capacity(batch.len());
+        for record in batch {
+            let Some(fix) = self.decode(&record).await? else {
+                self.report.undecodable += 1;
+                continue;
+            };
+            if !self.window.contains(fix.ts) {
+                self.report.outside_window += 1;
+                continue;
+            }
+            if !self.filter.matches(&fix) {
+                self.report.filtered_out += 1;
+                continue;
+            }
+            if !self.seen.insert(self.identity(&fix)) {
+                self.report.duplicates_removed += 1;
+                continue;
+            }
+            if let Some(t) = record.timestamp_ms {
+                let late = t - fix.ts;
+                self.report.latest_lateness_ms =
+                    Some(self.report.latest_lateness_ms.map_or(late, |l| l.max(late)));
+            }
+            self.report.in_window += 1;
+            kept.push(Kept { record, fix });
+        }
+        Ok(Some(kept))
+    }
+
+    /// 128 bits of the identity from two independently keyed hashes: a collision (a fix
+    /// taken for a duplicate) needs ~2^64 fixes in one window.
+    fn identity(&self, f: &LocationFix) -> u128 {
+        let key = (&f.tenant, &f.user_id, &f.device_id, f.seq);
+        let a = self.hasher.0.hash_one(key) as u128;
+        let b = self.hasher.1.hash_one(key) as u128;
+        (a << 64) | b
+    }
+
+    /// The fix in `r`, `None` if it is not one; waits out registry outages.
+    async fn decode(&self, r: &Record) -> Result<Option<LocationFix>, ReplayError> {
+        let Some(v) = r.value.as_deref() else {
+            return Ok(None);
+        };
+        let mut backoff = Backoff::default();
+        loop {
+            match self.codec.decode(v).await {
+                Ok(f) => return Ok(Some(f)),
+                Err(CodecError::Registry(e)) => {
+                    tracing::warn!(error = e, retry_in = ?backoff.current(), "Schema Registry unavailable; retrying");
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return Err(ReplayError::Interrupted),
+                        _ = backoff.wait() => {}
+                    }
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Reads the whole window into memory (at most `max` fixes), ordered by tenant, user, event
+/// time (then device and sequence).
+pub async fn collect(
+    scan: &mut Scan,
+    max: usize,
+    mut progress: impl FnMut(&Progress),
+) -> Result<Vec<Kept>, ReplayError> {
+    let mut all: Vec<Kept> = Vec::new();
+    let mut last = Instant::now();
+    while let Some(batch) = scan.next().await? {
+        if all.len() + batch.len() > max {
+            return Err(ReplayError::TooLarge { max });
+        }
+        all.extend(batch);
+        if last.elapsed() >= Duration::from_millis(500) {
+            progress(&scan.progress());
+            last = Instant::now();
+        }
+    }
+    progress(&scan.progress());
+    all.sort_unstable_by(|a, b| by_user_then_time(&a.fix, &b.fix));
+    Ok(all)
+}
+
+pub fn by_user_then_time(a: &LocationFix, b: &LocationFix) -> std::cmp::Ordering {
+    (&a.tenant, &a.user_id, a.ts, &a.device_id, a.seq).cmp(&(
+        &b.tenant,
+        &b.user_id,
+        b.ts,
+        &b.device_id,
+        b.seq,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_arguments_are_checked() {
+        assert!(Window::new(10, 10, 0, 0, 100).is_err(), "empty window");
+        assert!(Window::new(20, 10, 0, 0, 100).is_err(), "to before from");
+        assert!(
+            Window::new(0, 10, 101, 0, 100).is_err(),
+            "lateness over max_age"
+        );
+        let w = Window::new(1000, 2000, 500, 300, 1000).unwrap();
+        assert_eq!(w.read_range(), (700, 2500));
+        assert!(w.contains(1000) && w.contains(1999) && !w.contains(2000));
+    }
+
+    #[test]
+    fn bbox_parses_and_crosses_the_antimeridian() {
+        let b = BBox::parse("13.0,52.0,14.0,53.0").unwrap();
+        assert!(b.contains(52.5, 13.4) && !b.contains(52.5, 12.9));
+        let wrap = BBox::parse("170,-10,-170,10").unwrap();
+        assert!(wrap.contains(0.0, 179.0) && wrap.contains(0.0, -179.0));
+        assert!(!wrap.contains(0.0, 0.0));
+        for bad in ["1,2,3", "a,b,c,d", "0,10,1,5", "0,0,200,1"] {
+            assert!(BBox::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
