@@ -87,11 +87,11 @@ mod tests {
         assert_eq!(parse_time("1700000000000", NOW), Ok(1_700_000_000_000));
         assert_eq!(
             parse_time("2026-11-30T08:00:00Z", NOW),
-            Ok(1_795_939_200_000)
+            Ok(1_796_025_600_000)
         );
         assert_eq!(
             parse_time("2026-11-30T09:00:00+01:00", NOW),
-            Ok(1_795_939_200_000)
+            Ok(1_796_025_600_000)
         );
     }
 
@@ -112,6 +112,6 @@ mod tests {
 
     #[test]
     fn formats_back() {
-        assert_eq!(format_time(1_795_939_200_123), "2026-11-30T08:00:00.123Z");
+        assert_eq!(format_time(1_796_025_600_123), "2026-11-30T08:00:00.123Z");
     }
 }
