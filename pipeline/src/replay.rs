@@ -182,7 +182,7 @@ async fn open_scan(
         .with_context(|| format!("reading {topic}'s retention"))?
         .and_then(|v| v.parse::<i64>().ok())
         .unwrap_or(-1);
-    let codec = locus_schemas::Codec::new(&config.registry, topic)?;
+    let codec = std::sync::Arc::new(locus_schemas::Codec::new(&config.registry, topic)?);
     let scan = Scan::open(
         &config.kafka,
         codec,

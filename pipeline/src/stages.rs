@@ -125,6 +125,21 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
                     api.clone(),
                     (config.cache.online_s, config.cache.offline_s),
                 ));
+                // The dashboard's playback: a window of the tenant's fixes, paced.
+                router = router.merge(require_token(
+                    locus_replay::router(Arc::new(locus_replay::ReplayApi::new(
+                        config.kafka.clone(),
+                        config.topics.locations.clone(),
+                        Arc::new(locus_schemas::Codec::new(
+                            &config.registry,
+                            &config.topics.locations,
+                        )?),
+                        config.replay.clone(),
+                        config.bridge.max_future_ms,
+                        config.bridge.max_age_ms,
+                    ))),
+                    data_auth()?,
+                ));
                 let ready_hub = hub.clone();
                 readiness.add("push-reader", move || {
                     let ready = ready_hub.is_ready();

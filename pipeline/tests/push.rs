@@ -611,6 +611,16 @@ async fn push_dashboard_in_a_real_browser() {
     // bridge refuses such ids): the dashboard must show it as text.
     let evil = "<img src=x onerror=window.__pwned=1>";
     produce(&s, &[fix(tenant, evil, 1, 52.51, 13.39)]).await;
+    // A track to play back: 30 fixes a minute apart, ending 5 minutes ago.
+    let now = now_ms();
+    let track: Vec<LocationFix> = (0..30)
+        .map(|i| {
+            let mut f = fix(tenant, "replayer", i, 52.50 + i as f64 * 1e-3, 13.38);
+            f.ts = now - 35 * 60_000 + i * 60_000;
+            f
+        })
+        .collect();
+    produce(&s, &track).await;
     let shot = repo().join("target/test-artifacts/dashboard.png");
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(&shot);
@@ -628,6 +638,11 @@ async fn push_dashboard_in_a_real_browser() {
         .env("MQTT_TOPIC", s.topic(tenant, "walker-1"))
         .env("USER_ID", "walker-1")
         .env("EVIL_USER", evil)
+        .env("REPLAY_USER", "replayer")
+        .env("REPLAY_POINTS", "30")
+        .env("REPLAY_FROM", (now - 40 * 60_000).to_string())
+        .env("REPLAY_TO", (now - 60_000).to_string())
+        .env("REPLAY_LAST_LAT", track[29].lat.to_string())
         .env("SCREENSHOT", &shot)
         .output()
         .await

@@ -99,7 +99,11 @@ fn members(c: &BaseConsumer, group: &str, timeout: Duration) -> Result<Vec<Strin
         .iter()
         .filter(|g| g.name() == group)
         .flat_map(|g| g.members())
-        .map(|m| format!("{}@{}", m.client_id(), m.client_host()))
+        .map(|m| match (m.client_id(), m.client_host()) {
+            ("", _) => m.id().to_string(),
+            (client, "") => client.to_string(),
+            (client, host) => format!("{client}@{host}"),
+        })
         .collect())
 }
 

@@ -3,6 +3,7 @@
 //! over it, copy it into another topic, move a stopped group's offsets, or stream it to a
 //! dashboard. See README.md for the window contract.
 
+mod api;
 mod config;
 pub mod copy;
 mod error;
@@ -11,6 +12,7 @@ pub mod group;
 pub mod time;
 mod window;
 
+pub use api::{ReplayApi, router};
 pub use config::ReplayConfig;
 pub use error::ReplayError;
 pub use window::{

@@ -18,6 +18,7 @@
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use locus_kafka::{
@@ -238,7 +239,7 @@ impl Report {
 #[derive(Debug)]
 pub struct Scan {
     reader: RangeReader,
-    codec: Codec,
+    codec: Arc<Codec>,
     window: Window,
     filter: Filter,
     seen: HashSet<u128>,
@@ -262,7 +263,7 @@ impl Scan {
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         kafka: &KafkaConfig,
-        codec: Codec,
+        codec: Arc<Codec>,
         topic: &str,
         window: Window,
         filter: Filter,
@@ -275,24 +276,26 @@ impl Scan {
             window_to: format_time(window.to_ms),
             ..Report::default()
         };
+        let (read_from, read_to) = window.read_range();
         if retention_ms > 0 {
+            // Retention deletes by produce time: what was produced before `kept_from` is gone.
             let kept_from = now_ms.saturating_sub(retention_ms);
-            if window.to_ms <= kept_from {
+            if read_to <= kept_from {
                 return Err(ReplayError::Invalid(format!(
-                    "the window ends before {}: {topic} keeps {} h (retention.ms), nothing of it is left",
+                    "the window's fixes were produced before {} (to + lateness), and {topic} keeps \
+                     {} h (retention.ms): nothing of it is left",
                     format_time(kept_from),
                     retention_ms / 3_600_000
                 )));
             }
-            if window.from_ms < kept_from {
+            if read_from < kept_from {
                 report.gone = Some(format!(
-                    "fixes before {} are past {topic}'s retention ({} h) and may be gone",
+                    "fixes produced before {} are past {topic}'s retention ({} h) and may be gone",
                     format_time(kept_from),
                     retention_ms / 3_600_000
                 ));
             }
         }
-        let (read_from, read_to) = window.read_range();
         let reader = RangeReader::open(
             kafka,
             "replay",

@@ -281,6 +281,8 @@ pub struct Record {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub headers: HashMap<String, String>,
+    /// Record timestamp, ms.
+    pub timestamp: Option<i64>,
 }
 
 /// Reads `topic` from the beginning until `want(records)` holds or `timeout` passes.
@@ -337,6 +339,7 @@ pub fn consume_until(
                 key: m.key().unwrap_or_default().to_vec(),
                 value: m.payload().unwrap_or_default().to_vec(),
                 headers,
+                timestamp: m.timestamp().to_millis(),
             });
         }
     }

@@ -1,5 +1,7 @@
 //! A minimal SSE client over a raw TCP socket: the tests need to cut connections at will,
 //! read slowly with a small receive buffer, and see heartbeat comments.
+// Each test binary uses a part of it.
+#![allow(dead_code)]
 
 use std::time::Duration;
 

@@ -1,15 +1,22 @@
 // The Locus live dashboard: one EventSource on /v1/stream; a snapshot of last positions,
 // then live fixes. Markers move, coloured by presence; the list shows last-seen and status.
+// Playback: a time range of the tenant's fixes from /v1/tenants/{t}/replay, paced by the
+// server at the chosen speed, each user's track drawn as it grows; pause, seek, back to live.
 import L from "leaflet";
 
 const $ = (id) => document.getElementById(id);
 const COLORS = { online: "#1f8a4c", stale: "#d49a1a", offline: "#8a8f9c" };
 
 let settings = { tile_url: "", tile_attribution: "", online_s: 60, offline_s: 600 };
-const users = new Map(); // user_id → { lat, lon, ts, seq, device_id, marker, row }
+const users = new Map(); // user_id → { lat, lon, ts, seq, device_id, marker, row, track }
 const recent = []; // arrival times of fixes in the last 5 s
 let follow = true; // keep every user in view until the viewer moves the map
 let fitted = false; // the first positions always set the view
+let token = "";
+let live = null; // the live EventSource
+// Playback state: the range, where it is, and its EventSource while playing.
+const pb = { on: false, from: 0, to: 0, at: 0, es: null };
+const clock = () => (pb.on ? pb.at : Date.now());
 
 
 function tokenFromPage() {
@@ -97,6 +104,15 @@ function upsert(p, now) {
   }
   Object.assign(u, { lat: p.lat, lon: p.lon, ts: p.ts, seq: p.seq, device_id: p.device_id });
   u.marker.setLatLng([p.lat, p.lon]);
+  if (pb.on) {
+    if (!u.track) {
+      u.track = L.polyline([], { className: "track", interactive: false }).addTo(map);
+      u.track.getElement?.()?.setAttribute("data-track", p.user_id);
+    }
+    u.track.addLatLng([p.lat, p.lon]);
+    u.track.getElement()?.setAttribute("data-track", p.user_id);
+    u.row.dataset.points = u.track.getLatLngs().length;
+  }
   u.row.dataset.lat = p.lat;
   u.row.dataset.lon = p.lon;
   paint(u, now);
@@ -134,9 +150,10 @@ function connState(state, text) {
   $("conn").textContent = text;
 }
 
-function connect(token) {
+function connect() {
   $("tenant").textContent = tenantOf(token);
   const es = new EventSource(`/v1/stream?access_token=${encodeURIComponent(token)}`);
+  live = es;
   es.onopen = () => connState("live", "live");
   es.onerror = () => {
     if (es.readyState === EventSource.CLOSED) {
@@ -173,11 +190,137 @@ function connect(token) {
 }
 
 setInterval(() => {
-  const now = Date.now();
-  while (recent.length && now - recent[0] > 5000) recent.shift();
+  const wall = Date.now();
+  while (recent.length && wall - recent[0] > 5000) recent.shift();
   $("rate").textContent = (recent.length / 5).toFixed(1);
+  const now = clock();
   for (const u of users.values()) paint(u, now);
 }, 1000);
+
+// ---- playback
+
+function clearUsers() {
+  for (const u of users.values()) {
+    u.marker.remove();
+    u.track?.remove();
+    u.row.remove();
+  }
+  users.clear();
+  $("count").textContent = 0;
+  fitted = false;
+  follow = true;
+}
+
+const localInput = (ms) => {
+  const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60000);
+  return d.toISOString().slice(0, 19);
+};
+const fromInput = (v) => new Date(v).getTime();
+
+function showAt(ms) {
+  pb.at = ms;
+  const span = Math.max(1, pb.to - pb.from);
+  $("pb-slider").value = Math.round(((ms - pb.from) / span) * 1000);
+  $("pb-time").textContent = new Date(ms).toLocaleString();
+}
+
+function stopPlaying() {
+  pb.es?.close();
+  pb.es = null;
+  $("pb-play").textContent = "Play";
+}
+
+// Plays from pb.at to pb.to at the chosen speed; tracks already drawn are kept.
+function play() {
+  stopPlaying();
+  pb.from = fromInput($("pb-from").value);
+  pb.to = fromInput($("pb-to").value);
+  if (!(pb.to > pb.from)) return notice("Pick a range: 'to' must be after 'from'.");
+  if (pb.at < pb.from || pb.at >= pb.to) showAt(pb.from);
+  const q = new URLSearchParams({ from: pb.at, to: pb.to, speed: $("pb-speed").value, access_token: token });
+  const es = new EventSource(`/v1/tenants/${encodeURIComponent(tenantOf(token))}/replay?${q}`);
+  pb.es = es;
+  $("pb-play").textContent = "Pause";
+  connState("playback", "playback");
+  notice("");
+  es.addEventListener("fix", (e) => {
+    const p = JSON.parse(e.data);
+    showAt(p.ts);
+    upsert(p, p.ts);
+    keepInView();
+  });
+  es.addEventListener("end", (e) => {
+    const r = JSON.parse(e.data);
+    stopPlaying();
+    showAt(pb.to);
+    $("playback").dataset.ended = "true";
+    notice(`Played ${r.in_window} fixes.`);
+  });
+  es.onerror = () => {
+    // A replay is not resumed by the browser (it would start over): stop and say so.
+    if (pb.es !== es) return;
+    stopPlaying();
+    notice("The replay stopped (range too large, too many replays at once, or the token expired).");
+  };
+}
+
+function enterPlayback() {
+  live?.close();
+  live = null;
+  pb.on = true;
+  document.body.classList.add("playback");
+  $("playback").hidden = false;
+  $("pb-open").hidden = true;
+  clearUsers();
+  const now = Date.now();
+  if (!$("pb-from").value) $("pb-from").value = localInput(now - 3600_000);
+  if (!$("pb-to").value) $("pb-to").value = localInput(now);
+  pb.from = fromInput($("pb-from").value);
+  pb.to = fromInput($("pb-to").value);
+  showAt(pb.from);
+  connState("playback", "playback");
+}
+
+function leavePlayback() {
+  stopPlaying();
+  pb.on = false;
+  document.body.classList.remove("playback");
+  $("playback").hidden = true;
+  $("pb-open").hidden = false;
+  clearUsers();
+  notice("");
+  connect();
+}
+
+$("pb-open").addEventListener("click", enterPlayback);
+$("pb-live").addEventListener("click", leavePlayback);
+$("pb-play").addEventListener("click", () => {
+  delete $("playback").dataset.ended;
+  if (pb.es) stopPlaying(); // pause: keep what is drawn and where it is
+  else play();
+});
+// Seeking starts over from the chosen time (tracks are redrawn from there).
+$("pb-slider").addEventListener("change", () => {
+  const playing = !!pb.es;
+  stopPlaying();
+  clearUsers();
+  pb.from = fromInput($("pb-from").value);
+  pb.to = fromInput($("pb-to").value);
+  showAt(pb.from + (Number($("pb-slider").value) / 1000) * (pb.to - pb.from));
+  if (playing) play();
+});
+for (const id of ["pb-from", "pb-to"]) {
+  $(id).addEventListener("change", () => {
+    stopPlaying();
+    clearUsers();
+    pb.from = fromInput($("pb-from").value);
+    pb.to = fromInput($("pb-to").value);
+    showAt(pb.from);
+  });
+}
+$("pb-speed").addEventListener("change", () => {
+  if (pb.es) play(); // the same position at the new speed
+});
 
 async function start() {
   try {
@@ -190,15 +333,15 @@ async function start() {
     L.tileLayer(settings.tile_url, { attribution: settings.tile_attribution, maxZoom: 19 }).addTo(map);
   }
   drawGrid();
-  const token = tokenFromPage();
-  if (token) return connect(token);
+  token = tokenFromPage() || "";
+  if (token) return connect();
   $("login").hidden = false;
   $("login").addEventListener("submit", (e) => {
     e.preventDefault();
-    const t = $("token").value.trim();
-    sessionStorage.setItem("locus-token", t);
+    token = $("token").value.trim();
+    sessionStorage.setItem("locus-token", token);
     $("login").hidden = true;
-    connect(t);
+    connect();
   });
 }
 

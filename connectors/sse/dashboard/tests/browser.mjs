@@ -5,8 +5,13 @@
 // Kafka by the Rust test, as a hostile producer could: the bridge refuses such ids) must show
 // as text, create no element and run nothing; the page must carry its Content-Security-Policy.
 //
+// Then playback: a range holding REPLAY_USER's track (REPLAY_POINTS fixes written to Kafka by
+// the Rust test) is played at 3600x; the track must be drawn whole, the marker end at the last
+// fix, and "Back to live" must reconnect the live stream.
+//
 // env: DASHBOARD_URL (with #token=...), MQTT_HOST, MQTT_PORT, MQTT_TOPIC, USER_ID,
 //      EVIL_USER (the markup id already in Kafka), SCREENSHOT (path of the PNG to write),
+//      REPLAY_USER, REPLAY_POINTS, REPLAY_FROM, REPLAY_TO (ms), REPLAY_LAST_LAT,
 //      CHROMIUM (default /usr/bin/chromium)
 import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
@@ -101,6 +106,31 @@ try {
   await page.waitForFunction(() => Number(document.getElementById("rate").textContent) > 0);
   await page.screenshot({ path: shot });
   console.log(`screenshot: ${shot}`);
+
+  // ---- playback
+  const replayUser = env("REPLAY_USER");
+  const points = Number(env("REPLAY_POINTS"));
+  await page.click("#pb-open");
+  await page.waitForSelector("#conn.conn-playback");
+  const local = (ms) => page.evaluate((t) => new Date(t - new Date(t).getTimezoneOffset() * 60000).toISOString().slice(0, 19), ms);
+  await page.fill("#pb-from", await local(Number(env("REPLAY_FROM"))));
+  await page.fill("#pb-to", await local(Number(env("REPLAY_TO"))));
+  await page.selectOption("#pb-speed", "3600");
+  await page.click("#pb-play");
+  await page.waitForSelector("#playback[data-ended]", { timeout: 30_000 });
+  const drawn = await page.locator(`tr[data-user="${replayUser}"]`).getAttribute("data-points");
+  if (Number(drawn) !== points) throw new Error(`the track has ${drawn} points, expected ${points}`);
+  const track = await page.locator(`path[data-track="${replayUser}"]`).count();
+  if (track !== 1) throw new Error(`expected one drawn track for ${replayUser}, found ${track}`);
+  const endLat = await page.locator(`tr[data-user="${replayUser}"]`).getAttribute("data-lat");
+  if (Number(endLat) !== Number(env("REPLAY_LAST_LAT"))) throw new Error(`marker ended at lat ${endLat}`);
+  if (Number(await page.locator("#pb-slider").inputValue()) !== 1000) throw new Error("the slider did not reach the end");
+  console.log(`playback drew ${points} points of ${replayUser}'s track`);
+  await page.screenshot({ path: shot.replace(/\.png$/, "-playback.png") });
+  await page.click("#pb-live");
+  await page.waitForSelector("#conn.conn-live", { timeout: 20_000 });
+  if (await page.locator(`path[data-track]`).count() !== 0) throw new Error("tracks left after leaving playback");
+  console.log("back to live");
 } catch (e) {
   failed = true;
   console.error(`browser test failed: ${e.message}`);

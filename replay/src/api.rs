@@ -1,0 +1,241 @@
+//! `GET /v1/tenants/{tenant}/replay?from=&to=&speed=&users=&bbox=&lateness=`: a window of one
+//! tenant's fixes as Server-Sent Events, in event-time order, at `speed` × real time (the
+//! dashboard's playback). The same tokens and tenant scoping as every data route (the
+//! pipeline puts the auth layer in front). The window is read whole (at most
+//! `replay.http_max_fixes`) before the first event, so a bad or too large window is a plain
+//! 400/413; at most `replay.max_concurrent` replays run per process (503 beyond). A client
+//! that leaves stops its replay: the read or the pacing is dropped with the request.
+//!
+//! Events: `fix` (the fix as JSON), then `end` (the window's report); `error` if the read
+//! failed after the stream began.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::Stream;
+use locus_kafka::KafkaConfig;
+use locus_schemas::{Codec, LocationFix};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::time::{parse_duration, parse_time};
+use crate::{BBox, Filter, ReplayConfig, ReplayError, Scan, Window};
+
+/// What the route needs.
+#[derive(Debug)]
+pub struct ReplayApi {
+    pub kafka: KafkaConfig,
+    pub topic: String,
+    pub codec: Arc<Codec>,
+    pub config: ReplayConfig,
+    /// The bridge's `max_future_ms` (device clock skew) and `max_age_ms` (bound on lateness).
+    pub skew_ms: i64,
+    pub max_age_ms: i64,
+    pub permits: Arc<Semaphore>,
+}
+
+impl ReplayApi {
+    pub fn new(
+        kafka: KafkaConfig,
+        topic: String,
+        codec: Arc<Codec>,
+        config: ReplayConfig,
+        skew_ms: i64,
+        max_age_ms: i64,
+    ) -> ReplayApi {
+        let permits = Arc::new(Semaphore::new(config.max_concurrent));
+        ReplayApi {
+            kafka,
+            topic,
+            codec,
+            config,
+            skew_ms,
+            max_age_ms,
+            permits,
+        }
+    }
+}
+
+pub fn router(api: Arc<ReplayApi>) -> Router {
+    Router::new()
+        .route("/v1/tenants/{tenant}/replay", get(replay))
+        .with_state(api)
+}
+
+/// The query; unknown parameters are refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayQuery {
+    from: String,
+    to: String,
+    #[serde(default)]
+    speed: Option<f64>,
+    #[serde(default)]
+    users: Option<String>,
+    #[serde(default)]
+    bbox: Option<String>,
+    #[serde(default)]
+    lateness: Option<String>,
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Most users one replay may name.
+const MAX_USERS: usize = 1000;
+
+async fn replay(
+    State(api): State<Arc<ReplayApi>>,
+    Path(tenant): Path<String>,
+    query: Result<Query<ReplayQuery>, QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let now = now_ms();
+    let parsed = (|| -> Result<(Window, Filter, f64), ReplayError> {
+        let from = parse_time(&q.from, now).map_err(ReplayError::Invalid)?;
+        let to = parse_time(&q.to, now).map_err(ReplayError::Invalid)?;
+        let lateness = match &q.lateness {
+            Some(l) => parse_duration(l).map_err(ReplayError::Invalid)?,
+            None => api.config.lateness_ms,
+        };
+        let window = Window::new(from, to, lateness, api.skew_ms, api.max_age_ms)?;
+        let speed = q.speed.unwrap_or(1.0);
+        if !(speed.is_finite() && speed > 0.0 && speed <= 1e6) {
+            return Err(ReplayError::Invalid("speed must be in (0, 1000000]".into()));
+        }
+        let users = match &q.users {
+            None => None,
+            Some(u) => {
+                let set: HashSet<String> = u
+                    .split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if set.is_empty() || set.len() > MAX_USERS {
+                    return Err(ReplayError::Invalid(format!(
+                        "users must name 1 to {MAX_USERS} users"
+                    )));
+                }
+                Some(set)
+            }
+        };
+        let filter = Filter {
+            tenant: Some(tenant.clone()),
+            users,
+            bbox: q.bbox.as_deref().map(BBox::parse).transpose()?,
+        };
+        Ok((window, filter, speed))
+    })();
+    let (window, filter, speed) = match parsed {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let Ok(permit) = api.permits.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            axum::Json(json!({ "error": format!(
+                "{} replays are running (replay.max_concurrent); retry later",
+                api.config.max_concurrent
+            ) })),
+        )
+            .into_response();
+    };
+    // Dropped with the request if the client leaves while the window is read.
+    let cancel = CancellationToken::new();
+    let _cancel_on_drop = cancel.clone().drop_guard();
+    let scan = Scan::open(
+        &api.kafka,
+        api.codec.clone(),
+        &api.topic,
+        window,
+        filter,
+        -1,
+        now,
+        cancel.clone(),
+    )
+    .await;
+    let mut scan = match scan {
+        Ok(s) => s,
+        Err(e @ ReplayError::Invalid(_)) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => {
+            tracing::warn!(error = %e, "HTTP replay cannot read the window");
+            return error(StatusCode::SERVICE_UNAVAILABLE, e);
+        }
+    };
+    let mut fixes = match crate::collect(&mut scan, api.config.http_max_fixes, |_| {}).await {
+        Ok(k) => k.into_iter().map(|k| k.fix).collect::<Vec<_>>(),
+        Err(ReplayError::TooLarge { max }) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the window holds more than {max} fixes (replay.http_max_fixes): \
+                     narrow it by time, users or bbox"
+                ),
+            );
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    fixes.sort_by(|a, b| (a.ts, &a.user_id, a.seq).cmp(&(b.ts, &b.user_id, b.seq)));
+    let report = scan.report();
+    let stream = paced(fixes, speed, report, permit);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// The fixes at `speed` × their event-time spacing, then `end`. Holds the permit until the
+/// stream ends or is dropped.
+fn paced(
+    fixes: Vec<LocationFix>,
+    speed: f64,
+    report: crate::Report,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let started = Instant::now();
+    let t0 = fixes.first().map_or(0, |f| f.ts);
+    let state = (fixes.into_iter(), Some(report), permit);
+    futures::stream::unfold(state, move |(mut it, mut report, permit)| async move {
+        match it.next() {
+            Some(f) => {
+                let due =
+                    started + Duration::from_secs_f64((f.ts - t0).max(0) as f64 / 1000.0 / speed);
+                tokio::time::sleep_until(due.into()).await;
+                let data = serde_json::to_string(&f).unwrap_or_default();
+                Some((
+                    Ok(Event::default().event("fix").data(data)),
+                    (it, report, permit),
+                ))
+            }
+            None => {
+                let r = report.take()?;
+                let data = serde_json::to_string(&r).unwrap_or_default();
+                Some((
+                    Ok(Event::default().event("end").data(data)),
+                    (it, None, permit),
+                ))
+            }
+        }
+    })
+}
