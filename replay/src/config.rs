@@ -11,7 +11,7 @@ pub struct ReplayConfig {
     /// the bridge's `max_age_ms` (older fixes are refused at the bridge anyway).
     #[serde(default = "default_lateness_ms")]
     pub lateness_ms: i64,
-    /// Most fixes one export or HTTP replay holds (it sorts them in memory); a larger window
+    /// Most fixes one export or topic copy holds (it sorts them in memory); a larger window
     /// is refused with a hint to narrow it.
     #[serde(default = "default_max_fixes")]
     pub max_fixes: usize,
