@@ -6,6 +6,7 @@
 //! - [`stream`]: `GET /v1/stream` (JWT auth, filters, snapshot, resume, heartbeats).
 //! - [`cursor`]: event ids that encode Kafka positions.
 //! - [`dashboard`]: the built dashboard page, served at `/`.
+//! - [`Snapshots`]: where a stream's opening snapshot comes from (supplied by the pipeline).
 
 pub mod auth;
 mod config;
@@ -13,6 +14,7 @@ pub mod cursor;
 mod dashboard;
 pub mod hub;
 mod metrics;
+mod snapshot;
 pub mod source;
 pub mod stream;
 
@@ -24,6 +26,7 @@ use axum::routing::get;
 pub use auth::{Authenticator, Claims, mint_hs256};
 pub use config::PushConfig;
 pub use hub::Hub;
+pub use snapshot::{SnapshotPosition, SnapshotQuery, Snapshots};
 pub use stream::PushApi;
 
 #[derive(Debug, thiserror::Error)]

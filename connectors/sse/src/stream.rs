@@ -17,7 +17,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use locus_kafka::KafkaConfig;
-use locus_redis::CacheStore;
 use locus_schemas::Codec;
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
@@ -27,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::hub::{Client, Filter, Hub};
 use crate::metrics::M;
+use crate::snapshot::{SnapshotQuery, Snapshots};
 use crate::source::{ReplayItem, replay};
 use crate::{PushConfig, cursor};
 
@@ -39,8 +39,9 @@ pub struct PushApi {
     pub kafka: KafkaConfig,
     pub topic: String,
     pub codec: Codec,
-    /// The position cache for snapshots (set once connected).
-    pub store: Arc<OnceLock<CacheStore>>,
+    /// Where snapshots come from (set once connected; until then snapshots are empty and
+    /// say they are incomplete).
+    pub snapshots: Arc<OnceLock<Arc<dyn Snapshots>>>,
     /// Cancelled at shutdown: every stream ends.
     pub cancel: CancellationToken,
     pub(crate) connections: AtomicUsize,
@@ -56,7 +57,7 @@ impl PushApi {
         kafka: KafkaConfig,
         topic: String,
         codec: Codec,
-        store: Arc<OnceLock<CacheStore>>,
+        snapshots: Arc<OnceLock<Arc<dyn Snapshots>>>,
         cancel: CancellationToken,
     ) -> PushApi {
         let resumes = Semaphore::new(config.max_concurrent_resumes);
@@ -67,7 +68,7 @@ impl PushApi {
             kafka,
             topic,
             codec,
-            store,
+            snapshots,
             cancel,
             connections: AtomicUsize::new(0),
             resumes,
@@ -489,30 +490,30 @@ impl Session {
         let api = self.guard.api.clone();
         let c = &self.guard.client;
         let max = api.config.snapshot_max;
-        let (positions, complete) = match api.store.get() {
+        let (positions, complete) = match api.snapshots.get() {
             None => (vec![], false),
-            Some(store) => {
-                let r = match (&c.filter.users, c.filter.bbox) {
-                    (Some(users), _) => {
-                        let mut u: Vec<String> = users.iter().cloned().collect();
-                        u.sort();
-                        u.truncate(max);
-                        store.positions(&c.tenant, &u).await
-                    }
-                    (None, Some([x0, y0, x1, y1])) => {
-                        store.in_bbox(&c.tenant, (x0, y0, x1, y1), None, max).await
-                    }
-                    (None, None) => store.recent(&c.tenant, max).await,
+            Some(source) => {
+                let users: Option<Vec<String>> = c.filter.users.as_ref().map(|users| {
+                    let mut u: Vec<String> = users.iter().cloned().collect();
+                    u.sort();
+                    u.truncate(max);
+                    u
+                });
+                let query = match (&users, c.filter.bbox) {
+                    (Some(u), _) => SnapshotQuery::Users(u),
+                    (None, Some(b)) => SnapshotQuery::BBox(b),
+                    (None, None) => SnapshotQuery::Recent,
                 };
-                match r {
+                match source.snapshot(&c.tenant, query, max).await {
                     Ok(p) => {
-                        let p: Vec<_> = p
+                        let p: Vec<serde_json::Value> = p
                             .into_iter()
                             .filter(|p| {
                                 c.filter.bbox.is_none_or(|[x0, y0, x1, y1]| {
                                     p.lon >= x0 && p.lon <= x1 && p.lat >= y0 && p.lat <= y1
                                 })
                             })
+                            .map(|p| p.json)
                             .collect();
                         let complete = p.len() < max;
                         (p, complete)

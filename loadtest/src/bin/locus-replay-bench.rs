@@ -79,8 +79,10 @@ async fn fill(args: &Args) -> anyhow::Result<(i64, i64)> {
     let admin: AdminClient<DefaultClientContext> = client(args).create()?;
     let _ = admin
         .create_topics(
-            &[NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1))
-                .set("retention.ms", "604800000")],
+            &[
+                NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1))
+                    .set("retention.ms", "604800000"),
+            ],
             &AdminOptions::new(),
         )
         .await?;
@@ -190,7 +192,10 @@ async fn plain(args: &Args) -> anyhow::Result<serde_json::Value> {
         let m = tokio::time::timeout(Duration::from_secs(30), c.recv()).await??;
         n += 1;
         bytes += m.payload().map_or(0, <[u8]>::len) as u64 + m.key().map_or(0, <[u8]>::len) as u64;
-        if ends.get(&m.partition()).is_some_and(|hi| m.offset() + 1 >= *hi) {
+        if ends
+            .get(&m.partition())
+            .is_some_and(|hi| m.offset() + 1 >= *hi)
+        {
             ends.remove(&m.partition());
             left -= 1;
         }
@@ -206,7 +211,12 @@ fn export(args: &Args, format: &str, window: (i64, i64)) -> anyhow::Result<serde
     let mut child = Command::new(&args.locus)
         .args(["replay", "export", "--format", format, "--out"])
         .arg(&out)
-        .args(["--from", &window.0.to_string(), "--to", &window.1.to_string()])
+        .args([
+            "--from",
+            &window.0.to_string(),
+            "--to",
+            &window.1.to_string(),
+        ])
         .env("LOCUS_KAFKA__BROKERS", &args.brokers)
         .env("LOCUS_REGISTRY__URL", &args.registry)
         .env("LOCUS_TOPICS__LOCATIONS", &args.topic)
@@ -270,6 +280,9 @@ async fn main() -> anyhow::Result<()> {
             "ndjson_share_of_ceiling": ndjson["fixes_per_s"].as_f64().unwrap_or(0.0) / ceiling,
         }));
     }
-    println!("{}", serde_json::to_string_pretty(&json!({ "rounds": rounds }))?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({ "rounds": rounds }))?
+    );
     Ok(())
 }

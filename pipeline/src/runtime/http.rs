@@ -22,7 +22,8 @@ use super::streaming::{self, Opening};
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-type CheckFn =
+/// A readiness check: `Ok` when the dependency answers, `Err(why)` when not.
+pub type CheckFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// Named dependency checks, re-run in the background; `/readyz` serves their last results.
@@ -48,6 +49,13 @@ impl Readiness {
         let f: CheckFn = Arc::new(move || Box::pin(check()));
         if let Ok(mut c) = self.checks.lock() {
             c.push((name.to_string(), f));
+        }
+    }
+
+    /// Adds a check already boxed (a stage's [`crate::stages::StageParts`]).
+    pub fn add_boxed(&self, name: &str, check: CheckFn) {
+        if let Ok(mut c) = self.checks.lock() {
+            c.push((name.to_string(), check));
         }
     }
 
