@@ -270,20 +270,20 @@ async fn export(
     let (output, w) = Output::open(out)?;
     let result = async {
         let mut meter = Meter::new("read");
-        let kept = locus_replay::collect(&mut scan, config.replay.max_fixes, |p| {
+        let fixes = locus_replay::collect_fixes(&mut scan, config.replay.max_fixes, |p| {
             meter.show(p.records, p.total)
         })
         .await?;
         let mut writer =
             locus_replay::format::writer(format, w, config.replay.parquet_row_group_rows)?;
-        for (i, k) in kept.iter().enumerate() {
+        for (i, f) in fixes.iter().enumerate() {
             if i % 65_536 == 0 && cancel.is_cancelled() {
                 return Err(ReplayError::Interrupted);
             }
-            writer.write(&k.fix)?;
+            writer.write(f)?;
         }
         output.commit(writer.finish()?)?;
-        Ok::<_, ReplayError>(kept.len())
+        Ok::<_, ReplayError>(fixes.len())
     }
     .await;
     match result {

@@ -184,8 +184,8 @@ async fn replay(
             return error(StatusCode::SERVICE_UNAVAILABLE, e);
         }
     };
-    let mut fixes = match crate::collect(&mut scan, api.config.http_max_fixes, |_| {}).await {
-        Ok(k) => k.into_iter().map(|k| k.fix).collect::<Vec<_>>(),
+    let mut fixes = match crate::collect_fixes(&mut scan, api.config.http_max_fixes, |_| {}).await {
+        Ok(f) => f,
         Err(ReplayError::TooLarge { max }) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -16,5 +16,5 @@ pub use api::{ReplayApi, router};
 pub use config::ReplayConfig;
 pub use error::ReplayError;
 pub use window::{
-    BBox, Filter, Kept, PartitionRead, Report, Scan, Window, by_user_then_time, collect,
+    BBox, Filter, Kept, PartitionRead, Report, Scan, Window, by_user_then_time, collect, collect_fixes,
 };

@@ -246,6 +246,8 @@ pub struct Scan {
     hasher: (std::hash::RandomState, std::hash::RandomState),
     report: Report,
     started: Instant,
+    /// Seconds the read took, once it ended.
+    read_s: Option<f64>,
     cancel: CancellationToken,
 }
 
@@ -322,6 +324,7 @@ impl Scan {
             hasher: Default::default(),
             report,
             started: Instant::now(),
+            read_s: None,
             cancel,
         })
     }
@@ -341,7 +344,9 @@ impl Scan {
         let p = self.reader.progress();
         r.records_read = p.records;
         r.bytes_read = p.bytes;
-        r.seconds = self.started.elapsed().as_secs_f64();
+        r.seconds = self
+            .read_s
+            .unwrap_or_else(|| self.started.elapsed().as_secs_f64());
         r
     }
 
@@ -352,8 +357,15 @@ impl Scan {
             b = self.reader.next_batch(4096) => b?,
         };
         let Some(batch) = batch else {
+            self.read_s
+                .get_or_insert_with(|| self.started.elapsed().as_secs_f64());
             return Ok(None);
         };
+        if self.seen.capacity() == 0 {
+            // Most records of the plan are usually in the window: size the set once.
+            let planned = self.reader.progress().total as usize;
+            self.seen.reserve(planned.min(1 << 24));
+        }
         let mut kept = Vec::with_capacity(batch.len());
         for record in batch {
             let Some(fix) = self.decode(&record).await? else {
@@ -414,27 +426,47 @@ impl Scan {
     }
 }
 
-/// Reads the whole window into memory (at most `max` fixes), ordered by tenant, user, event
-/// time (then device and sequence).
+/// Reads the whole window into memory (at most `max` records), in read order.
 pub async fn collect(
     scan: &mut Scan,
     max: usize,
-    mut progress: impl FnMut(&Progress),
+    progress: impl FnMut(&Progress),
 ) -> Result<Vec<Kept>, ReplayError> {
-    let mut all: Vec<Kept> = Vec::new();
+    collect_with(scan, max, progress, |k| k).await
+}
+
+/// Reads the whole window's fixes into memory (at most `max`), ordered by tenant, user, event
+/// time (then device and sequence). Only the fixes are kept, not the records.
+pub async fn collect_fixes(
+    scan: &mut Scan,
+    max: usize,
+    progress: impl FnMut(&Progress),
+) -> Result<Vec<LocationFix>, ReplayError> {
+    let mut all = collect_with(scan, max, progress, |k| k.fix).await?;
+    all.sort_unstable_by(by_user_then_time);
+    Ok(all)
+}
+
+async fn collect_with<T>(
+    scan: &mut Scan,
+    max: usize,
+    mut progress: impl FnMut(&Progress),
+    keep: impl Fn(Kept) -> T,
+) -> Result<Vec<T>, ReplayError> {
+    let planned = scan.progress().total as usize;
+    let mut all: Vec<T> = Vec::with_capacity(planned.min(max));
     let mut last = Instant::now();
     while let Some(batch) = scan.next().await? {
         if all.len() + batch.len() > max {
             return Err(ReplayError::TooLarge { max });
         }
-        all.extend(batch);
+        all.extend(batch.into_iter().map(&keep));
         if last.elapsed() >= Duration::from_millis(500) {
             progress(&scan.progress());
             last = Instant::now();
         }
     }
     progress(&scan.progress());
-    all.sort_unstable_by(|a, b| by_user_then_time(&a.fix, &b.fix));
     Ok(all)
 }
 
