@@ -16,5 +16,6 @@ pub use api::{ReplayApi, router};
 pub use config::ReplayConfig;
 pub use error::ReplayError;
 pub use window::{
-    BBox, Filter, Kept, PartitionRead, Report, Scan, Window, by_user_then_time, collect, collect_fixes,
+    BBox, Filter, Kept, PartitionRead, Report, Scan, Window, by_user_then_time, collect,
+    collect_fixes,
 };

@@ -75,7 +75,9 @@ impl Record {
 /// runner reads no more than `max_in_flight_batches` ahead meanwhile) and returns `Err` only
 /// for a failure that must stop the stage.
 pub trait Sink: Send + Sync + 'static {
-    fn apply(&self, batch: Vec<Record>) -> impl Future<Output = Result<(), String>> + Send;
+    /// What stops the stage (kept as the source of [`KafkaError::Sink`]).
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn apply(&self, batch: Vec<Record>) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// How the runner reads.
@@ -248,7 +250,7 @@ pub async fn run<S: Sink>(
             _ = cancel.cancelled() => break,
             // Completions first: keeps memory bounded and offsets moving.
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                let (result, offsets): (Result<(), String>, Vec<(i32, i64)>) = done;
+                let (result, offsets): (Result<(), S::Error>, Vec<(i32, i64)>) = done;
                 if let Err(e) = result {
                     failure = Some(e);
                     break;
@@ -290,7 +292,7 @@ pub async fn run<S: Sink>(
         "consumer stopped; committed what is done"
     );
     match failure {
-        Some(e) => Err(KafkaError::Sink(e)),
+        Some(e) => Err(KafkaError::Sink(Box::new(e))),
         None => Ok(()),
     }
 }
@@ -299,7 +301,7 @@ fn dispatch<S: Sink>(
     sink: &Arc<S>,
     tracker: &Arc<Mutex<Tracker>>,
     batch: Vec<Record>,
-) -> impl Future<Output = (Result<(), String>, Vec<(i32, i64)>)> + use<S> {
+) -> impl Future<Output = (Result<(), S::Error>, Vec<(i32, i64)>)> + use<S> {
     let offsets: Vec<(i32, i64)> = batch.iter().map(|r| (r.partition, r.offset)).collect();
     {
         let mut t = lock(tracker);

@@ -22,7 +22,7 @@ pub enum KafkaError {
     #[error("Kafka read failed: {0}")]
     Read(#[source] rdkafka::error::KafkaError),
     #[error("the sink failed: {0}")]
-    Sink(String),
+    Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("blocking task failed: {0}")]
     Join(String),
 }

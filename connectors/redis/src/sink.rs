@@ -83,8 +83,10 @@ impl CacheSink {
 }
 
 impl Sink for CacheSink {
-    async fn apply(&self, batch: Vec<Record>) -> Result<(), String> {
-        let fixes = self.decode_batch(&batch).await.map_err(|e| e.to_string())?;
+    type Error = CodecError;
+
+    async fn apply(&self, batch: Vec<Record>) -> Result<(), CodecError> {
+        let fixes = self.decode_batch(&batch).await?;
         self.apply_fixes(&fixes).await;
         Ok(())
     }

@@ -118,10 +118,12 @@ impl HistorySink {
 }
 
 impl Sink for HistorySink {
-    async fn apply(&self, batch: Vec<Record>) -> Result<(), String> {
+    type Error = CodecError;
+
+    async fn apply(&self, batch: Vec<Record>) -> Result<(), CodecError> {
         // A registry outage fails the batch, so nothing is stored and the stage stops loudly
         // rather than dead-lettering good data.
-        let fixes = self.decode_batch(&batch).await.map_err(|e| e.to_string())?;
+        let fixes = self.decode_batch(&batch).await?;
         self.apply_fixes(&fixes).await;
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod auth;
 mod config;
 pub mod cursor;
 mod dashboard;
+mod error;
 pub mod hub;
 mod metrics;
 mod snapshot;
@@ -25,17 +26,10 @@ use axum::routing::get;
 
 pub use auth::{Authenticator, Claims, mint_hs256};
 pub use config::PushConfig;
+pub use error::PushError;
 pub use hub::Hub;
 pub use snapshot::{SnapshotPosition, SnapshotQuery, Snapshots};
 pub use stream::PushApi;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PushError {
-    #[error("invalid push config: {0}")]
-    Config(String),
-    #[error("Kafka: {0}")]
-    Kafka(String),
-}
 
 /// The path of the event stream.
 pub const STREAM_PATH: &str = "/v1/stream";

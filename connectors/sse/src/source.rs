@@ -241,8 +241,7 @@ async fn replay_inner(
         StartAt::Offsets(starts),
         StopAt::Offsets(stops),
     )
-    .await
-    .map_err(|e| PushError::Kafka(format!("cannot open the replay of {topic}: {e}")))?;
+    .await?;
     if let Some(r) = reader.ranges().iter().find(|r| r.lost() > 0) {
         return Ok(Some(format!(
             "partition {} no longer holds offset {} (retention starts at {})",
@@ -254,11 +253,10 @@ async fn replay_inner(
         next[p as usize] = from[p as usize];
     }
     client.raise_to_skip(&mut next);
-    while let Some(batch) = reader
-        .next_batch(256)
-        .await
-        .map_err(|e| PushError::Kafka(format!("replay: {e}")))?
-    {
+    while let Some(batch) = reader.next_batch(256).await? {
+        if tx.is_closed() {
+            return Ok(None); // the client left: stop reading (and drop the reader)
+        }
         for m in batch {
             let (p, o) = (m.partition, m.offset);
             let pi = p as usize;
