@@ -80,6 +80,9 @@ pub trait Sink: Send + Sync + 'static {
     fn apply(&self, batch: Vec<Record>) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
+/// A batch's outcome and the (partition, offset) of each of its records.
+type Applied<S> = (Result<(), <S as Sink>::Error>, Vec<(i32, i64)>);
+
 /// How the runner reads.
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
@@ -250,7 +253,7 @@ pub async fn run<S: Sink>(
             _ = cancel.cancelled() => break,
             // Completions first: keeps memory bounded and offsets moving.
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                let (result, offsets): (Result<(), S::Error>, Vec<(i32, i64)>) = done;
+                let (result, offsets): Applied<S> = done;
                 if let Err(e) = result {
                     failure = Some(e);
                     break;
@@ -301,7 +304,7 @@ fn dispatch<S: Sink>(
     sink: &Arc<S>,
     tracker: &Arc<Mutex<Tracker>>,
     batch: Vec<Record>,
-) -> impl Future<Output = (Result<(), S::Error>, Vec<(i32, i64)>)> + use<S> {
+) -> impl Future<Output = Applied<S>> + use<S> {
     let offsets: Vec<(i32, i64)> = batch.iter().map(|r| (r.partition, r.offset)).collect();
     {
         let mut t = lock(tracker);
