@@ -336,14 +336,22 @@ async fn sink(
             DeadLetter::skip(),
         ))
     };
-    let mut scan = open_scan(config, a, cancel).await?;
+    let mut scan = open_scan(config, a, cancel.clone()).await?;
     let mut meter = Meter::new("applied");
     let mut applied = 0u64;
     while let Some(batch) = scan.next().await? {
         let fixes: Vec<_> = batch.into_iter().map(|k| k.fix).collect();
-        match &target {
-            Target::History(s) => s.apply_fixes(&fixes).await,
-            Target::Cache(s) => s.apply_fixes(&fixes).await,
+        // The sinks retry a store that is away until it answers; Ctrl-C stops that too (the
+        // writes are idempotent, so a half-applied batch is harmless).
+        let apply = async {
+            match &target {
+                Target::History(s) => s.apply_fixes(&fixes).await,
+                Target::Cache(s) => s.apply_fixes(&fixes).await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(ReplayError::Interrupted.into()),
+            () = apply => {}
         }
         applied += fixes.len() as u64;
         let p = scan.progress();
@@ -406,9 +414,9 @@ async fn copy(
         .into());
     }
     if let Some(s) = speed
-        && !(s.is_finite() && s > 0.0)
+        && !(s.is_finite() && (1e-3..=1e6).contains(&s))
     {
-        return Err(ReplayError::Invalid("--speed must be a number > 0".into()).into());
+        return Err(ReplayError::Invalid("--speed must be in [0.001, 1000000]".into()).into());
     }
     locus_kafka::partition_count(&config.kafka, into)
         .await

@@ -237,8 +237,8 @@ async fn replay_export_is_exact_by_event_time_in_every_format() {
     );
     assert!(out.contains("1 not fixes"), "{out}");
     assert!(
-        out.contains("latest fix  arrived 6"),
-        "the offline batch is ~1 h 40 min (6,000 s) late: {out}"
+        out.contains("latest fix  arrived 6000.0 s after its event time"),
+        "the offline batch's first fix is 1 h 40 min late: {out}"
     );
     assert!(outside > 0);
 
@@ -454,6 +454,21 @@ async fn replay_export_is_exact_by_event_time_in_every_format() {
         &[],
     );
     assert!(ok(&part).contains("past"), "{}", stderr(&part));
+    // a window too large for memory fails after the output was opened: neither the file nor
+    // its partial is left
+    let big = dir.path().join("big.parquet");
+    let e = replay(
+        &s,
+        &[
+            &window[..],
+            &["--format", "parquet", "--out", big.to_str().unwrap()],
+        ]
+        .concat(),
+        &[("LOCUS_REPLAY__MAX_FIXES", "10".to_string())],
+    );
+    assert!(!e.status.success());
+    assert!(stderr(&e).contains("replay.max_fixes"), "{}", stderr(&e));
+    assert!(!big.exists());
     // nothing is left behind under a partial name
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -662,6 +677,8 @@ async fn replay_sink_repairs_history_and_cache_while_the_live_groups_run() {
             assert!(a[p] >= *o, "never moved back");
         }
     }
+    // the replay's own reader ("<client id>-replay") committed nothing
+    assert!(committed(&s, "locus-replay").is_empty());
 }
 
 async fn wait_cached(port: u16, tenant: &str, user: &str, seq: i64) {
@@ -711,7 +728,12 @@ async fn replay_group_refuses_an_active_group_then_moves_a_stopped_one() {
 
     // active: refused, naming the member
     let r = replay(&s, &["group", &group, "--to-earliest"], &env);
-    assert!(!r.status.success());
+    assert!(
+        !r.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        stderr(&r)
+    );
     let e = stderr(&r);
     assert!(e.contains("active member") && e.contains("locus"), "{e}");
 
@@ -747,10 +769,20 @@ async fn replay_group_refuses_an_active_group_then_moves_a_stopped_one() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    // shift-by on a stopped group; an unknown group is named
-    let r = replay(&s, &["group", "no-such-group-x", "--shift-by", "-5"], &env);
-    assert!(!r.status.success());
-    assert!(stderr(&r).contains("no-such-group-x"), "{}", stderr(&r));
+    // an unknown group is named, whatever the target (a typo must not create a group)
+    for target in [
+        &["--shift-by", "-5"][..],
+        &["--to-latest"],
+        &["--to-earliest"],
+    ] {
+        let r = replay(
+            &s,
+            &[&["group", "no-such-group-x"][..], target, &["--execute"]].concat(),
+            &env,
+        );
+        assert!(!r.status.success());
+        assert!(stderr(&r).contains("no-such-group-x"), "{}", stderr(&r));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -887,6 +919,18 @@ async fn replay_over_http_streams_the_tenants_window_paced_with_auth_and_a_cap()
         status(path(&format!("{window}&bbox=1,2,3"), &tok)).await,
         400
     );
+    // no reading days of every tenant's traffic, no holding a slot for days
+    let week = format!("from={}&to={}", now - 7 * 24 * 60 * MIN, now);
+    assert_eq!(status(path(&week, &tok)).await, 400);
+    let hour = format!("from={}&to={}", now - 60 * MIN, now);
+    assert_eq!(
+        status(path(&format!("{hour}&speed=0.0000001"), &tok)).await,
+        400
+    );
+    assert_eq!(
+        status(path(&format!("{window}&lateness=7d"), &tok)).await,
+        400
+    );
 
     // at speed 2 the 4 s of event time take ~2 s; only acme's fixes, in event-time order
     let started = std::time::Instant::now();
@@ -921,6 +965,17 @@ async fn replay_over_http_streams_the_tenants_window_paced_with_auth_and_a_cap()
         started.elapsed().as_secs_f64()
     );
     assert_eq!(end["in_window"], 15);
+    // the end report carries only the tenant's own numbers (records read, filtered out or
+    // outside the window count every tenant's traffic)
+    for leak in [
+        "records_read",
+        "bytes_read",
+        "filtered_out",
+        "outside_window",
+        "partitions",
+    ] {
+        assert!(end.get(leak).is_none(), "{leak} in {end}");
+    }
     // users filter
     let mut c = SseClient::open(
         port,
@@ -966,4 +1021,42 @@ async fn replay_over_http_streams_the_tenants_window_paced_with_auth_and_a_cap()
         c.status == 200
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_whose_consumer_fails_stops_the_process() {
+    // The registry is unreachable: the cache's sink fails the batch (not the records' fault,
+    // so nothing is dead-lettered or committed) and the consumer ends with an error; the
+    // process must end too, not stay up with its sweeper and a green /readyz.
+    let s = Scope::new("replay-stagefail");
+    create_topics(&s).await;
+    let now = now_ms();
+    let mut arrivals = vec![(Some(fix("acme", "u1", 1, now)), now)];
+    produce_at(&s, &mut arrivals).await;
+    let group = format!("{}-c", s.prefix);
+    let (mut cache, _port) = locus(
+        &s,
+        "cache",
+        &["cache"],
+        &[
+            ("LOCUS_CACHE__GROUP", group.clone()),
+            ("LOCUS_CACHE__KEY_PREFIX", s.prefix.clone()),
+            ("LOCUS_CACHE__REDIS_URL", redis_url()),
+            ("LOCUS_REGISTRY__URL", "http://127.0.0.1:9".to_string()),
+            ("LOCUS_REGISTRY__TIMEOUT_MS", "500".to_string()),
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = cache.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache process kept running after its consumer failed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!status.success());
+    assert!(committed(&s, &group).is_empty(), "nothing committed");
 }

@@ -115,14 +115,28 @@ async fn replay(
     let parsed = (|| -> Result<(Window, Filter, f64), ReplayError> {
         let from = parse_time(&q.from, now).map_err(ReplayError::Invalid)?;
         let to = parse_time(&q.to, now).map_err(ReplayError::Invalid)?;
+        // Over HTTP the lateness cannot exceed the configured one (it bounds what is read).
         let lateness = match &q.lateness {
             Some(l) => parse_duration(l).map_err(ReplayError::Invalid)?,
             None => api.config.lateness_ms,
         };
-        let window = Window::new(from, to, lateness, api.skew_ms, api.max_age_ms)?;
+        let window = Window::new(from, to, lateness, api.skew_ms, api.config.lateness_ms)?;
+        let max_span = api.config.http_max_span_ms;
+        let span = to.saturating_sub(from);
+        if span > max_span {
+            return Err(ReplayError::Invalid(format!(
+                "the window is longer than replay.http_max_span_ms ({} h): narrow it",
+                max_span / 3_600_000
+            )));
+        }
         let speed = q.speed.unwrap_or(1.0);
-        if !(speed.is_finite() && speed > 0.0 && speed <= 1e6) {
-            return Err(ReplayError::Invalid("speed must be in (0, 1000000]".into()));
+        // The playback may not take longer than the longest window either.
+        let min_speed = span as f64 / max_span as f64;
+        if !(speed.is_finite() && speed >= min_speed && speed > 0.0 && speed <= 1e6) {
+            return Err(ReplayError::Invalid(format!(
+                "speed must be in [{min_speed:.3}, 1000000] for this window (a playback takes \
+                 at most replay.http_max_span_ms)"
+            )));
         }
         let users = match &q.users {
             None => None,
@@ -198,7 +212,16 @@ async fn replay(
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     fixes.sort_by(|a, b| (a.ts, &a.user_id, a.seq).cmp(&(b.ts, &b.user_id, b.seq)));
-    let report = scan.report();
+    // Only what is the tenant's own: records read, filtered out or outside the window count
+    // every tenant's traffic, so they stay on the server.
+    let r = scan.report();
+    let report = json!({
+        "window_from": r.window_from,
+        "window_to": r.window_to,
+        "in_window": r.in_window,
+        "duplicates_removed": r.duplicates_removed,
+        "latest_lateness_ms": r.latest_lateness_ms,
+    });
     let stream = paced(fixes, speed, report, permit);
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -210,7 +233,7 @@ async fn replay(
 fn paced(
     fixes: Vec<LocationFix>,
     speed: f64,
-    report: crate::Report,
+    report: serde_json::Value,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let started = Instant::now();
@@ -219,9 +242,10 @@ fn paced(
     futures::stream::unfold(state, move |(mut it, mut report, permit)| async move {
         match it.next() {
             Some(f) => {
-                let due =
-                    started + Duration::from_secs_f64((f.ts - t0).max(0) as f64 / 1000.0 / speed);
-                tokio::time::sleep_until(due.into()).await;
+                let after = crate::copy::pace((f.ts - t0).max(0), speed);
+                if let Some(due) = started.checked_add(after) {
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let data = serde_json::to_string(&f).unwrap_or_default();
                 Some((
                     Ok(Event::default().event("fix").data(data)),
@@ -229,8 +253,7 @@ fn paced(
                 ))
             }
             None => {
-                let r = report.take()?;
-                let data = serde_json::to_string(&r).unwrap_or_default();
+                let data = report.take()?.to_string();
                 Some((
                     Ok(Event::default().event("end").data(data)),
                     (it, None, permit),

@@ -24,6 +24,11 @@ pub struct ReplayConfig {
     /// Most fixes one HTTP replay streams.
     #[serde(default = "default_http_max_fixes")]
     pub http_max_fixes: usize,
+    /// Longest window one HTTP replay may ask for, and longest it may take to play, ms: a
+    /// dashboard cannot make the server read days of every tenant's traffic, nor hold a slot
+    /// for days with a tiny speed.
+    #[serde(default = "default_http_max_span_ms")]
+    pub http_max_span_ms: i64,
 }
 
 fn default_lateness_ms() -> i64 {
@@ -41,6 +46,9 @@ fn default_max_concurrent() -> usize {
 fn default_http_max_fixes() -> usize {
     200_000
 }
+fn default_http_max_span_ms() -> i64 {
+    24 * 3600 * 1000
+}
 
 impl Default for ReplayConfig {
     fn default() -> Self {
@@ -50,6 +58,7 @@ impl Default for ReplayConfig {
             parquet_row_group_rows: default_parquet_row_group_rows(),
             max_concurrent: default_max_concurrent(),
             http_max_fixes: default_http_max_fixes(),
+            http_max_span_ms: default_http_max_span_ms(),
         }
     }
 }
@@ -62,9 +71,15 @@ impl ReplayConfig {
                 self.lateness_ms
             ));
         }
-        if self.max_fixes == 0 || self.parquet_row_group_rows == 0 || self.max_concurrent == 0 {
+        if self.max_fixes == 0
+            || self.parquet_row_group_rows == 0
+            || self.max_concurrent == 0
+            || self.http_max_span_ms <= 0
+        {
             return Err(
-                "replay.max_fixes, parquet_row_group_rows and max_concurrent must be > 0".into(),
+                "replay.max_fixes, parquet_row_group_rows, max_concurrent and http_max_span_ms \
+                 must be > 0"
+                    .into(),
             );
         }
         Ok(())

@@ -61,6 +61,12 @@ pub fn merge_by_time(kept: Vec<Kept>) -> Vec<Record> {
     out
 }
 
+/// How long after the first record one `ms` later in the source is sent at `speed`
+/// (saturating: a speed too small for the span is refused by the caller).
+pub fn pace(ms: i64, speed: f64) -> Duration {
+    Duration::try_from_secs_f64(ms as f64 / 1000.0 / speed).unwrap_or(Duration::MAX)
+}
+
 /// Sends `records` to `into`; with `speed`, record `i` goes out at
 /// `(ts_i − ts_0) / speed` after the first.
 pub async fn send(
@@ -85,10 +91,12 @@ pub async fn send(
             return Err(ReplayError::Interrupted);
         }
         if let Some(speed) = speed {
-            let due = started
-                + Duration::from_secs_f64(
-                    (r.timestamp_ms.unwrap_or(t0) - t0).max(0) as f64 / 1000.0 / speed,
-                );
+            let after = pace((r.timestamp_ms.unwrap_or(t0) - t0).max(0), speed);
+            let Some(due) = started.checked_add(after) else {
+                return Err(ReplayError::Invalid(
+                    "--speed is too small for this window".into(),
+                ));
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return Err(ReplayError::Interrupted),
                 _ = tokio::time::sleep_until(due.into()) => {}
@@ -107,7 +115,10 @@ pub async fn send(
                 Ok(p) => break p,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot enqueue a copy; retrying");
-                    backoff.wait().await;
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(ReplayError::Interrupted),
+                        _ = backoff.wait() => {}
+                    }
                 }
             }
         };
@@ -126,7 +137,12 @@ pub async fn send(
             last = Instant::now();
         }
     }
-    while let Some(done) = in_flight.next().await {
+    loop {
+        let done = tokio::select! {
+            _ = cancel.cancelled() => return Err(ReplayError::Interrupted),
+            d = in_flight.next() => d,
+        };
+        let Some(done) = done else { break };
         if let Err(e) = done {
             return Err(ReplayError::Invalid(format!(
                 "Kafka refused a copied record: {e}"

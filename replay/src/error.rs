@@ -18,6 +18,6 @@ pub enum ReplayError {
         "the window holds more than {max} fixes (replay.max_fixes): narrow it by time, tenant, users or bbox"
     )]
     TooLarge { max: usize },
-    #[error("interrupted; nothing was written")]
+    #[error("interrupted before the end of the window (an export file is not left behind)")]
     Interrupted,
 }

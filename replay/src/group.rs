@@ -107,16 +107,40 @@ fn members(c: &BaseConsumer, group: &str, timeout: Duration) -> Result<Vec<Strin
         .collect())
 }
 
-fn refuse_if_active(c: &BaseConsumer, group: &str, timeout: Duration) -> Result<(), ReplayError> {
+/// Refuses unless the group exists and is stopped: no members, and the coordinator says
+/// `Empty` (a group that is rebalancing has no members listed yet, but is not stopped).
+fn refuse_unless_stopped(
+    c: &BaseConsumer,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(), ReplayError> {
+    let list = c.fetch_group_list(Some(group), timeout)?;
+    let Some(g) = list
+        .groups()
+        .iter()
+        .find(|g| g.name() == group && g.state() != "Dead")
+    else {
+        return Err(ReplayError::Invalid(format!(
+            "group '{group}' is not known to the cluster: check the name (a group exists once \
+             it has consumed {topic})"
+        )));
+    };
     let m = members(c, group, timeout)?;
-    if m.is_empty() {
-        return Ok(());
+    if !m.is_empty() {
+        return Err(ReplayError::Invalid(format!(
+            "group {group} has {} active member(s): {}; stop them (scale the stage to 0) first",
+            m.len(),
+            m.join(", ")
+        )));
     }
-    Err(ReplayError::Invalid(format!(
-        "group {group} has {} active member(s): {}; stop them (scale the stage to 0) first",
-        m.len(),
-        m.join(", ")
-    )))
+    if g.state() != "Empty" {
+        return Err(ReplayError::Invalid(format!(
+            "group {group} is {}, not Empty: wait until its members have left",
+            g.state()
+        )));
+    }
+    Ok(())
 }
 
 /// Plans the move; refuses while the group has active members.
@@ -140,7 +164,6 @@ fn plan_blocking(
 ) -> Result<Plan, ReplayError> {
     let timeout = Duration::from_millis(kafka.request_timeout_ms);
     let c = consumer(kafka, group)?;
-    refuse_if_active(&c, group, timeout)?;
     let md = c.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = md
         .topics()
@@ -153,30 +176,30 @@ fn plan_blocking(
             "topic '{topic}' does not exist"
         )));
     }
+    refuse_unless_stopped(&c, group, topic, timeout)?;
     let mut all = TopicPartitionList::new();
     for p in &partitions {
         all.add_partition(topic, *p);
     }
     let committed = c.committed_offsets(all, timeout)?;
-    if matches!(target, Target::ShiftBy(_) | Target::Time(_))
-        && committed
-            .elements()
-            .iter()
-            .all(|e| !matches!(e.offset(), Offset::Offset(_)))
-        && !group_exists(&c, group, timeout)?
-    {
-        return Err(ReplayError::Invalid(format!(
-            "group '{group}' has committed nothing on {topic} and is not known to the cluster \
-             (list groups with your Kafka tools); check the name"
-        )));
-    }
     let times = match target {
         Target::Time(t) => {
             let mut tpl = TopicPartitionList::new();
             for p in &partitions {
                 tpl.add_partition_offset(topic, *p, Offset::Offset(t.max(0)))?;
             }
-            Some(c.offsets_for_times(tpl, timeout)?)
+            let found = c.offsets_for_times(tpl, timeout)?;
+            for e in found.elements() {
+                if let Err(err) = e.error() {
+                    return Err(ReplayError::Invalid(format!(
+                        "partition {} could not say where {} is ({err}); nothing was changed, \
+                         try again",
+                        e.partition(),
+                        format_time(t)
+                    )));
+                }
+            }
+            Some(found)
         }
         _ => None,
     };
@@ -192,7 +215,15 @@ fn plan_blocking(
         let new = match target {
             Target::Earliest => low,
             Target::Latest => high,
-            Target::ShiftBy(n) => current.unwrap_or(low).saturating_add(n).clamp(low, high),
+            Target::ShiftBy(n) => match current {
+                Some(c) => c.saturating_add(n).clamp(low, high),
+                None => {
+                    return Err(ReplayError::Invalid(format!(
+                        "partition {p} has no committed offset to shift from: use \
+                         --to-datetime, --to-earliest or --to-latest"
+                    )));
+                }
+            },
             Target::Time(_) => times
                 .as_ref()
                 .and_then(|t| t.find_partition(topic, p))
@@ -217,26 +248,42 @@ fn plan_blocking(
     })
 }
 
-fn group_exists(c: &BaseConsumer, group: &str, timeout: Duration) -> Result<bool, ReplayError> {
-    let list = c.fetch_group_list(Some(group), timeout)?;
-    Ok(list
-        .groups()
-        .iter()
-        .any(|g| g.name() == group && g.state() != "Dead"))
-}
-
 /// Commits the plan's offsets; checks again that the group is stopped.
 pub async fn execute(kafka: &KafkaConfig, plan: &Plan) -> Result<(), ReplayError> {
     let (kafka, plan) = (kafka.clone(), plan.clone());
     tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_millis(kafka.request_timeout_ms);
         let c = consumer(&kafka, &plan.group)?;
-        refuse_if_active(&c, &plan.group, timeout)?;
+        refuse_unless_stopped(&c, &plan.group, &plan.topic, timeout)?;
         let mut tpl = TopicPartitionList::new();
         for m in &plan.moves {
             tpl.add_partition_offset(&plan.topic, m.partition, Offset::Offset(m.new))?;
         }
         c.commit(&tpl, CommitMode::Sync)?;
+        // librdkafka reports an error only when every partition failed: read back what is
+        // committed and compare with the plan.
+        let mut all = TopicPartitionList::new();
+        for m in &plan.moves {
+            all.add_partition(&plan.topic, m.partition);
+        }
+        let now = c.committed_offsets(all, timeout)?;
+        let wrong: Vec<String> = plan
+            .moves
+            .iter()
+            .filter(|m| {
+                now.find_partition(&plan.topic, m.partition)
+                    .map(|e| e.offset())
+                    != Some(Offset::Offset(m.new))
+            })
+            .map(|m| m.partition.to_string())
+            .collect();
+        if !wrong.is_empty() {
+            return Err(ReplayError::Invalid(format!(
+                "the commit did not take on partition(s) {}: check the group (it may have \
+                 restarted) and run the plan again",
+                wrong.join(", ")
+            )));
+        }
         Ok(())
     })
     .await

@@ -178,6 +178,9 @@ pub struct Report {
     pub partitions: Vec<PartitionRead>,
     /// Set when part of the window is older than the topic keeps.
     pub gone: Option<String>,
+    /// Set when `to + lateness` is still ahead: late fixes may still arrive, and a later run
+    /// may return more.
+    pub open: Option<String>,
     pub seconds: f64,
 }
 
@@ -230,6 +233,9 @@ impl Report {
         if let Some(g) = &self.gone {
             s.push_str(&format!("gone        {g}\n"));
         }
+        if let Some(o) = &self.open {
+            s.push_str(&format!("open        {o}\n"));
+        }
         s
     }
 }
@@ -279,6 +285,13 @@ impl Scan {
             ..Report::default()
         };
         let (read_from, read_to) = window.read_range();
+        if read_to > now_ms {
+            report.open = Some(format!(
+                "fixes of this window may still arrive until {} (to + lateness): read up to \
+                 the end of the log now; a later run may return more",
+                format_time(read_to)
+            ));
+        }
         if retention_ms > 0 {
             // Retention deletes by produce time: what was produced before `kept_from` is gone.
             let kept_from = now_ms.saturating_sub(retention_ms);
@@ -329,6 +342,11 @@ impl Scan {
         })
     }
 
+    /// Sizes the duplicate check for `n` fixes up front (when the caller knows its bound).
+    pub fn reserve(&mut self, n: usize) {
+        self.seen.reserve(n);
+    }
+
     /// The read's plan (offset ranges per partition).
     pub fn ranges(&self) -> &[PartitionRange] {
         self.reader.ranges()
@@ -361,11 +379,7 @@ impl Scan {
                 .get_or_insert_with(|| self.started.elapsed().as_secs_f64());
             return Ok(None);
         };
-        if self.seen.capacity() == 0 {
-            // Most records of the plan are usually in the window: size the set once.
-            let planned = self.reader.progress().total as usize;
-            self.seen.reserve(planned.min(1 << 24));
-        }
+
         let mut kept = Vec::with_capacity(batch.len());
         for record in batch {
             let Some(fix) = self.decode(&record).await? else {
@@ -453,8 +467,9 @@ async fn collect_with<T>(
     mut progress: impl FnMut(&Progress),
     keep: impl Fn(Kept) -> T,
 ) -> Result<Vec<T>, ReplayError> {
-    let planned = scan.progress().total as usize;
-    let mut all: Vec<T> = Vec::with_capacity(planned.min(max));
+    let planned = (scan.progress().total as usize).min(max);
+    scan.reserve(planned);
+    let mut all: Vec<T> = Vec::with_capacity(planned);
     let mut last = Instant::now();
     while let Some(batch) = scan.next().await? {
         if all.len() + batch.len() > max {

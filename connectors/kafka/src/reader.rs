@@ -201,6 +201,15 @@ impl RangeReader {
                 Err(_) if !batch.is_empty() => break,
                 Err(_) => {
                     waited += wait;
+                    if waited.as_millis() % 2000 < wait.as_millis() {
+                        // Nothing for a while: a partition may have nothing more to give
+                        // (retention deleted the rest of its range and the consumer moved past
+                        // the end, or the last offsets are not records).
+                        self.finish_passed();
+                        if self.next.is_empty() {
+                            break;
+                        }
+                    }
                     if waited >= self.idle {
                         return Err(KafkaError::Stalled {
                             topic: self.topic.clone(),
@@ -235,6 +244,27 @@ impl RangeReader {
             batch.push(r);
         }
         Ok(Some(batch))
+    }
+
+    /// Finishes the partitions whose consumer position is at or past their end.
+    fn finish_passed(&mut self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        let done: Vec<i32> = self
+            .next
+            .keys()
+            .copied()
+            .filter(|p| {
+                matches!(
+                    positions.find_partition(&self.topic, *p).map(|e| e.offset()),
+                    Some(Offset::Offset(o)) if o >= self.ends[p]
+                )
+            })
+            .collect();
+        for p in done {
+            self.finish(p);
+        }
     }
 
     fn finish(&mut self, partition: i32) {

@@ -44,10 +44,13 @@ async fn run(
         return Ok(());
     };
     let _ = slot.set(store.clone());
+    // The sweeper stops with the stage, and also when the consumer ends on its own (an
+    // error): the stage must end then, so the process stops loudly.
+    let sweep_stop = ctx.cancel.child_token();
     let sweeper = locus_redis::sweep_loop(
         store.clone(),
         Duration::from_secs(config.cache.sweep_interval_s),
-        ctx.cancel.clone(),
+        sweep_stop.clone(),
     );
     let sink = Arc::new(locus_redis::CacheSink::new(
         store,
@@ -64,7 +67,12 @@ async fn run(
         max_batch_wait_ms: config.cache.max_batch_wait_ms,
         max_in_flight_batches: config.cache.max_in_flight_batches,
     };
-    let consumer = locus_kafka::run_consumer(&config.kafka, "cache", &settings, sink, ctx.cancel);
+    let consumer = async {
+        let r =
+            locus_kafka::run_consumer(&config.kafka, "cache", &settings, sink, ctx.cancel).await;
+        sweep_stop.cancel();
+        r
+    };
     let ((), consumed) = tokio::join!(sweeper, consumer);
     consumed?;
     Ok(())

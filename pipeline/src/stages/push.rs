@@ -67,20 +67,30 @@ async fn run(
     snapshots: Arc<OnceLock<Arc<dyn Snapshots>>>,
     ctx: StageContext,
 ) -> anyhow::Result<()> {
+    // Connecting to Redis stops with the stage, and also when the live reader ends on its own
+    // (an error): the stage must end then, so the process stops loudly.
+    let connect_stop = ctx.cancel.child_token();
     let connect = async {
-        if let Some(store) =
-            connect_until(&ctx.cancel, "Redis", || CacheStore::connect(&config.cache)).await
+        if let Some(store) = connect_until(&connect_stop, "Redis", || {
+            CacheStore::connect(&config.cache)
+        })
+        .await
         {
             let _ = snapshots.set(Arc::new(CacheSnapshots(store)));
         }
     };
-    let live = locus_sse::source::run_live(
-        api.kafka.clone(),
-        api.topic.clone(),
-        api.hub.clone(),
-        &api.codec,
-        ctx.cancel.clone(),
-    );
+    let live = async {
+        let r = locus_sse::source::run_live(
+            api.kafka.clone(),
+            api.topic.clone(),
+            api.hub.clone(),
+            &api.codec,
+            ctx.cancel.clone(),
+        )
+        .await;
+        connect_stop.cancel();
+        r
+    };
     let ((), live) = tokio::join!(connect, live);
     live?;
     Ok(())
