@@ -281,7 +281,7 @@ def known_metrics(repo: Path) -> tuple[set[str], set[str]]:
         for m in re.finditer(r'"(locus_[a-z0-9_]+)"', text):
             names.add(m.group(1))
             before = text[max(0, m.start() - 80):m.start()].rstrip()
-            if re.search(r"(histogram|HistogramOpts::new)\($", before, re.IGNORECASE):
+            if re.search(r"(histogram|histogram_vec|HistogramOpts::new)\($", before, re.IGNORECASE):
                 histograms.add(m.group(1))
     return names, histograms
 

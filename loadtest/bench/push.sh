@@ -107,4 +107,4 @@ if b and b[-1][1] > 0:
 quantiles $BPORT locus_bridge_freshness_seconds "device → bridge (event time → receive)"
 quantiles $BPORT locus_bridge_produce_latency_seconds "bridge receive → Kafka acked"
 quantiles $PPORT locus_push_publish_to_send_seconds "bridge receive → push writes the event"
-curl -fsS "http://127.0.0.1:$PPORT/metrics" | grep -E '^locus_push_(events_sent_total|events_conflated_total|records_routed_total|connections) '
+curl -fsS "http://127.0.0.1:$PPORT/metrics" | grep -E '^locus_push_(events_sent_total|events_conflated_total|connections) |^locus_stage_received_records_total\{stage="push"\}'

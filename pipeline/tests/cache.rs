@@ -416,7 +416,7 @@ async fn redis_down_for_30s(other_shard: Option<String>) {
         assert_eq!((seq, ts), (39, base + 39_000), "{u} ends at its newest fix");
     }
     assert!(
-        metric(port, "locus_cache_write_retries_total").await > 0.0,
+        metric(port, "locus_stage_retries_total{stage=\"cache\"}").await > 0.0,
         "the outage was felt"
     );
     for shard in url.split(',') {

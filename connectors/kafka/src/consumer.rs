@@ -241,6 +241,7 @@ pub async fn run<S: Sink>(
         "consumer started"
     );
 
+    let received = crate::metrics::M.received.with_label_values(&[stage]);
     let mut in_flight = FuturesUnordered::new();
     let mut batch: Vec<Record> = Vec::with_capacity(settings.max_batch);
     let wait = Duration::from_millis(settings.max_batch_wait_ms);
@@ -270,6 +271,7 @@ pub async fn run<S: Sink>(
                         if batch.is_empty() {
                             deadline = tokio::time::Instant::now() + wait;
                         }
+                        received.inc();
                         batch.push(Record::from_message(&m));
                         if batch.len() >= settings.max_batch {
                             in_flight.push(dispatch(&sink, &tracker, std::mem::take(&mut batch)));

@@ -8,7 +8,7 @@ mod consumer;
 mod dead_letter;
 mod error;
 mod health;
-mod metrics;
+pub mod metrics;
 mod producer;
 mod reader;
 
@@ -18,6 +18,7 @@ pub use consumer::{Record, RunnerSettings, Sink, run as run_consumer};
 pub use dead_letter::DeadLetter;
 pub use error::KafkaError;
 pub use health::{check_reachable, partition_count};
+pub use metrics::StageMetrics;
 pub use producer::{Delivered, DeliveryError, Pending, Producer};
 pub use reader::{PartitionRange, Progress, RangeReader, StartAt, StopAt};
 

@@ -15,5 +15,6 @@ mod source;
 
 pub use config::BridgeConfig;
 pub use error::BridgeError;
+pub use metrics::init as init_metrics;
 pub use payload::{Rejection, TopicTemplate, parse_payload};
 pub use source::{Bridge, BridgeHealth};

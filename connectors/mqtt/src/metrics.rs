@@ -2,9 +2,8 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, exponential_buckets,
-};
+use locus_kafka::metrics::{buckets, counter, counter_vec, gauge, histogram};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 pub struct Metrics {
     pub received: IntCounter,
@@ -23,35 +22,12 @@ pub struct Metrics {
     pub registry_retries: IntCounter,
 }
 
-fn counter(name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    let _ = prometheus::register(Box::new(c.clone()));
-    c
-}
-
-fn gauge(name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    let _ = prometheus::register(Box::new(g.clone()));
-    g
-}
-
-fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    let _ = prometheus::register(Box::new(h.clone()));
-    h
-}
-
 pub static M: LazyLock<Metrics> = LazyLock::new(|| {
-    let dlq = IntCounterVec::new(
-        Opts::new(
-            "locus_bridge_dlq_messages_total",
-            "Messages (or batch elements) sent to the DLQ, by reason",
-        ),
+    let dlq = counter_vec(
+        "locus_bridge_dlq_messages_total",
+        "Messages (or batch elements) sent to the DLQ, by reason",
         &["reason"],
-    )
-    .unwrap_or_else(|e| unreachable!("metric dlq: {e}"));
-    let _ = prometheus::register(Box::new(dlq.clone()));
+    );
     Metrics {
         received: counter(
             "locus_bridge_messages_received_total",
@@ -85,12 +61,12 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         produce_latency: histogram(
             "locus_bridge_produce_latency_seconds",
             "From receiving an MQTT message to Kafka acknowledging all its records",
-            exponential_buckets(0.0005, 2.0, 16).unwrap_or_default(),
+            buckets(0.0005, 2.0, 16),
         ),
         freshness: histogram(
             "locus_bridge_freshness_seconds",
             "Receive time minus event time of each valid fix",
-            exponential_buckets(0.01, 2.5, 16).unwrap_or_default(),
+            buckets(0.01, 2.5, 16),
         ),
         mqtt_connected: gauge(
             "locus_bridge_mqtt_connected",
@@ -111,3 +87,8 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         ),
     }
 });
+
+/// Registers every metric now, so `/metrics` lists them from the start.
+pub fn init() {
+    LazyLock::force(&M);
+}

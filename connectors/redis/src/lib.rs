@@ -16,6 +16,7 @@ mod store;
 pub use api::{PositionsApi, router};
 pub use config::CacheConfig;
 pub use error::CacheError;
+pub use metrics::init as init_metrics;
 pub use rebuild::rebuild;
 pub use sink::{CacheSink, sweep_loop};
 pub use store::{CacheStore, Position, Presence, UPDATE_CHUNK, UPDATE_SCRIPT};

@@ -1,8 +1,8 @@
 //! Kafka records → Redis, through the shared at-least-once runner.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use locus_kafka::{Backoff, DeadLetter, Record, Sink};
+use locus_kafka::{Backoff, DeadLetter, Record, Sink, StageMetrics};
 use locus_schemas::{Codec, CodecError, LocationFix};
 use tracing::warn;
 
@@ -15,6 +15,7 @@ pub struct CacheSink {
     store: CacheStore,
     codec: Codec,
     dead_letter: DeadLetter,
+    stage: StageMetrics,
 }
 
 impl CacheSink {
@@ -25,6 +26,11 @@ impl CacheSink {
             store,
             codec,
             dead_letter,
+            stage: StageMetrics::new(
+                "cache",
+                &["empty_value", "framing", "avro_decode", "avro_shape"],
+                &["redis_write", "registry"],
+            ),
         }
     }
 
@@ -42,16 +48,13 @@ impl CacheSink {
                     M.batch_size.observe(fixes.len() as f64);
                     M.applied.inc_by(applied as u64);
                     M.ignored_older.inc_by((fixes.len() - applied) as u64);
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as i64);
-                    for f in fixes {
-                        M.freshness.observe(((now - f.ts).max(0) as f64) / 1000.0);
-                    }
+                    self.stage.applied(fixes.len() as u64);
+                    self.stage.fresh(fixes.iter().map(|f| f.ts));
                     return;
                 }
                 Err(e) => {
-                    M.retries.inc();
+                    self.stage.retry();
+                    self.stage.error("redis_write");
                     warn!(error = %e, retry_in = ?backoff.current(), "Redis update failed; retrying");
                     backoff.wait().await;
                 }
@@ -71,11 +74,14 @@ impl CacheSink {
                         fixes.push(f);
                         continue;
                     }
-                    Err(e @ CodecError::Registry(_)) => return Err(e),
+                    Err(e @ CodecError::Registry(_)) => {
+                        self.stage.error("registry");
+                        return Err(e);
+                    }
                     Err(e) => (e.reason(), e.to_string()),
                 },
             };
-            M.dlq.with_label_values(&[reason]).inc();
+            self.stage.dead_lettered(reason);
             self.dead_letter.send(r, reason, &error).await;
         }
         Ok(fixes)

@@ -13,6 +13,7 @@ pub use api::{TrackApi, router};
 pub use config::{HistoryConfig, ScyllaConfig};
 pub use error::ScyllaError;
 pub use locus_schemas::Secret;
+pub use metrics::init as init_metrics;
 pub use session::connect;
 pub use sink::HistorySink;
 pub use store::{Cursor, HistoryStore, migrate};

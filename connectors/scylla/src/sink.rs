@@ -2,11 +2,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use locus_kafka::{Backoff, DeadLetter, Record, Sink};
+use locus_kafka::{Backoff, DeadLetter, Record, Sink, StageMetrics};
 use locus_schemas::{Codec, CodecError, LocationFix};
 use tokio::sync::Semaphore;
 use tracing::warn;
@@ -14,20 +14,18 @@ use tracing::warn;
 use crate::HistoryStore;
 use crate::metrics::M;
 
+/// Why a record is dead-lettered: no value, or a codec error's reason.
+const DLQ_REASONS: &[&str] = &["empty_value", "framing", "avro_decode", "avro_shape"];
+
 /// Writes each batch of records durably before the runner stores their offsets.
 #[derive(Debug)]
 pub struct HistorySink {
     store: HistoryStore,
     codec: Codec,
     dead_letter: DeadLetter,
+    stage: StageMetrics,
     permits: Arc<Semaphore>,
     rows_per_batch: usize,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl HistorySink {
@@ -42,6 +40,7 @@ impl HistorySink {
             store,
             codec,
             dead_letter,
+            stage: StageMetrics::new("history", DLQ_REASONS, &["cassandra_write", "registry"]),
             permits: Arc::new(Semaphore::new(concurrency)),
             rows_per_batch,
         }
@@ -59,14 +58,13 @@ impl HistorySink {
                     M.write_latency.observe(started.elapsed().as_secs_f64());
                     M.batch_rows.observe(rows.len() as f64);
                     M.rows.inc_by(rows.len() as u64);
-                    let now = now_ms();
-                    for r in &rows {
-                        M.freshness.observe(((now - r.ts).max(0) as f64) / 1000.0);
-                    }
+                    self.stage.applied(rows.len() as u64);
+                    self.stage.fresh(rows.iter().map(|r| r.ts));
                     return;
                 }
                 Err(error) => {
-                    M.retries.inc();
+                    self.stage.retry();
+                    self.stage.error("cassandra_write");
                     warn!(error, retry_in = ?backoff.current(), rows = rows.len(), "Cassandra write failed; retrying");
                     backoff.wait().await;
                 }
@@ -88,11 +86,14 @@ impl HistorySink {
                         fixes.push(f);
                         continue;
                     }
-                    Err(e @ CodecError::Registry(_)) => return Err(e),
+                    Err(e @ CodecError::Registry(_)) => {
+                        self.stage.error("registry");
+                        return Err(e);
+                    }
                     Err(e) => (e.reason(), e.to_string()),
                 },
             };
-            M.dlq.with_label_values(&[reason]).inc();
+            self.stage.dead_lettered(reason);
             self.dead_letter.send(r, reason, &error).await;
         }
         Ok(fixes)

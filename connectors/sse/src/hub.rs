@@ -26,6 +26,8 @@ pub struct FixEvent {
     pub lon: f64,
     /// When the bridge received it (ms since the epoch).
     pub received_at: i64,
+    /// When it was taken (event time, ms since the epoch).
+    pub ts: i64,
     /// The `data:` of the `fix` event (JSON).
     pub json: Bytes,
 }
@@ -298,7 +300,6 @@ impl Hub {
                 c.offer(&f);
             }
         }
-        M.routed.inc();
         self.advance(f.partition, f.offset + 1);
     }
 
@@ -349,6 +350,7 @@ mod tests {
             lat: 1.0,
             lon: 2.0,
             received_at: 0,
+            ts: 0,
             json: Bytes::from(format!("{{\"user_id\":\"{user}\",\"o\":{o}}}")),
         })
     }

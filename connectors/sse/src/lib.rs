@@ -28,6 +28,7 @@ pub use auth::{Authenticator, Claims, mint_hs256};
 pub use config::PushConfig;
 pub use error::PushError;
 pub use hub::Hub;
+pub use metrics::init as init_metrics;
 pub use snapshot::{SnapshotPosition, SnapshotQuery, Snapshots};
 pub use stream::PushApi;
 

@@ -1,10 +1,12 @@
-//! Every metric the live push emits.
+//! The live push's own metrics; the core stage set (received, applied = fix events sent,
+//! dead-lettered = records that are not fixes, errors, freshness at send) is
+//! `locus_kafka::StageMetrics` with stage="push" ([`STAGE`]).
 
 use std::sync::LazyLock;
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, exponential_buckets,
-};
+use locus_kafka::StageMetrics;
+use locus_kafka::metrics::{buckets, counter, counter_vec, gauge, histogram};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 pub struct Metrics {
     pub connections: IntGauge,
@@ -15,40 +17,22 @@ pub struct Metrics {
     pub gaps: IntCounterVec,
     pub closed: IntCounterVec,
     pub latency: Histogram,
-    pub routed: IntCounter,
-    pub skipped: IntCounterVec,
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
-    let _ = prometheus::register(Box::new(c.clone()));
-    c
-}
-
-fn counter(name: &str, help: &str) -> IntCounter {
-    register(IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}")))
-}
-
-fn counter_vec(name: &str, help: &str, label: &str) -> IntCounterVec {
-    register(
-        IntCounterVec::new(Opts::new(name, help), &[label])
-            .unwrap_or_else(|e| unreachable!("metric {name}: {e}")),
-    )
-}
+pub static STAGE: LazyLock<StageMetrics> =
+    LazyLock::new(|| StageMetrics::new("push", &["undecodable"], &["registry", "kafka"]));
 
 pub static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
-    connections: register(
-        IntGauge::new("locus_push_connections", "Open SSE streams")
-            .unwrap_or_else(|e| unreachable!("{e}")),
-    ),
+    connections: gauge("locus_push_connections", "Open SSE streams"),
     requests: counter_vec(
         "locus_push_requests_total",
         "Stream requests by outcome (accepted, unauthorized, forbidden, bad_request, full, not_ready)",
-        "outcome",
+        &["outcome"],
     ),
     events: counter_vec(
         "locus_push_events_sent_total",
         "Events written to streams, by kind (fix, replay, snapshot, gap, expired, overflow)",
-        "kind",
+        &["kind"],
     ),
     conflated: counter(
         "locus_push_events_conflated_total",
@@ -61,30 +45,42 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     gaps: counter_vec(
         "locus_push_gaps_total",
         "Resumes that could not replay and got a gap event and a fresh snapshot, by reason",
-        "reason",
+        &["reason"],
     ),
     closed: counter_vec(
         "locus_push_streams_closed_total",
         "Streams closed by the server, by reason (expired, overflow, replay_failed, shutdown)",
-        "reason",
+        &["reason"],
     ),
-    latency: register(
-        Histogram::with_opts(
-            HistogramOpts::new(
-                "locus_push_publish_to_send_seconds",
-                "From the bridge receiving a fix to a stream writing it",
-            )
-            .buckets(exponential_buckets(0.001, 2.0, 16).unwrap_or_default()),
-        )
-        .unwrap_or_else(|e| unreachable!("{e}")),
-    ),
-    routed: counter(
-        "locus_push_records_routed_total",
-        "Fixes read from Kafka and offered to the streams",
-    ),
-    skipped: counter_vec(
-        "locus_push_records_skipped_total",
-        "Records read from Kafka that are not fixes (undecodable), by reason",
-        "reason",
+    latency: histogram(
+        "locus_push_publish_to_send_seconds",
+        "From the bridge receiving a fix to a stream writing it",
+        buckets(0.001, 2.0, 16),
     ),
 });
+
+/// Registers every metric now, with every known label value at zero, so `/metrics` lists
+/// them from the start.
+pub fn init() {
+    LazyLock::force(&STAGE);
+    let m = &*M;
+    for o in [
+        "accepted",
+        "unauthorized",
+        "forbidden",
+        "bad_request",
+        "full",
+        "not_ready",
+    ] {
+        m.requests.with_label_values(&[o]);
+    }
+    for k in ["fix", "replay", "snapshot", "gap", "expired", "overflow"] {
+        m.events.with_label_values(&[k]);
+    }
+    for r in ["too_far_behind", "retention", "unknown_id", "ahead_of_log"] {
+        m.gaps.with_label_values(&[r]);
+    }
+    for r in ["expired", "overflow", "replay_failed", "shutdown"] {
+        m.closed.with_label_values(&[r]);
+    }
+}

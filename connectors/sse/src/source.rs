@@ -8,13 +8,13 @@ use bytes::Bytes;
 use locus_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
 use locus_kafka::rdkafka::message::Message;
 use locus_kafka::rdkafka::{Offset, TopicPartitionList};
-use locus_kafka::{KafkaConfig, RangeReader, StartAt, StopAt};
-use locus_schemas::{Codec, LocationFix};
+use locus_kafka::{Backoff, KafkaConfig, RangeReader, StartAt, StopAt};
+use locus_schemas::{Codec, CodecError, LocationFix};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Client, FixEvent, Hub};
-use crate::metrics::M;
+use crate::metrics::STAGE;
 use crate::{PushError, cursor};
 
 fn reader(cfg: &KafkaConfig, stage: &str) -> Result<StreamConsumer, PushError> {
@@ -32,9 +32,9 @@ pub async fn to_event(
     partition: i32,
     offset: i64,
     value: &[u8],
-) -> Result<FixEvent, String> {
-    let fix: LocationFix = codec.decode(value).await.map_err(|e| e.to_string())?;
-    let json = serde_json::to_vec(&fix).map_err(|e| e.to_string())?;
+) -> Result<FixEvent, CodecError> {
+    let fix: LocationFix = codec.decode(value).await?;
+    let json = serde_json::to_vec(&fix).map_err(|e| CodecError::Shape(e.to_string()))?;
     Ok(FixEvent {
         partition,
         offset,
@@ -43,6 +43,7 @@ pub async fn to_event(
         lat: fix.lat,
         lon: fix.lon,
         received_at: fix.received_at,
+        ts: fix.ts,
         json: Bytes::from(json),
     })
 }
@@ -100,16 +101,35 @@ pub async fn run_live(
             m = consumer.recv(), if known > 0 => match m {
                 Ok(m) => {
                     let (p, o) = (m.partition(), m.offset());
-                    match to_event(codec, p, o, m.payload().unwrap_or_default()).await {
+                    STAGE.received(1);
+                    let value = m.payload().unwrap_or_default();
+                    // A registry outage is not the record's fault: wait it out on this record
+                    // (every stream waits) rather than skip past fixes the streams should get.
+                    let mut backoff = Backoff::default();
+                    let decoded = loop {
+                        match to_event(codec, p, o, value).await {
+                            Err(CodecError::Registry(e)) => {
+                                STAGE.error("registry");
+                                tracing::warn!(error = e, retry_in = ?backoff.current(), "Schema Registry unavailable; the push reader waits");
+                                tokio::select! {
+                                    _ = cancel.cancelled() => return Ok(()),
+                                    _ = backoff.wait() => {}
+                                }
+                            }
+                            other => break other,
+                        }
+                    };
+                    match decoded {
                         Ok(ev) => hub.route(Arc::new(ev)),
                         Err(e) => {
-                            M.skipped.with_label_values(&["undecodable"]).inc();
-                            tracing::debug!(partition = p, offset = o, error = e, "record is not a fix; skipped");
+                            STAGE.dead_lettered("undecodable");
+                            tracing::debug!(partition = p, offset = o, error = %e, "record is not a fix; skipped");
                             hub.advance(p, o + 1);
                         }
                     }
                 }
                 Err(e) => {
+                    STAGE.error("kafka");
                     tracing::warn!(error = %e, "push reader: Kafka error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }

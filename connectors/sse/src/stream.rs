@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::hub::{Client, Filter, Hub};
-use crate::metrics::M;
+use crate::metrics::{M, STAGE};
 use crate::snapshot::{SnapshotQuery, Snapshots};
 use crate::source::{ReplayItem, replay};
 use crate::{PushConfig, cursor};
@@ -424,6 +424,8 @@ impl Session {
                     M.latency
                         .observe(((now - f.received_at).max(0) as f64) / 1000.0);
                 }
+                STAGE.applied(batch.events.len() as u64);
+                STAGE.fresh(batch.events.iter().map(|(f, _)| f.ts));
                 M.events
                     .with_label_values(&["fix"])
                     .inc_by(batch.events.len() as u64);
@@ -477,6 +479,8 @@ impl Session {
             "too_far_behind"
         } else if reason.contains("retention") {
             "retention"
+        } else if reason.contains("ahead of the log") {
+            "ahead_of_log"
         } else {
             "unknown_id"
         };
@@ -549,6 +553,8 @@ impl Session {
             match item {
                 Some(ReplayItem::Fix(f, id)) => {
                     event(&mut buf, "fix", Some(&id), &f.json);
+                    STAGE.applied(1);
+                    STAGE.fresh([f.ts]);
                     n += 1;
                 }
                 Some(ReplayItem::Done) | None => {

@@ -6,6 +6,7 @@ use super::{StageContext, StageParts};
 use crate::config::Config;
 
 pub fn build(config: &Config, ctx: StageContext) -> anyhow::Result<StageParts> {
+    locus_mqtt::init_metrics();
     let (bridge, health) = locus_mqtt::Bridge::build(
         &config.bridge,
         &config.kafka,

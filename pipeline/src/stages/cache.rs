@@ -9,6 +9,7 @@ use super::{StageContext, StageParts, connect_until, data_auth};
 use crate::config::Config;
 
 pub fn build(config: &Config, ctx: StageContext) -> anyhow::Result<StageParts> {
+    locus_redis::init_metrics();
     let store: Arc<OnceLock<CacheStore>> = Arc::new(OnceLock::new());
     let routes = data_auth(
         config,

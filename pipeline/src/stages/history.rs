@@ -9,6 +9,7 @@ use super::{StageContext, StageParts, connect_until, data_auth};
 use crate::config::Config;
 
 pub fn build(config: &Config, ctx: StageContext) -> anyhow::Result<StageParts> {
+    locus_scylla::init_metrics();
     // Set once connected: the API answers 503 and /readyz says "connecting" until then.
     let store: Arc<OnceLock<HistoryStore>> = Arc::new(OnceLock::new());
     let routes = data_auth(

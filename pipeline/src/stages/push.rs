@@ -12,6 +12,7 @@ use super::{StageContext, StageParts, connect_until, data_auth, warn_if_fd_limit
 use crate::config::Config;
 
 pub fn build(config: &Config, ctx: StageContext) -> anyhow::Result<StageParts> {
+    locus_sse::init_metrics();
     warn_if_fd_limit_below(config.push.max_connections);
     let auth =
         locus_sse::Authenticator::from_config(&config.push).context("starting the push stage")?;
