@@ -40,43 +40,7 @@ use crate::{CacheConfig, CacheError};
 /// out of it, so nearby and bbox never answer with an older position): `position` has it,
 /// `nearby` and bbox queries do not. GEOADD is therefore never given a value it refuses, so
 /// the script cannot fail half-way.
-pub const UPDATE_SCRIPT: &str = r#"
-local geo, polar, seen, g, p, n = {}, {}, {}, 0, 0, 0
-local call, num = redis.call, tonumber
-for i = 4, #KEYS do
-  local a = (i - 4) * 11
-  local key, ts = KEYS[i], ARGV[a + 3]
-  local cur = call('HGET', key, 'ts')
-  if not cur or num(cur) < num(ts) then
-    local user, lat, lon = ARGV[a + 2], ARGV[a + 4], ARGV[a + 5]
-    call('HSET', key, 'ts', ts, 'lat', lat, 'lon', lon,
-      'device_id', ARGV[a + 6], 'seq', ARGV[a + 7], 'speed_mps', ARGV[a + 8],
-      'heading_deg', ARGV[a + 9], 'accuracy_m', ARGV[a + 10], 'battery_pct', ARGV[a + 11],
-      'received_at', ARGV[a + 12])
-    local y = num(lat)
-    if y > 85.05112878 or y < -85.05112878 then
-      p = p + 1
-      polar[p] = user
-    else
-      geo[3 * g + 1], geo[3 * g + 2], geo[3 * g + 3] = lon, lat, user
-      g = g + 1
-    end
-    seen[2 * n + 1], seen[2 * n + 2] = ts, user
-    n = n + 1
-  end
-end
-if g > 0 then
-  call('GEOADD', KEYS[1], unpack(geo))
-end
-if p > 0 then
-  call('ZREM', KEYS[1], unpack(polar))
-end
-if n > 0 then
-  call('ZADD', KEYS[2], unpack(seen))
-  call('SADD', KEYS[3], ARGV[1])
-end
-return n
-"#;
+pub const UPDATE_SCRIPT: &str = include_str!("lua/update.lua");
 
 /// What one bbox search found.
 struct BboxPass {
@@ -92,20 +56,7 @@ pub const UPDATE_CHUNK: usize = 500;
 /// is checked again and, if still that old, removed from the GEO set (KEYS[1]), the last-seen
 /// set (KEYS[2]) and its hash deleted, atomically (a user updated meanwhile stays). Returns
 /// how many were removed.
-const SWEEP: &str = r#"
-local n = 0
-for i = 3, #KEYS do
-  local user = ARGV[i - 1]
-  local seen = redis.call('ZSCORE', KEYS[2], user)
-  if seen and tonumber(seen) < tonumber(ARGV[1]) then
-    redis.call('ZREM', KEYS[1], user)
-    redis.call('ZREM', KEYS[2], user)
-    redis.call('DEL', KEYS[i])
-    n = n + 1
-  end
-end
-return n
-"#;
+const SWEEP: &str = include_str!("lua/sweep.lua");
 
 /// Users per sweep call.
 const SWEEP_CHUNK: usize = 500;
