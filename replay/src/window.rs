@@ -62,8 +62,8 @@ impl Window {
         }
         if !(0..=max_lateness_ms).contains(&lateness_ms) {
             return Err(ReplayError::Invalid(format!(
-                "--lateness must be between 0 and the bridge's max_age_ms ({max_lateness_ms} ms); \
-                 older fixes never reach Kafka"
+                "lateness must be between 0 and {max_lateness_ms} ms (the bridge's max_age_ms: older \
+                 fixes never reach Kafka; over HTTP, replay.lateness_ms)"
             )));
         }
         Ok(Window {

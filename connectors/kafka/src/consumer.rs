@@ -241,7 +241,10 @@ pub async fn run<S: Sink>(
         "consumer started"
     );
 
-    let received = crate::metrics::M.received.with_label_values(&[stage]);
+    let m = &*crate::metrics::M;
+    let received = m.received.with_label_values(&[stage]);
+    let kafka_errors = m.errors.with_label_values(&[stage, "kafka"]);
+    let consumed = m.consumed.with_label_values(&[stage]);
     let mut in_flight = FuturesUnordered::new();
     let mut batch: Vec<Record> = Vec::with_capacity(settings.max_batch);
     let wait = Duration::from_millis(settings.max_batch_wait_ms);
@@ -259,7 +262,7 @@ pub async fn run<S: Sink>(
                     failure = Some(e);
                     break;
                 }
-                crate::metrics::M.consumed.with_label_values(&[stage]).inc_by(offsets.len() as u64);
+                consumed.inc_by(offsets.len() as u64);
                 store_done(&consumer, &tracker, &settings.topic, &offsets);
             }
             _ = tokio::time::sleep_until(deadline), if !batch.is_empty() && can_read => {
@@ -277,7 +280,10 @@ pub async fn run<S: Sink>(
                             in_flight.push(dispatch(&sink, &tracker, std::mem::take(&mut batch)));
                         }
                     }
-                    Err(error) => warn!(%error, "Kafka consumer error; continuing"),
+                    Err(error) => {
+                        kafka_errors.inc();
+                        warn!(%error, "Kafka consumer error; continuing");
+                    }
                 }
             }
         }
@@ -286,6 +292,7 @@ pub async fn run<S: Sink>(
     // store it, commit. What was read but not handed over is read again next time.
     while let Some((result, offsets)) = in_flight.next().await {
         if result.is_ok() {
+            consumed.inc_by(offsets.len() as u64);
             store_done(&consumer, &tracker, &settings.topic, &offsets);
         }
     }

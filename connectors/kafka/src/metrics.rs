@@ -74,7 +74,7 @@ pub(crate) struct Metrics {
     pub received: IntCounterVec,
     applied: IntCounterVec,
     dead_lettered: IntCounterVec,
-    errors: IntCounterVec,
+    pub errors: IntCounterVec,
     retries: IntCounterVec,
     freshness: HistogramVec,
 }
@@ -138,7 +138,6 @@ impl StageMetrics {
         m.received.with_label_values(&[stage]);
         m.applied.with_label_values(&[stage]);
         m.retries.with_label_values(&[stage]);
-        m.consumed.with_label_values(&[stage]);
         m.freshness.with_label_values(&[stage]);
         for r in reasons {
             m.dead_lettered.with_label_values(&[stage, r]);

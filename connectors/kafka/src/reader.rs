@@ -96,6 +96,9 @@ pub struct RangeReader {
     topic: String,
     ranges: Vec<PartitionRange>,
     batches: Option<mpsc::Receiver<Result<Vec<Record>, KafkaError>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// A read that failed or ended stays so.
+    done: bool,
     state: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
     /// The assigned consumer and where each partition starts and ends, until the first
@@ -147,8 +150,7 @@ impl RangeReader {
         stop: StopAt,
     ) -> Result<RangeReader, KafkaError> {
         let mut cfg = kafka.consumer_config(stage, &format!("{}-{stage}", kafka.client_id));
-        // A bulk read: larger fetches per partition than the live consumers' (fewer round
-        // trips), within the fetch size the config allows overall.
+        // Assigned, never subscribed: nothing is committed, no group is joined.
         cfg.set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest");
         let timeout = Duration::from_millis(kafka.request_timeout_ms);
@@ -187,6 +189,8 @@ impl RangeReader {
             topic: topic.to_string(),
             ranges,
             batches: None,
+            task: None,
+            done: false,
             state,
             stop: Arc::new(AtomicBool::new(false)),
             pending: Some(Assigned {
@@ -239,16 +243,40 @@ impl RangeReader {
                 stop: self.stop.clone(),
                 tx,
             };
-            tokio::spawn(poller.run(consumer));
+            self.task = Some(tokio::spawn(poller.run(consumer)));
             self.batches = Some(rx);
+        }
+        if self.done {
+            return Ok(None);
         }
         let Some(rx) = self.batches.as_mut() else {
             return Ok(None);
         };
         match rx.recv().await {
-            Some(Ok(batch)) => Ok(Some(batch)),
-            Some(Err(e)) => Err(e),
-            None => Ok(None),
+            Some(Ok(batch)) => {
+                // Counted as the caller gets them, not as they are read ahead.
+                let bytes: usize = batch.iter().map(Record::size).sum();
+                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                s.progress.records += batch.len() as u64;
+                s.progress.bytes += bytes as u64;
+                Ok(Some(batch))
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                Err(e)
+            }
+            None => {
+                // The task ended without an error: every partition reached its end, unless
+                // it panicked.
+                self.done = true;
+                match self.task.take() {
+                    Some(t) => match t.await {
+                        Err(e) if e.is_panic() => Err(KafkaError::Join(e.to_string())),
+                        _ => Ok(None),
+                    },
+                    None => Ok(None),
+                }
+            }
         }
     }
 }
@@ -269,7 +297,6 @@ impl Poller {
     async fn run(mut self, consumer: StreamConsumer) {
         let mut stream = consumer.stream();
         let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
-        let mut bytes = 0u64;
         let mut idle_since = tokio::time::Instant::now();
         let mut checked = tokio::time::Instant::now();
         while !self.next.is_empty() && !self.stop.load(Ordering::Relaxed) {
@@ -284,9 +311,11 @@ impl Poller {
                 _ = tokio::time::sleep(tick) => {
                     // Nothing for a moment: hand over what there is.
                     if !batch.is_empty() {
-                        if !self.hand_over(&mut batch, &mut bytes).await {
+                        if !self.hand_over(&mut batch).await {
                             return;
                         }
+                        // Time spent waiting for the caller is not Kafka being idle.
+                        idle_since = tokio::time::Instant::now();
                         continue;
                     }
                     if checked.elapsed() >= Duration::from_secs(2) {
@@ -295,6 +324,9 @@ impl Poller {
                         // past the end, or its last offsets are not records).
                         self.finish_passed(&consumer);
                         checked = tokio::time::Instant::now();
+                        if self.next.is_empty() {
+                            continue; // done: the loop ends
+                        }
                     }
                     if idle_since.elapsed() >= self.idle {
                         let mut positions: Vec<(i32, i64)> =
@@ -311,7 +343,16 @@ impl Poller {
                 }
             };
             let m = match m {
-                None => return,
+                None => {
+                    let _ = self
+                        .tx
+                        .send(Err(KafkaError::Config(format!(
+                            "the consumer of {} stopped before the end of the read",
+                            self.topic
+                        ))))
+                        .await;
+                    return;
+                }
                 Some(Err(e)) => {
                     let _ = self.tx.send(Err(KafkaError::Read(e))).await;
                     return;
@@ -335,29 +376,30 @@ impl Poller {
             if r.offset >= end {
                 continue;
             }
-            bytes += r.size() as u64;
             batch.push(r);
-            if batch.len() >= BATCH && !self.hand_over(&mut batch, &mut bytes).await {
-                return;
+            if batch.len() >= BATCH {
+                if !self.hand_over(&mut batch).await {
+                    return;
+                }
+                idle_since = tokio::time::Instant::now();
             }
         }
         if !batch.is_empty() {
-            self.hand_over(&mut batch, &mut bytes).await;
+            self.hand_over(&mut batch).await;
         }
         // Dropping the sender ends the read for the caller.
     }
 
     /// Publishes progress and sends the batch; `false` if the reader is gone.
-    async fn hand_over(&mut self, batch: &mut Vec<Record>, bytes: &mut u64) -> bool {
-        {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            s.progress.records += batch.len() as u64;
-            s.progress.bytes += *bytes;
-            s.next.clone_from(&self.next);
-        }
-        *bytes = 0;
+    async fn hand_over(&mut self, batch: &mut Vec<Record>) -> bool {
+        self.publish_positions();
         let b = std::mem::replace(batch, Vec::with_capacity(BATCH));
         self.tx.send(Ok(b)).await.is_ok()
+    }
+
+    fn publish_positions(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.next.clone_from(&self.next);
     }
 
     /// Finishes the partitions whose consumer position is at or past their end.
@@ -383,6 +425,7 @@ impl Poller {
 
     fn finish(&mut self, consumer: &StreamConsumer, partition: i32) {
         self.next.remove(&partition);
+        self.publish_positions();
         let mut tpl = TopicPartitionList::new();
         if tpl
             .add_partition(&self.topic, partition)

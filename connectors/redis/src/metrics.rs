@@ -42,4 +42,5 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
 /// Registers every metric now, so `/metrics` lists them from the start.
 pub fn init() {
     LazyLock::force(&M);
+    crate::sink::stage_metrics();
 }

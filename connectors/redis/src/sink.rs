@@ -9,6 +9,15 @@ use tracing::warn;
 use crate::CacheStore;
 use crate::metrics::M;
 
+/// The cache stage's core metrics (every series at zero from the start).
+pub fn stage_metrics() -> StageMetrics {
+    StageMetrics::new(
+        "cache",
+        &["empty_value", "framing", "avro_decode", "avro_shape"],
+        &["redis_write", "registry", "kafka"],
+    )
+}
+
 /// Applies each batch before the runner stores its offsets.
 #[derive(Debug)]
 pub struct CacheSink {
@@ -26,11 +35,7 @@ impl CacheSink {
             store,
             codec,
             dead_letter,
-            stage: StageMetrics::new(
-                "cache",
-                &["empty_value", "framing", "avro_decode", "avro_shape"],
-                &["redis_write", "registry"],
-            ),
+            stage: stage_metrics(),
         }
     }
 

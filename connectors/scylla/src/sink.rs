@@ -17,6 +17,15 @@ use crate::metrics::M;
 /// Why a record is dead-lettered: no value, or a codec error's reason.
 const DLQ_REASONS: &[&str] = &["empty_value", "framing", "avro_decode", "avro_shape"];
 
+/// The history stage's core metrics (every series at zero from the start).
+pub fn stage_metrics() -> StageMetrics {
+    StageMetrics::new(
+        "history",
+        DLQ_REASONS,
+        &["cassandra_write", "registry", "kafka"],
+    )
+}
+
 /// Writes each batch of records durably before the runner stores their offsets.
 #[derive(Debug)]
 pub struct HistorySink {
@@ -40,7 +49,7 @@ impl HistorySink {
             store,
             codec,
             dead_letter,
-            stage: StageMetrics::new("history", DLQ_REASONS, &["cassandra_write", "registry"]),
+            stage: stage_metrics(),
             permits: Arc::new(Semaphore::new(concurrency)),
             rows_per_batch,
         }

@@ -553,8 +553,9 @@ impl Session {
             match item {
                 Some(ReplayItem::Fix(f, id)) => {
                     event(&mut buf, "fix", Some(&id), &f.json);
+                    // Sent, but not fresh: a resume replays fixes that may be minutes old, and
+                    // freshness is the live path's.
                     STAGE.applied(1);
-                    STAGE.fresh([f.ts]);
                     n += 1;
                 }
                 Some(ReplayItem::Done) | None => {
