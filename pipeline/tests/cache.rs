@@ -11,21 +11,10 @@ use locus_schemas::LocationFix;
 
 fn fix(user: &str, seq: i64, ts: i64, lat: f64, lon: f64) -> LocationFix {
     LocationFix {
-        tenant: "acme".into(),
-        user_id: user.into(),
-        device_id: format!("{user}-phone"),
-        seq,
-        ts,
-        lat,
-        lon,
         accuracy_m: Some(4.0),
-        altitude_m: None,
         speed_mps: Some(2.0),
-        heading_deg: None,
         battery_pct: Some(60),
-        activity: None,
-        source: None,
-        received_at: ts,
+        ..fix_at("acme", user, seq, ts, lat, lon)
     }
 }
 

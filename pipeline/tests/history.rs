@@ -16,21 +16,20 @@ const HOUR: i64 = 3_600_000;
 
 fn fix(user: &str, seq: i64, ts: i64) -> LocationFix {
     LocationFix {
-        tenant: "acme".into(),
-        user_id: user.into(),
-        device_id: format!("{user}-phone"),
-        seq,
-        ts,
-        lat: 48.0 + seq as f64 * 1e-4,
-        lon: 11.0 + seq as f64 * 1e-4,
-        accuracy_m: Some(5.0),
-        altitude_m: None,
         speed_mps: Some(1.0),
         heading_deg: Some(90.0),
         battery_pct: Some(50),
         activity: Some("walking, fast".into()),
         source: Some("gps".into()),
         received_at: ts + 100,
+        ..fix_at(
+            "acme",
+            user,
+            seq,
+            ts,
+            48.0 + seq as f64 * 1e-4,
+            11.0 + seq as f64 * 1e-4,
+        )
     }
 }
 

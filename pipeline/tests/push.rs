@@ -13,24 +13,7 @@ use locus_schemas::LocationFix;
 use sse::{Event, SseClient};
 
 fn fix(tenant: &str, user: &str, seq: i64, lat: f64, lon: f64) -> LocationFix {
-    let ts = now_ms();
-    LocationFix {
-        tenant: tenant.into(),
-        user_id: user.into(),
-        device_id: format!("{user}-phone"),
-        seq,
-        ts,
-        lat,
-        lon,
-        accuracy_m: Some(5.0),
-        altitude_m: None,
-        speed_mps: Some(1.5),
-        heading_deg: None,
-        battery_pct: Some(80),
-        activity: None,
-        source: None,
-        received_at: ts,
-    }
+    fix_at(tenant, user, seq, now_ms(), lat, lon)
 }
 
 /// Environment for a push (and cache) process of this scope: its own Redis key prefix.

@@ -25,21 +25,17 @@ const HOUR: i64 = 3_600_000;
 fn fix(tenant: &str, user: &str, seq: i64, ts: i64) -> LocationFix {
     let u: f64 = user.trim_start_matches('u').parse().unwrap_or(0.0);
     LocationFix {
-        tenant: tenant.into(),
-        user_id: user.into(),
-        device_id: format!("{user}-phone"),
-        seq,
-        ts,
-        lat: 48.0 + u * 0.1 + (seq % 100) as f64 * 1e-5,
-        lon: 11.0 + u * 0.1,
-        accuracy_m: Some(5.0),
         altitude_m: if seq % 2 == 0 { Some(500.0) } else { None },
-        speed_mps: Some(1.5),
-        heading_deg: None,
-        battery_pct: Some(80),
         activity: Some("walking, \"fast\"".into()),
-        source: None,
         received_at: ts + 1000,
+        ..fix_at(
+            tenant,
+            user,
+            seq,
+            ts,
+            48.0 + u * 0.1 + (seq % 100) as f64 * 1e-5,
+            11.0 + u * 0.1,
+        )
     }
 }
 

@@ -1,0 +1,189 @@
+//! `locus`, the CQL adapter and a private tansu as child processes, and waiting for them.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn term(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn log_file(name: &str) -> Stdio {
+    let dir = repo().join("target/test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::File::create(dir.join(format!("{name}.log")))
+        .unwrap()
+        .into()
+}
+
+/// Polls the bridge's /readyz until ready.
+pub async fn wait_ready(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let c = reqwest::Client::new();
+    while Instant::now() < deadline {
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        if c.get(url).send().await.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("locus on port {port} not ready within {timeout:?}");
+}
+
+/// A private tansu broker (for tests that stop Kafka), with its own data folder.
+pub struct PrivateKafka {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub proc: Option<Proc>,
+}
+
+/// The local tansu build for the current `dev/tansu` patches (built by `dev/stack up`).
+pub fn tansu_bin() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo().join("dev/tansu/build.sh"))
+        .arg("--path")
+        .output()
+        .expect("run dev/tansu/build.sh --path");
+    assert!(out.status.success(), "dev/tansu/build.sh --path failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+impl PrivateKafka {
+    pub fn start() -> PrivateKafka {
+        let mut k = PrivateKafka {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            proc: None,
+        };
+        k.resume();
+        k
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's process id (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, |p| p.child.id())
+    }
+
+    pub fn resume(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(tansu_bin())
+            .current_dir(self.dir.path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu (built by dev/stack up)");
+        self.proc = Some(Proc {
+            child,
+            name: "tansu".into(),
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.term();
+        }
+    }
+}
+
+/// Starts `locus <args>` for this scope with extra environment; returns it and its HTTP port.
+pub fn locus(
+    scope: &Scope,
+    name: &str,
+    args: &[&str],
+    extra_env: &[(&str, String)],
+) -> (Proc, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_locus"));
+    cmd.arg("--config")
+        .arg(repo().join("dev/locus.dev.toml"))
+        .args(args)
+        .env("LOCUS_KAFKA__BROKERS", &scope.brokers)
+        .env("LOCUS_REGISTRY__URL", registry_url())
+        .env("LOCUS_TOPICS__LOCATIONS", &scope.locations)
+        .env("LOCUS_TOPICS__DLQ", &scope.dlq)
+        .env("LOCUS_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("LOCUS_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(log_file(&format!("{}-{name}", scope.prefix)));
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start locus");
+    (
+        Proc {
+            child,
+            name: name.into(),
+        },
+        port,
+    )
+}
+
+/// A private CQL adapter in front of the stack's Cassandra (to cut the writer off from
+/// Cassandra without disturbing other tests).
+pub fn private_adapter(port: u16) -> Proc {
+    let upstream =
+        std::env::var("LOCUS_CASSANDRA_ADDR").unwrap_or_else(|_| "127.0.0.1:19042".into());
+    let child = Command::new(bin_dir().join("locus-cql-adapter"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &upstream,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start locus-cql-adapter (built by cargo build --workspace)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "adapter did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Proc {
+        child,
+        name: "cql-adapter".into(),
+    }
+}
