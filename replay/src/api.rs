@@ -262,3 +262,69 @@ fn paced(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// The route with a Kafka nobody listens on: every request that passes validation would
+    /// have to read, so a 400 here is decided before any read.
+    async fn get(uri: &str) -> (StatusCode, String) {
+        let kafka = KafkaConfig {
+            brokers: "127.0.0.1:1".into(),
+            ..KafkaConfig::default()
+        };
+        let codec = Codec::new(&locus_schemas::RegistryConfig::default(), "locations").unwrap();
+        let api = ReplayApi::new(
+            kafka,
+            "locations".into(),
+            Arc::new(codec),
+            ReplayConfig::default(),
+            300_000,
+            7 * 86_400_000,
+        );
+        let resp = router(Arc::new(api))
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn bad_queries_are_a_400_that_says_why() {
+        let now = now_ms();
+        let hour = format!("from={}&to={}", now - 3_600_000, now);
+        for (q, says) in [
+            ("to=now".to_string(), "from"),
+            (format!("{hour}&nope=1"), "unknown field"),
+            (format!("from={now}&to={}", now - 1), "must be after"),
+            ("from=yesterday&to=now".to_string(), "RFC 3339"),
+            (format!("{hour}&speed=0"), "speed"),
+            (format!("{hour}&speed=NaN"), "speed"),
+            (format!("{hour}&speed=0.0000001"), "speed"),
+            (
+                format!("from={}&to={now}", now - 8 * 86_400_000),
+                "http_max_span_ms",
+            ),
+            (format!("{hour}&lateness=7d"), "lateness"),
+            (format!("{hour}&lateness=-1h"), "duration"),
+            (format!("{hour}&bbox=1,2,3"), "bbox"),
+            (format!("{hour}&bbox=0,95,1,96"), "bbox"),
+            (format!("{hour}&users="), "users"),
+        ] {
+            let (status, body) = get(&format!("/v1/tenants/acme/replay?{q}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{q}: {body}");
+            assert!(body.contains(says), "{q}: {body}");
+            assert!(
+                body.starts_with("{\"error\":"),
+                "{q}: JSON error, got {body}"
+            );
+        }
+    }
+}
