@@ -211,3 +211,67 @@ async fn nearby(
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// The routes with no store: a request that passes validation answers 503, so a 400 is
+    /// decided before Redis is asked.
+    async fn get(uri: &str) -> (StatusCode, String) {
+        let app = router(PositionsApi {
+            store: Arc::new(OnceLock::new()),
+            config: CacheConfig::default(),
+        });
+        let resp = app
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn bad_queries_are_a_400_that_says_why() {
+        for (uri, says) in [
+            ("/v1/tenants/a/positions", "bbox"),
+            ("/v1/tenants/a/positions?bbox=1,2,3", "bbox"),
+            (
+                "/v1/tenants/a/positions?bbox=0,0,1,1&nope=1",
+                "unknown parameter 'nope'",
+            ),
+            (
+                "/v1/tenants/a/positions?bbox=0,0,1,1&status=asleep",
+                "status 'asleep'",
+            ),
+            ("/v1/tenants/a/positions?bbox=0,0,1,1&limit=0", "limit"),
+            ("/v1/tenants/a/positions?bbox=0,0,1,1&limit=x", "limit"),
+            ("/v1/tenants/a/nearby?lon=1", "lat is required"),
+            ("/v1/tenants/a/nearby?lat=91&lon=1", "lat must be a number"),
+            ("/v1/tenants/a/nearby?lat=1&lon=NaN", "lon must be a number"),
+            (
+                "/v1/tenants/a/nearby?lat=1&lon=1&radius_m=0",
+                "radius_m must be > 0",
+            ),
+            (
+                "/v1/tenants/a/nearby?lat=1&lon=1&radius_m=1e12",
+                "radius_m must be a number",
+            ),
+        ] {
+            let (status, body) = get(uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+            assert!(body.contains(says), "{uri}: {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_valid_query_without_a_store_is_a_503() {
+        let (status, _) = get("/v1/tenants/a/nearby?lat=1&lon=1").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
