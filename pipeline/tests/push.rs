@@ -770,3 +770,46 @@ async fn push_stream_connections_are_plain_http() {
         text(&got)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_one_tenant_cannot_take_every_slot() {
+    let s = Scope::new("push-tenant-cap");
+    s.create_topics().await;
+    let (_push, port) = locus(
+        &s,
+        "push",
+        &["push"],
+        &env(&s, &[("LOCUS_PUSH__MAX_CONNECTIONS_PER_TENANT", "2")]),
+    );
+    wait_ready(port, Duration::from_secs(60)).await;
+    let open = async |tenant: &str| {
+        let tok = token(tenant, None, 600);
+        stream(port, &format!("access_token={tok}"), None).await
+    };
+    let a1 = open("a").await;
+    let a2 = open("a").await;
+    assert_eq!((a1.status, a2.status), (200, 200));
+    let mut a3 = open("a").await;
+    assert_eq!(a3.status, 429);
+    assert_eq!(a3.header("retry-after"), Some("5"));
+    assert!(a3.body().await.contains("max_connections_per_tenant"));
+    // another tenant still gets in
+    let b1 = open("b").await;
+    assert_eq!(b1.status, 200);
+    // a stream of tenant a closes: its slot is free again
+    drop(a1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = open("a").await;
+        if c.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream's slot was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(metric(port, "locus_push_requests_total{outcome=\"tenant_full\"}").await >= 1.0);
+    drop((a2, b1));
+}

@@ -25,6 +25,11 @@ pub struct PushConfig {
     /// Most concurrent streams per process; beyond it 503 with `Retry-After`.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most concurrent streams of one tenant per process (0: no cap besides
+    /// `max_connections`); beyond it 429 with `Retry-After`, so one tenant cannot take every
+    /// slot.
+    #[serde(default)]
+    pub max_connections_per_tenant: usize,
     /// Events per second per user per stream (0: no cap). Fixes in between supersede each
     /// other: the stream gets the latest when the user's next slot comes.
     #[serde(default = "default_user_rate_per_s")]
@@ -100,6 +105,7 @@ impl Default for PushConfig {
             jwt_audience: String::new(),
             jwt_leeway_s: default_leeway_s(),
             max_connections: default_max_connections(),
+            max_connections_per_tenant: 0,
             user_rate_per_s: default_user_rate_per_s(),
             max_pending_users: default_max_pending_users(),
             heartbeat_s: default_heartbeat_s(),

@@ -26,7 +26,7 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     connections: gauge("locus_push_connections", "Open SSE streams"),
     requests: counter_vec(
         "locus_push_requests_total",
-        "Stream requests by outcome (accepted, unauthorized, forbidden, bad_request, full, not_ready)",
+        "Stream requests by outcome (accepted, unauthorized, forbidden, bad_request, full, tenant_full, not_ready)",
         &["outcome"],
     ),
     events: counter_vec(

@@ -45,6 +45,8 @@ pub struct PushApi {
     /// Cancelled at shutdown: every stream ends.
     pub cancel: CancellationToken,
     pub(crate) connections: AtomicUsize,
+    /// Open streams per tenant (only while `max_connections_per_tenant` is set).
+    pub(crate) per_tenant: std::sync::Mutex<HashMap<Arc<str>, usize>>,
     pub(crate) resumes: Semaphore,
 }
 
@@ -71,6 +73,7 @@ impl PushApi {
             snapshots,
             cancel,
             connections: AtomicUsize::new(0),
+            per_tenant: std::sync::Mutex::default(),
             resumes,
         }
     }
@@ -86,7 +89,7 @@ fn reject(status: StatusCode, outcome: &str, message: impl Into<String>) -> Resp
                 header::HeaderValue::from_static("Bearer"),
             );
         }
-        StatusCode::SERVICE_UNAVAILABLE => {
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         }
@@ -132,6 +135,19 @@ impl Drop for Guard {
         self.api.hub.unsubscribe(&self.client);
         self.api.connections.fetch_sub(1, Ordering::Relaxed);
         M.connections.dec();
+        if self.api.config.max_connections_per_tenant > 0 {
+            let mut t = self
+                .api
+                .per_tenant
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = t.get_mut(&self.client.tenant) {
+                *n -= 1;
+                if *n == 0 {
+                    t.remove(&self.client.tenant);
+                }
+            }
+        }
     }
 }
 
@@ -222,6 +238,25 @@ pub async fn stream(
                 api.config.max_connections
             ),
         );
+    }
+    let tenant_cap = api.config.max_connections_per_tenant;
+    if tenant_cap > 0 {
+        let mut t = api.per_tenant.lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry(Arc::from(claims.tenant.as_str())).or_default();
+        if *n >= tenant_cap {
+            drop(t);
+            api.connections.fetch_sub(1, Ordering::Relaxed);
+            return reject(
+                StatusCode::TOO_MANY_REQUESTS,
+                "tenant_full",
+                format!(
+                    "tenant '{}' holds its maximum of {tenant_cap} streams on this replica \
+                     (push.max_connections_per_tenant); retry",
+                    claims.tenant
+                ),
+            );
+        }
+        *n += 1;
     }
     M.connections.inc();
     M.requests.with_label_values(&["accepted"]).inc();
