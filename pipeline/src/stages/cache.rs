@@ -21,14 +21,8 @@ pub fn build(config: &Config, ctx: StageContext) -> anyhow::Result<StageParts> {
     let ready = store.clone();
     Ok(StageParts::new(run(config.clone(), store, ctx))
         .routes(routes)
-        .check("redis", move || {
-            let s = ready.get().cloned();
-            async move {
-                match s {
-                    Some(s) => s.ping().await.map_err(|e| e.to_string()),
-                    None => Err("connecting".to_string()),
-                }
-            }
+        .check_store("redis", ready, |s: CacheStore| async move {
+            s.ping().await.map_err(|e| e.to_string())
         }))
 }
 

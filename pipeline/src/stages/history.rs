@@ -22,14 +22,8 @@ pub fn build(config: &Config, ctx: StageContext) -> anyhow::Result<StageParts> {
     let ready = store.clone();
     Ok(StageParts::new(run(config.clone(), store, ctx))
         .routes(routes)
-        .check("cassandra", move || {
-            let s = ready.get().cloned();
-            async move {
-                match s {
-                    Some(s) => s.ping().await.map_err(|e| e.to_string()),
-                    None => Err("connecting".to_string()),
-                }
-            }
+        .check_store("cassandra", ready, |s: HistoryStore| async move {
+            s.ping().await.map_err(|e| e.to_string())
         }))
 }
 

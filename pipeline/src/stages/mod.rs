@@ -94,6 +94,30 @@ impl StageParts {
         self
     }
 
+    /// Adds the readiness check of a store set once connected: "connecting" until `slot` is
+    /// set, then whatever `ping` says.
+    pub fn check_store<S, F, Fut>(
+        self,
+        name: &'static str,
+        slot: Arc<std::sync::OnceLock<S>>,
+        ping: F,
+    ) -> StageParts
+    where
+        S: Clone + Send + Sync + 'static,
+        F: Fn(S) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.check(name, move || {
+            let pinged = slot.get().cloned().map(&ping);
+            async move {
+                match pinged {
+                    Some(p) => p.await,
+                    None => Err("connecting".to_string()),
+                }
+            }
+        })
+    }
+
     pub fn routes(mut self, routes: axum::Router) -> StageParts {
         self.routes = self.routes.merge(routes);
         self
