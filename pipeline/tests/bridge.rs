@@ -550,9 +550,9 @@ async fn a_message_too_large_for_kafka_does_not_stop_the_bridge() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_down_for_30s_loses_nothing() {
-    let mut kafka = PrivateKafka::start();
+    let mut kafka = Private::kafka();
     let mut s = Scope::new("bridge-outage");
-    s.brokers = kafka.brokers();
+    s.brokers = kafka.addr();
     s.create_topics().await;
     // A receive maximum below what the devices publish during the outage (1,500 fixes), so
     // that the broker has to keep the rest.

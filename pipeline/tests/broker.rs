@@ -11,11 +11,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{PrivateKafka, bin_dir};
+use common::{Private, bin_dir};
 
-fn bench(k: &PrivateKafka, topic: &str, args: &[&str]) -> serde_json::Value {
+fn bench(k: &Private, topic: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new(bin_dir().join("locus-broker-bench"))
-        .args(["--brokers", &k.brokers(), "--topic", topic])
+        .args(["--brokers", &k.addr(), "--topic", topic])
         .args(["--broker-pid", &k.pid().to_string()])
         .args(args)
         .stderr(std::process::Stdio::inherit())
@@ -37,8 +37,8 @@ fn a_full_broker_serves_caught_up_and_catching_up_consumers_like_an_empty_one() 
         .and_then(|v| v.parse().ok())
         .unwrap_or(300_000);
     let topic = "locations";
-    let empty = PrivateKafka::start();
-    let full = PrivateKafka::start();
+    let empty = Private::kafka();
+    let full = Private::kafka();
     for k in [&empty, &full] {
         bench(k, topic, &["create", "--partitions", "48"]);
     }

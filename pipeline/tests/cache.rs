@@ -336,30 +336,8 @@ async fn one_of_two_shards_down_for_30s_loses_nothing() {
 async fn redis_down_for_30s(other_shard: Option<String>) {
     let s = Scope::new("cache-outage");
     s.create_topics().await;
-    let dir = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let start_redis = |dir: &std::path::Path| Proc {
-        child: Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &rport.to_string(),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (dev/stack installs it)"),
-        name: "redis".into(),
-    };
-    let mut redis_proc = start_redis(dir.path());
-    std::thread::sleep(Duration::from_millis(300));
-    let private = format!("redis://127.0.0.1:{rport}/0");
+    let mut redis = Private::redis();
+    let private = format!("redis://{}/0", redis.addr());
     let url = match &other_shard {
         Some(other) => format!("{other},{private}"),
         None => private,
@@ -393,9 +371,9 @@ async fn redis_down_for_30s(other_shard: Option<String>) {
         }
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
-    redis_proc.term();
+    redis.stop();
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let _redis = start_redis(dir.path());
+    redis.resume();
     feeder.await.unwrap();
     wait_applied(port, 800.0, Duration::from_secs(90)).await;
     let users: Vec<String> = (0..20).map(|u| format!("u{u}")).collect();

@@ -312,15 +312,11 @@ async fn cassandra_away_for_30s_and_writer_killed_lose_nothing() {
     let s = Scope::new("hist-outage");
     s.create_topics().await;
     let ks = unique("ho_");
-    let adapter_port = free_port();
-    let mut adapter = private_adapter(adapter_port);
+    let mut adapter = Private::cql_adapter();
     let group = unique("g-");
     let mut env = history_env(&s, &ks, &group);
     env.retain(|(k, _)| *k != "LOCUS_SCYLLA__NODES");
-    env.push((
-        "LOCUS_SCYLLA__NODES",
-        format!("[\"127.0.0.1:{adapter_port}\"]"),
-    ));
+    env.push(("LOCUS_SCYLLA__NODES", format!("[\"{}\"]", adapter.addr())));
     env.push(("LOCUS_SCYLLA__CONNECT_TIMEOUT_MS", "2000".into()));
     let (mut w, port) = locus(&s, "history", &["history"], &env);
     wait_ready(port, Duration::from_secs(60)).await;
@@ -346,7 +342,7 @@ async fn cassandra_away_for_30s_and_writer_killed_lose_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     adapter.kill9();
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let _adapter = private_adapter(adapter_port);
+    adapter.resume();
     // And the writer killed with SIGKILL mid-stream, then restarted (same group).
     tokio::time::sleep(Duration::from_secs(3)).await;
     w.kill9();

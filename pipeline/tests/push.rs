@@ -158,7 +158,7 @@ async fn push_auth_filters_snapshot_then_live_heartbeat_and_expiry() {
             format!("access_token={good}&user=u1"),
             vec![],
             400,
-            "unknown parameter 'user'",
+            "unknown field `user`",
         ),
         (
             "".into(),

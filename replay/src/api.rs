@@ -15,13 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::Stream;
+use locus_api::{ApiError, Query};
 use locus_kafka::KafkaConfig;
 use locus_schemas::{Codec, LocationFix};
 use serde::Deserialize;
@@ -89,10 +88,6 @@ pub struct ReplayQuery {
     lateness: Option<String>,
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -105,12 +100,8 @@ const MAX_USERS: usize = 1000;
 async fn replay(
     State(api): State<Arc<ReplayApi>>,
     Path(tenant): Path<String>,
-    query: Result<Query<ReplayQuery>, QueryRejection>,
-) -> Response {
-    let q = match query {
-        Ok(Query(q)) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
+    Query(q): Query<ReplayQuery>,
+) -> Result<Response, ApiError> {
     let now = now_ms();
     let parsed = (|| -> Result<(Window, Filter, f64), ReplayError> {
         let from = parse_time(&q.from, now).map_err(ReplayError::Invalid)?;
@@ -161,20 +152,15 @@ async fn replay(
         };
         Ok((window, filter, speed))
     })();
-    let (window, filter, speed) = match parsed {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
+    let (window, filter, speed) = parsed.map_err(|e| ApiError::bad_request(e.to_string()))?;
     let Ok(permit) = api.permits.clone().try_acquire_owned() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5")],
-            axum::Json(json!({ "error": format!(
+        return Err(ApiError::unavailable(
+            format!(
                 "{} replays are running (replay.max_concurrent); retry later",
                 api.config.max_concurrent
-            ) })),
-        )
-            .into_response();
+            ),
+            5,
+        ));
     };
     // Dropped with the request if the client leaves while the window is read.
     let cancel = CancellationToken::new();
@@ -192,24 +178,21 @@ async fn replay(
     .await;
     let mut scan = match scan {
         Ok(s) => s,
-        Err(e @ ReplayError::Invalid(_)) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e @ ReplayError::Invalid(_)) => return Err(ApiError::bad_request(e.to_string())),
         Err(e) => {
             tracing::warn!(error = %e, "HTTP replay cannot read the window");
-            return error(StatusCode::SERVICE_UNAVAILABLE, e);
+            return Err(ApiError::unavailable(e.to_string(), 5));
         }
     };
     let mut fixes = match crate::collect_fixes(&mut scan, api.config.http_max_fixes, |_| {}).await {
         Ok(f) => f,
         Err(ReplayError::TooLarge { max }) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the window holds more than {max} fixes (replay.http_max_fixes): \
-                     narrow it by time, users or bbox"
-                ),
-            );
+            return Err(ApiError::too_large(format!(
+                "the window holds more than {max} fixes (replay.http_max_fixes): \
+                 narrow it by time, users or bbox"
+            )));
         }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => return Err(ApiError::unavailable(e.to_string(), 5)),
     };
     fixes.sort_by(|a, b| (a.ts, &a.user_id, a.seq).cmp(&(b.ts, &b.user_id, b.seq)));
     // Only what is the tenant's own: records read, filtered out or outside the window count
@@ -223,9 +206,9 @@ async fn replay(
         "latest_lateness_ms": r.latest_lateness_ms,
     });
     let stream = paced(fixes, speed, report, permit);
-    Sse::new(stream)
+    Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+        .into_response())
 }
 
 /// The fixes at `speed` × their event-time spacing, then `end`. Holds the permit until the
@@ -267,7 +250,7 @@ fn paced(
 mod tests {
     use super::*;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 

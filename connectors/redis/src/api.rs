@@ -4,14 +4,14 @@
 //! - `GET /v1/tenants/{t}/positions?bbox=minLon,minLat,maxLon,maxLat&status=&limit=`
 //! - `GET /v1/tenants/{t}/nearby?lat=&lon=&radius_m=&limit=` (nearest first, with distance)
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use locus_api::{ApiError, Query};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::{CacheConfig, CacheStore, Presence};
@@ -31,192 +31,152 @@ pub fn router(api: PositionsApi) -> Router {
         .with_state(Arc::new(api))
 }
 
-/// Why a request was not answered.
-#[derive(Debug)]
-enum Reject {
-    Bad(String),
-    Unavailable,
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PositionsQuery {
+    bbox: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
 }
 
-impl IntoResponse for Reject {
-    fn into_response(self) -> Response {
-        match self {
-            Reject::Bad(m) => {
-                (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": m }))).into_response()
-            }
-            Reject::Unavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "1")],
-                axum::Json(json!({ "error": "the position cache did not answer; retry" })),
-            )
-                .into_response(),
-        }
-    }
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NearbyQuery {
+    lat: Option<f64>,
+    lon: Option<f64>,
+    radius_m: Option<f64>,
+    limit: Option<usize>,
 }
 
-fn bad(message: impl Into<String>) -> Reject {
-    Reject::Bad(message.into())
-}
-
-fn unavailable(e: impl std::fmt::Display) -> Reject {
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "position query failed");
-    Reject::Unavailable
+    ApiError::unavailable("the position cache did not answer; retry", 1)
 }
 
-fn store(api: &PositionsApi) -> Result<&CacheStore, Reject> {
+fn store(api: &PositionsApi) -> Result<&CacheStore, ApiError> {
     api.store
         .get()
         .ok_or_else(|| unavailable("not connected yet"))
 }
 
-type Params = Query<HashMap<String, String>>;
-
-fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Reject> {
-    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(bad(format!(
-            "unknown parameter '{k}' (allowed: {})",
-            allowed.join(", ")
-        ))),
-        None => Ok(()),
+/// `value` if it is finite and in `[min, max]`.
+fn within(name: &str, value: Option<f64>, min: f64, max: f64) -> Result<Option<f64>, ApiError> {
+    match value {
+        Some(n) if !(n.is_finite() && (min..=max).contains(&n)) => Err(ApiError::bad_request(
+            format!("{name} must be a number in [{min}, {max}], got '{n}'"),
+        )),
+        v => Ok(v),
     }
 }
 
-fn number(
-    q: &HashMap<String, String>,
-    name: &str,
-    min: f64,
-    max: f64,
-) -> Result<Option<f64>, Reject> {
-    match q.get(name) {
-        None => Ok(None),
-        Some(v) => match v.parse::<f64>() {
-            Ok(n) if n.is_finite() && (min..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(bad(format!(
-                "{name} must be a number in [{min}, {max}], got '{v}'"
-            ))),
-        },
-    }
-}
-
-fn limit(q: &HashMap<String, String>, max: usize) -> Result<usize, Reject> {
-    match q.get("limit") {
+fn limit(limit: Option<usize>, max: usize) -> Result<usize, ApiError> {
+    match limit {
         None => Ok(max.min(100)),
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(bad(format!("limit must be a number from 1 to {max}"))),
-        },
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "limit must be a number from 1 to {max}"
+        ))),
     }
+}
+
+/// `minLon,minLat,maxLon,maxLat`, non-empty and within the world.
+fn bbox(v: &str) -> Result<(f64, f64, f64, f64), ApiError> {
+    let shape = || {
+        ApiError::bad_request(format!(
+            "bbox '{v}' must be four numbers: minLon,minLat,maxLon,maxLat"
+        ))
+    };
+    let parts: Vec<f64> = v
+        .split(',')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| shape())?;
+    let [min_lon, min_lat, max_lon, max_lat] = parts[..] else {
+        return Err(shape());
+    };
+    if !(-180.0..=180.0).contains(&min_lon)
+        || !(-180.0..=180.0).contains(&max_lon)
+        || !(-90.0..=90.0).contains(&min_lat)
+        || !(-90.0..=90.0).contains(&max_lat)
+        || min_lon >= max_lon
+        || min_lat >= max_lat
+    {
+        return Err(ApiError::bad_request(
+            "bbox must have -180 <= minLon < maxLon <= 180 and -90 <= minLat < maxLat <= 90",
+        ));
+    }
+    Ok((min_lon, min_lat, max_lon, max_lat))
 }
 
 async fn position(
     State(api): State<Arc<PositionsApi>>,
     Path((tenant, user)): Path<(String, String)>,
-) -> Response {
-    let s = match store(&api) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
-    match s.position(&tenant, &user).await {
-        Ok(Some(p)) => axum::Json(p).into_response(),
-        Ok(None) => (
-            StatusCode::NOT_FOUND,
-            axum::Json(
-                json!({ "error": format!("no position for user '{user}' of tenant '{tenant}'") }),
-            ),
-        )
-            .into_response(),
-        Err(e) => unavailable(e).into_response(),
+) -> Result<Response, ApiError> {
+    match store(&api)?.position(&tenant, &user).await {
+        Ok(Some(p)) => Ok(axum::Json(p).into_response()),
+        Ok(None) => Err(ApiError::not_found(format!(
+            "no position for user '{user}' of tenant '{tenant}'"
+        ))),
+        Err(e) => Err(unavailable(e)),
     }
 }
 
 async fn positions(
     State(api): State<Arc<PositionsApi>>,
     Path(tenant): Path<String>,
-    Query(q): Params,
-) -> Response {
-    let run = async {
-        only(&q, &["bbox", "status", "limit"])?;
-        let bbox = q
-            .get("bbox")
-            .ok_or_else(|| bad("bbox=minLon,minLat,maxLon,maxLat is required"))?;
-        let parts: Vec<f64> = bbox
-            .split(',')
-            .map(|x| x.trim().parse::<f64>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| {
-                bad(format!(
-                    "bbox '{bbox}' must be four numbers: minLon,minLat,maxLon,maxLat"
-                ))
-            })?;
-        let [min_lon, min_lat, max_lon, max_lat] = parts[..] else {
-            return Err(bad(format!(
-                "bbox '{bbox}' must be four numbers: minLon,minLat,maxLon,maxLat"
-            )));
-        };
-        if !(-180.0..=180.0).contains(&min_lon)
-            || !(-180.0..=180.0).contains(&max_lon)
-            || !(-90.0..=90.0).contains(&min_lat)
-            || !(-90.0..=90.0).contains(&max_lat)
-            || min_lon >= max_lon
-            || min_lat >= max_lat
-        {
-            return Err(bad(
-                "bbox must have -180 <= minLon < maxLon <= 180 and -90 <= minLat < maxLat <= 90",
-            ));
-        }
-        let status = match q.get("status") {
-            None => None,
-            Some(s) => Some(
-                Presence::parse(s)
-                    .ok_or_else(|| bad(format!("status '{s}' is not online, stale or offline")))?,
-            ),
-        };
-        let limit = limit(&q, api.config.query_max_results)?;
-        let s = store(&api)?;
-        let found = s
-            .in_bbox(&tenant, (min_lon, min_lat, max_lon, max_lat), status, limit)
-            .await
-            .map_err(unavailable)?;
-        Ok(
-            axum::Json(json!({ "tenant": tenant, "count": found.len(), "positions": found }))
-                .into_response(),
-        )
+    Query(q): Query<PositionsQuery>,
+) -> Result<Response, ApiError> {
+    let bbox =
+        bbox(q.bbox.as_deref().ok_or_else(|| {
+            ApiError::bad_request("bbox=minLon,minLat,maxLon,maxLat is required")
+        })?)?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(Presence::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!("status '{s}' is not online, stale or offline"))
+        })?),
     };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+    let limit = limit(q.limit, api.config.query_max_results)?;
+    let found = store(&api)?
+        .in_bbox(&tenant, bbox, status, limit)
+        .await
+        .map_err(unavailable)?;
+    Ok(
+        axum::Json(json!({ "tenant": tenant, "count": found.len(), "positions": found }))
+            .into_response(),
+    )
 }
 
 async fn nearby(
     State(api): State<Arc<PositionsApi>>,
     Path(tenant): Path<String>,
-    Query(q): Params,
-) -> Response {
-    let run = async {
-        only(&q, &["lat", "lon", "radius_m", "limit"])?;
-        let lat = number(&q, "lat", -90.0, 90.0)?.ok_or_else(|| bad("lat is required"))?;
-        let lon = number(&q, "lon", -180.0, 180.0)?.ok_or_else(|| bad("lon is required"))?;
-        let radius = number(&q, "radius_m", 0.0, api.config.query_max_radius_m)?.unwrap_or(1000.0);
-        if radius <= 0.0 {
-            return Err(bad("radius_m must be > 0"));
-        }
-        let limit = limit(&q, api.config.query_max_results)?;
-        let s = store(&api)?;
-        let found = s
-            .nearby(&tenant, lat, lon, radius, limit)
-            .await
-            .map_err(unavailable)?;
-        Ok(
-            axum::Json(json!({ "tenant": tenant, "count": found.len(), "positions": found }))
-                .into_response(),
-        )
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+    Query(q): Query<NearbyQuery>,
+) -> Result<Response, ApiError> {
+    let lat = within("lat", q.lat, -90.0, 90.0)?
+        .ok_or_else(|| ApiError::bad_request("lat is required"))?;
+    let lon = within("lon", q.lon, -180.0, 180.0)?
+        .ok_or_else(|| ApiError::bad_request("lon is required"))?;
+    let radius =
+        within("radius_m", q.radius_m, 0.0, api.config.query_max_radius_m)?.unwrap_or(1000.0);
+    if radius <= 0.0 {
+        return Err(ApiError::bad_request("radius_m must be > 0"));
+    }
+    let limit = limit(q.limit, api.config.query_max_results)?;
+    let found = store(&api)?
+        .nearby(&tenant, lat, lon, radius, limit)
+        .await
+        .map_err(unavailable)?;
+    Ok(
+        axum::Json(json!({ "tenant": tenant, "count": found.len(), "positions": found }))
+            .into_response(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
@@ -243,7 +203,7 @@ mod tests {
             ("/v1/tenants/a/positions?bbox=1,2,3", "bbox"),
             (
                 "/v1/tenants/a/positions?bbox=0,0,1,1&nope=1",
-                "unknown parameter 'nope'",
+                "unknown field `nope`",
             ),
             (
                 "/v1/tenants/a/positions?bbox=0,0,1,1&status=asleep",

@@ -8,10 +8,11 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use locus_api::{ApiError, Query};
 use locus_schemas::LocationFix;
 use serde::Deserialize;
 use serde_json::json;
@@ -37,17 +38,9 @@ pub fn router(api: TrackApi) -> Router {
 struct TrackQuery {
     from: Option<String>,
     to: Option<String>,
-    limit: Option<String>,
+    limit: Option<usize>,
     cursor: Option<String>,
     format: Option<String>,
-}
-
-fn bad(message: impl Into<String>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(json!({ "error": message.into() })),
-    )
-        .into_response()
 }
 
 /// The times a query may name: years 1 to 9999, so no arithmetic on them can overflow.
@@ -81,41 +74,41 @@ fn now_ms() -> i64 {
 async fn track(
     State(api): State<Arc<TrackApi>>,
     Path((tenant, user)): Path<(String, String)>,
-    query: Result<Query<TrackQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return bad(format!("bad query string: {}", e.body_text())),
-    };
-    let to = match q.to.as_deref().map(|v| parse_time("to", v)).transpose() {
-        Ok(t) => t.unwrap_or_else(now_ms),
-        Err(m) => return bad(m),
-    };
-    let from = match q.from.as_deref().map(|v| parse_time("from", v)).transpose() {
-        Ok(f) => f.unwrap_or(to.saturating_sub(86_400_000)),
-        Err(m) => return bad(m),
-    };
+    Query(q): Query<TrackQuery>,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::bad_request(m);
+    let to =
+        q.to.as_deref()
+            .map(|v| parse_time("to", v))
+            .transpose()
+            .map_err(bad)?;
+    let to = to.unwrap_or_else(now_ms);
+    let from = q
+        .from
+        .as_deref()
+        .map(|v| parse_time("from", v))
+        .transpose()
+        .map_err(bad)?;
+    let from = from.unwrap_or(to.saturating_sub(86_400_000));
     if from >= to {
-        return bad(format!("from ({from}) must be before to ({to})"));
+        return Err(bad(format!("from ({from}) must be before to ({to})")));
     }
     let max_range = i64::from(api.config.query_max_range_days).saturating_mul(86_400_000);
     if to.checked_sub(from).is_none_or(|range| range > max_range) {
-        return bad(format!(
+        return Err(bad(format!(
             "the range is longer than {} days; page through shorter ranges",
             api.config.query_max_range_days
-        ));
+        )));
     }
-    let limit = match q.limit.as_deref() {
+    let limit = match q.limit {
         None => api.config.query_default_limit,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=api.config.query_max_limit).contains(&n) => n,
-            _ => {
-                return bad(format!(
-                    "limit must be a number from 1 to {}",
-                    api.config.query_max_limit
-                ));
-            }
-        },
+        Some(n) if (1..=api.config.query_max_limit).contains(&n) => n,
+        Some(_) => {
+            return Err(bad(format!(
+                "limit must be a number from 1 to {}",
+                api.config.query_max_limit
+            )));
+        }
     };
     let cursor = match q.cursor.as_deref() {
         None | Some("") => None,
@@ -126,36 +119,29 @@ async fn track(
             Some(c) if c.skip <= api.config.query_max_limit && (from..to).contains(&c.ts) => {
                 Some(c)
             }
-            _ => return bad("cursor is not one this API returned"),
+            _ => return Err(bad("cursor is not one this API returned".into())),
         },
     };
     let format = q.format.as_deref().unwrap_or("json");
     if !matches!(format, "json" | "geojson" | "csv") {
-        return bad(format!("format '{format}' is not json, geojson or csv"));
+        return Err(bad(format!(
+            "format '{format}' is not json, geojson or csv"
+        )));
     }
     if tenant.is_empty() || user.is_empty() || tenant.len() > 128 || user.len() > 128 {
-        return bad("tenant and user must be 1 to 128 bytes");
+        return Err(bad("tenant and user must be 1 to 128 bytes".into()));
     }
-    let Some(store) = api.store.get() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            axum::Json(json!({ "error": "the history store is not connected yet; retry" })),
-        )
-            .into_response();
-    };
-    let (fixes, next) = match store.track(&tenant, &user, from, to, cursor, limit).await {
-        Ok(r) => r,
-        Err(e) => {
+    let store = api
+        .store
+        .get()
+        .ok_or_else(|| ApiError::unavailable("the history store is not connected yet; retry", 1))?;
+    let (fixes, next) = store
+        .track(&tenant, &user, from, to, cursor, limit)
+        .await
+        .map_err(|e| {
             tracing::warn!(error = %e, "track query failed");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "1")],
-                axum::Json(json!({ "error": "the history store did not answer; retry" })),
-            )
-                .into_response();
-        }
-    };
+            ApiError::unavailable("the history store did not answer; retry", 1)
+        })?;
     let next = next.map(|c| c.encode());
     let mut resp = match format {
         "geojson" => geojson(&fixes, next.as_deref()),
@@ -169,7 +155,7 @@ async fn track(
     if let Some(n) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
         resp.headers_mut().insert("x-next-cursor", n);
     }
-    resp
+    Ok(resp)
 }
 
 fn geojson(fixes: &[LocationFix], next: Option<&str>) -> Response {
@@ -237,7 +223,7 @@ fn csv(fixes: &[LocationFix]) -> Response {
 mod tests {
     use super::*;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 

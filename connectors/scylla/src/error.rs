@@ -5,8 +5,13 @@ use std::time::Duration;
 pub enum ScyllaError {
     #[error("invalid scylla config: {0}")]
     Config(String),
-    #[error("Cassandra/Scylla query failed: {0}")]
-    Query(String),
+    /// A statement failed: what was being done, and the driver's error.
+    #[error("Cassandra/Scylla, {what}: {source}")]
+    Query {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot connect to Cassandra/Scylla at {nodes} within {timeout:?}: {source}")]
     Connect {
         nodes: String,
@@ -14,4 +19,18 @@ pub enum ScyllaError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl ScyllaError {
+    /// For `map_err`: a failed statement, saying what it was doing.
+    pub(crate) fn query<E>(what: impl Into<String>) -> impl FnOnce(E) -> ScyllaError
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let what = what.into();
+        move |e| ScyllaError::Query {
+            what,
+            source: Box::new(e),
+        }
+    }
 }

@@ -74,7 +74,7 @@ impl HistorySink {
                 Err(error) => {
                     self.stage.retry();
                     self.stage.error("cassandra_write");
-                    warn!(error, retry_in = ?backoff.current(), rows = rows.len(), "Cassandra write failed; retrying");
+                    warn!(%error, retry_in = ?backoff.current(), rows = rows.len(), "Cassandra write failed; retrying");
                     backoff.wait().await;
                 }
             }

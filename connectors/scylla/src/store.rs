@@ -48,7 +48,7 @@ pub async fn migrate(
         session
             .query_unpaged(s.clone(), ())
             .await
-            .map_err(|e| ScyllaError::Query(format!("{s}: {e}")))?;
+            .map_err(ScyllaError::query(format!("creating the schema ({s})")))?;
     }
     Ok(())
 }
@@ -115,7 +115,7 @@ impl HistoryStore {
                 session
                     .prepare(q.clone())
                     .await
-                    .map_err(|e| ScyllaError::Query(format!("preparing {q}: {e}")))
+                    .map_err(ScyllaError::query(format!("preparing {q}")))
             }
         };
         let insert = prepare(format!(
@@ -144,7 +144,7 @@ impl HistoryStore {
             )
             .await
             .map(|_| ())
-            .map_err(|e| ScyllaError::Query(e.to_string()))
+            .map_err(ScyllaError::query("ping"))
     }
 
     pub fn bucket_of(&self, ts_ms: i64) -> i32 {
@@ -156,12 +156,12 @@ impl HistoryStore {
     }
 
     /// One plain prepared insert (no batch): the benchmark's ceiling path.
-    pub async fn write_one(&self, f: &LocationFix) -> Result<(), String> {
+    pub async fn write_one(&self, f: &LocationFix) -> Result<(), ScyllaError> {
         self.session
             .execute_unpaged(&self.insert, self.row(f))
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(ScyllaError::query("inserting a row"))
     }
 
     fn row<'a>(&self, f: &'a LocationFix) -> InsertRow<'a> {
@@ -189,7 +189,7 @@ impl HistoryStore {
     /// Writes fixes of ONE partition (tenant, user, bucket) as one unlogged batch, each row
     /// `USING TIMESTAMP` = its event time (µs): a replay or a duplicate is a no-op, and an
     /// older write never overwrites a newer one.
-    pub async fn write_partition(&self, fixes: &[&LocationFix]) -> Result<(), String> {
+    pub async fn write_partition(&self, fixes: &[&LocationFix]) -> Result<(), ScyllaError> {
         let mut batch = Batch::new(BatchType::Unlogged);
         let mut values = Vec::with_capacity(fixes.len());
         for f in fixes {
@@ -200,7 +200,7 @@ impl HistoryStore {
             .batch(&batch, values)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(ScyllaError::query("writing a batch of rows"))
     }
 
     /// Fixes of one user with `from <= ts < to`, in event-time order, starting after
@@ -237,15 +237,15 @@ impl HistoryStore {
                     ),
                 )
                 .await
-                .map_err(|e| ScyllaError::Query(e.to_string()))?
+                .map_err(ScyllaError::query("reading a track"))?
                 .into_rows_result()
-                .map_err(|e| ScyllaError::Query(e.to_string()))?;
+                .map_err(ScyllaError::query("reading a track's rows"))?;
             let mut got = 0usize;
             for row in rows
                 .rows::<Row>()
-                .map_err(|e| ScyllaError::Query(e.to_string()))?
+                .map_err(ScyllaError::query("typing a track's rows"))?
             {
-                let row = row.map_err(|e| ScyllaError::Query(e.to_string()))?;
+                let row = row.map_err(ScyllaError::query("decoding a track row"))?;
                 got += 1;
                 if row.3.0 == lower && skip > 0 {
                     skip -= 1;

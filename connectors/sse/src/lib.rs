@@ -29,7 +29,7 @@ pub use config::PushConfig;
 pub use error::PushError;
 pub use hub::Hub;
 pub use metrics::init as init_metrics;
-pub use snapshot::{SnapshotPosition, SnapshotQuery, Snapshots};
+pub use snapshot::{SnapshotError, SnapshotPosition, SnapshotQuery, Snapshots};
 pub use stream::PushApi;
 
 /// The path of the event stream.

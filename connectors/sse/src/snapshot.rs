@@ -24,6 +24,9 @@ pub struct SnapshotPosition {
     pub json: serde_json::Value,
 }
 
+/// Why a source could not answer (its own error, kept whole).
+pub type SnapshotError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A source of last positions.
 pub trait Snapshots: Send + Sync + std::fmt::Debug + 'static {
     fn snapshot<'a>(
@@ -31,5 +34,5 @@ pub trait Snapshots: Send + Sync + std::fmt::Debug + 'static {
         tenant: &'a str,
         query: SnapshotQuery<'a>,
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<SnapshotPosition>, String>>;
+    ) -> BoxFuture<'a, Result<Vec<SnapshotPosition>, SnapshotError>>;
 }

@@ -23,72 +23,87 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    Produce {
-        #[arg(long)]
-        topic: String,
-        #[arg(long)]
-        count: usize,
-        #[arg(long, default_value_t = 1000)]
-        users: usize,
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        brokers: String,
-        #[arg(long, default_value = "http://127.0.0.1:8081")]
-        registry: String,
-    },
+    Produce(ProduceArgs),
     /// The cache sink alone (Avro decode + forward-only Lua update, pipelined) vs its script
     /// calls sent raw in pipelines of the same size (the ceiling), and vs the script's own
     /// commands sent raw without a script.
-    Cache {
-        #[arg(long, default_value_t = 200_000)]
-        count: usize,
-        #[arg(long, default_value_t = 2000)]
-        batch: usize,
-        /// Batches in flight at once (the stage's `cache.max_in_flight_batches`).
-        #[arg(long, default_value_t = 2)]
-        in_flight: usize,
-        /// A database of its own: the benchmark flushes it before and after. Several,
-        /// separated by commas, are shards, as in `cache.redis_url`.
-        #[arg(long, default_value = "redis://127.0.0.1:6379/9")]
-        redis: String,
-        #[arg(long, default_value = "http://127.0.0.1:8081")]
-        registry: String,
-    },
+    Cache(CacheArgs),
     /// The history sink alone (Avro decode, grouping, unlogged batches at `concurrency`) on
     /// pre-encoded records, without Kafka.
-    HistorySink {
-        #[arg(long, default_value_t = 50_000)]
-        count: usize,
-        #[arg(long, default_value_t = 2000)]
-        batch: usize,
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 1000)]
-        users: usize,
-        #[arg(long, default_value = "127.0.0.1:9042")]
-        node: String,
-        #[arg(long)]
-        keyspace: String,
-        #[arg(long, default_value = "http://127.0.0.1:8081")]
-        registry: String,
-    },
+    HistorySink(HistorySinkArgs),
     /// CPU per fix of the generic apache-avro path and of the direct `wire` path, both ways
     /// (no registry: a fixed schema id).
-    Codec {
-        #[arg(long, default_value_t = 200_000)]
-        count: usize,
-    },
-    CqlCeiling {
-        #[arg(long)]
-        count: usize,
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 1000)]
-        users: usize,
-        #[arg(long, default_value = "127.0.0.1:9042")]
-        node: String,
-        #[arg(long)]
-        keyspace: String,
-    },
+    Codec(CodecArgs),
+    CqlCeiling(CqlCeilingArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProduceArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    count: usize,
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    registry: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct CacheArgs {
+    #[arg(long, default_value_t = 200_000)]
+    count: usize,
+    #[arg(long, default_value_t = 2000)]
+    batch: usize,
+    /// Batches in flight at once (the stage's `cache.max_in_flight_batches`).
+    #[arg(long, default_value_t = 2)]
+    in_flight: usize,
+    /// A database of its own: the benchmark flushes it before and after. Several,
+    /// separated by commas, are shards, as in `cache.redis_url`.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/9")]
+    redis: String,
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    registry: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct HistorySinkArgs {
+    #[arg(long, default_value_t = 50_000)]
+    count: usize,
+    #[arg(long, default_value_t = 2000)]
+    batch: usize,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    #[arg(long, default_value = "127.0.0.1:9042")]
+    node: String,
+    #[arg(long)]
+    keyspace: String,
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    registry: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct CodecArgs {
+    #[arg(long, default_value_t = 200_000)]
+    count: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct CqlCeilingArgs {
+    #[arg(long)]
+    count: usize,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    #[arg(long, default_value = "127.0.0.1:9042")]
+    node: String,
+    #[arg(long)]
+    keyspace: String,
 }
 
 type Shards = [::redis::aio::MultiplexedConnection];
@@ -245,6 +260,36 @@ fn fix(i: usize, users: usize, base: i64) -> LocationFix {
     }
 }
 
+/// A codec against the registry at `registry`, for `topic`'s subject.
+fn codec_for(registry: &str, topic: &str) -> anyhow::Result<Codec> {
+    let cfg = RegistryConfig {
+        url: registry.to_owned(),
+        ..Default::default()
+    };
+    Ok(Codec::new(&cfg, topic)?)
+}
+
+/// The fixes as the Kafka records a sink is given (partition 0, offsets from 0).
+async fn records(
+    codec: &Codec,
+    topic: &str,
+    fixes: &[LocationFix],
+) -> anyhow::Result<Vec<locus_kafka::Record>> {
+    let mut records = Vec::with_capacity(fixes.len());
+    for (i, f) in fixes.iter().enumerate() {
+        records.push(locus_kafka::Record {
+            topic: topic.to_owned(),
+            partition: 0,
+            offset: i as i64,
+            key: Some(f.user_id.clone().into_bytes()),
+            value: Some(codec.encode(f).await?),
+            timestamp_ms: None,
+            headers: vec![],
+        });
+    }
+    Ok(records)
+}
+
 fn cpu_seconds() -> f64 {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
@@ -259,337 +304,302 @@ fn cpu_seconds() -> f64 {
 async fn main() -> anyhow::Result<()> {
     let base = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 - 3_600_000;
     match Args::parse().cmd {
-        Cmd::Produce {
-            topic,
-            count,
-            users,
-            brokers,
-            registry,
-        } => {
-            let codec = Codec::new(
-                &RegistryConfig {
-                    url: registry,
-                    ..Default::default()
-                },
-                &topic,
-            )?;
-            let kafka = KafkaConfig {
-                brokers,
-                ..Default::default()
-            };
-            let p = Producer::new(&kafka, "bench")?;
-            let started = Instant::now();
-            let mut pending = Vec::with_capacity(count);
-            for i in 0..count {
-                let f = fix(i, users, base);
-                let bytes = codec.encode(&f).await?;
-                pending.push(p.send(&topic, f.user_id.as_bytes(), &bytes, &[]).await?);
-                if i > 0 && i % 50_000 == 0 {
-                    eprintln!("[produce] {i} / {count}");
-                }
-            }
-            for d in pending {
-                d.delivered().await?;
-            }
-            eprintln!(
-                "[produce] {count} fixes in {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-        }
-        Cmd::Cache {
-            count,
-            batch,
-            in_flight,
-            redis,
-            registry,
-        } => {
-            let topic = format!("bench-cache-{}", std::process::id());
-            let codec = Codec::new(
-                &RegistryConfig {
-                    url: registry.clone(),
-                    ..Default::default()
-                },
-                &topic,
-            )?;
-            // Two passes over `count` users, every fix of a pass a different user (nothing is
-            // deduplicated away): first they are new (keys created), then each moves on (the
-            // steady state of a fleet: keys updated in place).
-            let passes: Vec<Vec<LocationFix>> = (0..2)
-                .map(|p| {
-                    (0..count)
-                        .map(|i| fix(p * count + i, count, base))
-                        .collect()
-                })
-                .collect();
-            let prefix = format!("bench{}", std::process::id());
-            // A synchronous FLUSHDB of a pass's keys takes longer than the client's default
-            // 500 ms response timeout on a busy machine.
-            let mut shards = vec![];
-            for url in redis.split(',') {
-                shards.push(
-                    ::redis::Client::open(url.trim())?
-                        .get_multiplexed_async_connection_with_config(
-                            &::redis::AsyncConnectionConfig::new()
-                                .set_response_timeout(Some(std::time::Duration::from_secs(60))),
-                        )
-                        .await?,
-                );
-            }
-            let shards = &shards[..];
-            // Each path starts from an empty database (flushed synchronously, outside the
-            // measured passes), so none pays for another's keys: a bigger keyspace costs
-            // Redis more per command (dictionary growth, cache misses).
-            let flush = || async move {
-                for con in shards {
-                    ::redis::cmd("FLUSHDB")
-                        .query_async::<()>(&mut con.clone())
-                        .await?;
-                }
-                anyhow::Ok(())
-            };
-            flush().await?;
-            let cfg = locus_redis::CacheConfig {
-                redis_url: redis.clone(),
-                key_prefix: format!("{prefix}s"),
-                ..Default::default()
-            };
-            let store = locus_redis::CacheStore::connect(&cfg).await?;
-            let sink = locus_redis::CacheSink::new(
-                store,
-                Codec::new(
-                    &RegistryConfig {
-                        url: registry,
-                        ..Default::default()
-                    },
-                    &topic,
-                )?,
-                locus_kafka::DeadLetter::skip(),
-            );
-            use locus_kafka::Sink;
-            // Warm-up, not measured: Redis grows its heap to the size of a pass once, so the
-            // path measured first does not alone pay the kernel for fresh pages.
-            let raw_store = locus_redis::CacheStore::connect(&locus_redis::CacheConfig {
-                key_prefix: format!("{prefix}e"),
-                ..cfg.clone()
-            })
-            .await?;
-            for chunk in passes[0].chunks(batch) {
-                send(
-                    shards,
-                    raw_store.update_pipelines(raw_store.script_sha(), chunk),
-                )
-                .await?;
-            }
-            flush().await?;
-            let mut rates = vec![];
-            for (p, fixes) in passes.iter().enumerate() {
-                let mut records = Vec::with_capacity(count);
-                for (i, f) in fixes.iter().enumerate() {
-                    records.push(locus_kafka::Record {
-                        topic: topic.clone(),
-                        partition: 0,
-                        offset: i as i64,
-                        key: Some(f.user_id.clone().into_bytes()),
-                        value: Some(codec.encode(f).await?),
-                        timestamp_ms: None,
-                        headers: vec![],
-                    });
-                }
-                let sink = &sink;
-                let applies = records
-                    .chunks(batch)
-                    .map(|chunk| sink.apply(chunk.to_vec()));
-                let (line, rate, redis_cpu) =
-                    measured_pass(shards, count, in_flight, applies).await?;
-                println!("[cache] sink, {}: {line}", PASSES[p]);
-                rates.push((rate, redis_cpu));
-            }
+        Cmd::Produce(a) => produce(a, base).await,
+        Cmd::Cache(a) => cache(a, base).await,
+        Cmd::HistorySink(a) => history_sink(a, base).await,
+        Cmd::Codec(a) => codec(a, base).await,
+        Cmd::CqlCeiling(a) => cql_ceiling(a, base).await,
+    }
+}
 
-            // The ceiling: the sink's own commands (the script calls it sends for the same
-            // fixes, same batches, same number in flight) sent raw by a plain pipelining
-            // client, as redis-benchmark would: no Kafka records, no decoding. Then, for
-            // comparison, what the script's atomicity costs: the commands the script runs sent
-            // raw, no script.
-            let script_calls =
-                |chunk: &[LocationFix]| raw_store.update_pipelines(raw_store.script_sha(), chunk);
-            let no_script = |chunk: &[LocationFix]| script_commands(&prefix, &raw_store, chunk);
-            type Build<'a> = &'a dyn Fn(&[LocationFix]) -> Vec<(usize, ::redis::Pipeline)>;
-            let paths: [(&str, Build); 2] = [
-                (
-                    "ceiling (the same script calls, raw and pipelined)",
-                    &script_calls,
-                ),
-                (
-                    "without a script (its commands raw and pipelined)",
-                    &no_script,
-                ),
-            ];
-            for (label, build) in paths {
-                flush().await?;
-                for (p, fixes) in passes.iter().enumerate() {
-                    let pipes = fixes.chunks(batch).map(|chunk| send(shards, build(chunk)));
-                    let (line, rate, redis_cpu) =
-                        measured_pass(shards, count, in_flight, pipes).await?;
-                    println!(
-                        "[cache] {label}, {}: {line}; the sink reaches {:.0}% of it (by Redis CPU per update: {:.0}%)",
-                        PASSES[p],
-                        100.0 * rates[p].0 / rate,
-                        100.0 * redis_cpu / rates[p].1
-                    );
-                }
-            }
-            flush().await?;
+async fn produce(args: ProduceArgs, base: i64) -> anyhow::Result<()> {
+    let ProduceArgs {
+        topic,
+        count,
+        users,
+        brokers,
+        registry,
+    } = args;
+    let codec = codec_for(&registry, &topic)?;
+    let kafka = KafkaConfig {
+        brokers,
+        ..Default::default()
+    };
+    let p = Producer::new(&kafka, "bench")?;
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(count);
+    for i in 0..count {
+        let f = fix(i, users, base);
+        let bytes = codec.encode(&f).await?;
+        pending.push(p.send(&topic, f.user_id.as_bytes(), &bytes, &[]).await?);
+        if i > 0 && i % 50_000 == 0 {
+            eprintln!("[produce] {i} / {count}");
         }
-        Cmd::Codec { count } => {
-            use locus_schemas::{decode_with_schema, encode_with_schema, location_schema, wire};
-            let schema = location_schema();
-            let fixes: Vec<LocationFix> = (0..count).map(|i| fix(i, 1000, base)).collect();
-            let time = |label: &str, f: &mut dyn FnMut() -> anyhow::Result<usize>| {
-                let cpu0 = cpu_seconds();
-                let n = f()?;
-                let us = 1e6 * (cpu_seconds() - cpu0) / count as f64;
-                println!("[codec] {label}: {us:.3} µs/fix (checksum {n})");
-                anyhow::Ok(us)
-            };
-            let mut encoded = vec![];
-            let generic_enc = time("encode, generic", &mut || {
-                encoded = fixes
-                    .iter()
-                    .map(|f| encode_with_schema(&schema, 1, f))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(encoded.iter().map(Vec::len).sum())
-            })?;
-            let direct_enc = time("encode, direct ", &mut || {
-                Ok(fixes.iter().map(|f| wire::encode_framed(1, f).len()).sum())
-            })?;
-            let generic_dec = time("decode, generic", &mut || {
-                let mut n = 0;
-                for b in &encoded {
-                    n += decode_with_schema(&schema, b)?.seq as usize;
-                }
-                Ok(n)
-            })?;
-            let direct_dec = time("decode, direct ", &mut || {
-                let mut n = 0;
-                for b in &encoded {
-                    n += wire::read_fix(&b[5..])?.seq as usize;
-                }
-                Ok(n)
-            })?;
-            println!(
-                "[codec] direct is {:.0}x faster to encode, {:.0}x faster to decode",
-                generic_enc / direct_enc,
-                generic_dec / direct_dec
-            );
-        }
-        Cmd::HistorySink {
-            count,
-            batch,
-            concurrency,
-            users,
-            node,
-            keyspace,
-            registry,
-        } => {
-            let topic = format!("bench-history-{}", std::process::id());
-            let codec = Codec::new(
-                &RegistryConfig {
-                    url: registry.clone(),
-                    ..Default::default()
-                },
-                &topic,
-            )?;
-            let mut records = Vec::with_capacity(count);
-            for i in 0..count {
-                let f = fix(i, users, base);
-                records.push(locus_kafka::Record {
-                    topic: topic.clone(),
-                    partition: 0,
-                    offset: i as i64,
-                    key: Some(f.user_id.clone().into_bytes()),
-                    value: Some(codec.encode(&f).await?),
-                    timestamp_ms: None,
-                    headers: vec![],
-                });
-            }
-            let scylla = ScyllaConfig {
-                nodes: vec![node],
-                keyspace,
-                fetch_schema_metadata: false,
-                ..Default::default()
-            };
-            let history = HistoryConfig::default();
-            let session = Arc::new(locus_scylla::connect(&scylla).await?);
-            locus_scylla::migrate(&session, &scylla, &history).await?;
-            let store = HistoryStore::prepare(session, &scylla, &history).await?;
-            let producer = Producer::new(&KafkaConfig::default(), "bench")?;
-            let sink = locus_scylla::HistorySink::new(
-                store,
-                Codec::new(
-                    &RegistryConfig {
-                        url: registry,
-                        ..Default::default()
-                    },
-                    &topic,
-                )?,
-                locus_kafka::DeadLetter::to(producer, "unused-dlq"),
-                concurrency,
-                history.rows_per_batch,
-            );
-            use locus_kafka::Sink;
-            let cpu0 = cpu_seconds();
-            let started = Instant::now();
-            for chunk in records.chunks(batch) {
-                sink.apply(chunk.to_vec())
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e))?;
-            }
-            let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
-            println!(
-                "[history] sink: {count} rows in {wall:.2} s = {:.0} rows/s, client CPU {:.1} µs/row",
-                count as f64 / wall,
-                1e6 * cpu / count as f64
-            );
-        }
-        Cmd::CqlCeiling {
-            count,
-            concurrency,
-            users,
-            node,
-            keyspace,
-        } => {
-            let scylla = ScyllaConfig {
-                nodes: vec![node],
-                keyspace,
-                fetch_schema_metadata: false,
-                ..Default::default()
-            };
-            let history = HistoryConfig::default();
-            let session = Arc::new(locus_scylla::connect(&scylla).await?);
-            locus_scylla::migrate(&session, &scylla, &history).await?;
-            let store = HistoryStore::prepare(session, &scylla, &history).await?;
-            let fixes: Vec<LocationFix> = (0..count).map(|i| fix(i, users, base)).collect();
-            let cpu0 = cpu_seconds();
-            let started = Instant::now();
-            let results: Vec<Result<(), String>> = futures::stream::iter(fixes.iter())
-                .map(|f| {
-                    let store = store.clone();
-                    async move { store.write_one(f).await }
-                })
-                .buffer_unordered(concurrency)
+    }
+    for d in pending {
+        d.delivered().await?;
+    }
+    eprintln!(
+        "[produce] {count} fixes in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn cache(args: CacheArgs, base: i64) -> anyhow::Result<()> {
+    let CacheArgs {
+        count,
+        batch,
+        in_flight,
+        redis,
+        registry,
+    } = args;
+    let topic = format!("bench-cache-{}", std::process::id());
+    let codec = codec_for(&registry, &topic)?;
+    // Two passes over `count` users, every fix of a pass a different user (nothing is
+    // deduplicated away): first they are new (keys created), then each moves on (the
+    // steady state of a fleet: keys updated in place).
+    let passes: Vec<Vec<LocationFix>> = (0..2)
+        .map(|p| {
+            (0..count)
+                .map(|i| fix(p * count + i, count, base))
                 .collect()
-                .await;
-            let wall = started.elapsed().as_secs_f64();
-            let cpu = cpu_seconds() - cpu0;
-            let errors = results.iter().filter(|r| r.is_err()).count();
-            anyhow::ensure!(errors == 0, "{errors} inserts failed");
+        })
+        .collect();
+    let prefix = format!("bench{}", std::process::id());
+    // A synchronous FLUSHDB of a pass's keys takes longer than the client's default
+    // 500 ms response timeout on a busy machine.
+    let mut shards = vec![];
+    for url in redis.split(',') {
+        shards.push(
+            ::redis::Client::open(url.trim())?
+                .get_multiplexed_async_connection_with_config(
+                    &::redis::AsyncConnectionConfig::new()
+                        .set_response_timeout(Some(std::time::Duration::from_secs(60))),
+                )
+                .await?,
+        );
+    }
+    let shards = &shards[..];
+    // Each path starts from an empty database (flushed synchronously, outside the
+    // measured passes), so none pays for another's keys: a bigger keyspace costs
+    // Redis more per command (dictionary growth, cache misses).
+    let flush = || async move {
+        for con in shards {
+            ::redis::cmd("FLUSHDB")
+                .query_async::<()>(&mut con.clone())
+                .await?;
+        }
+        anyhow::Ok(())
+    };
+    flush().await?;
+    let cfg = locus_redis::CacheConfig {
+        redis_url: redis.clone(),
+        key_prefix: format!("{prefix}s"),
+        ..Default::default()
+    };
+    let store = locus_redis::CacheStore::connect(&cfg).await?;
+    let sink = locus_redis::CacheSink::new(
+        store,
+        codec_for(&registry, &topic)?,
+        locus_kafka::DeadLetter::skip(),
+    );
+    use locus_kafka::Sink;
+    // Warm-up, not measured: Redis grows its heap to the size of a pass once, so the
+    // path measured first does not alone pay the kernel for fresh pages.
+    let raw_store = locus_redis::CacheStore::connect(&locus_redis::CacheConfig {
+        key_prefix: format!("{prefix}e"),
+        ..cfg.clone()
+    })
+    .await?;
+    for chunk in passes[0].chunks(batch) {
+        send(
+            shards,
+            raw_store.update_pipelines(raw_store.script_sha(), chunk),
+        )
+        .await?;
+    }
+    flush().await?;
+    let mut rates = vec![];
+    for (p, fixes) in passes.iter().enumerate() {
+        let records = records(&codec, &topic, fixes).await?;
+        let sink = &sink;
+        let applies = records
+            .chunks(batch)
+            .map(|chunk| sink.apply(chunk.to_vec()));
+        let (line, rate, redis_cpu) = measured_pass(shards, count, in_flight, applies).await?;
+        println!("[cache] sink, {}: {line}", PASSES[p]);
+        rates.push((rate, redis_cpu));
+    }
+
+    // The ceiling: the sink's own commands (the script calls it sends for the same
+    // fixes, same batches, same number in flight) sent raw by a plain pipelining
+    // client, as redis-benchmark would: no Kafka records, no decoding. Then, for
+    // comparison, what the script's atomicity costs: the commands the script runs sent
+    // raw, no script.
+    let script_calls =
+        |chunk: &[LocationFix]| raw_store.update_pipelines(raw_store.script_sha(), chunk);
+    let no_script = |chunk: &[LocationFix]| script_commands(&prefix, &raw_store, chunk);
+    type Build<'a> = &'a dyn Fn(&[LocationFix]) -> Vec<(usize, ::redis::Pipeline)>;
+    let paths: [(&str, Build); 2] = [
+        (
+            "ceiling (the same script calls, raw and pipelined)",
+            &script_calls,
+        ),
+        (
+            "without a script (its commands raw and pipelined)",
+            &no_script,
+        ),
+    ];
+    for (label, build) in paths {
+        flush().await?;
+        for (p, fixes) in passes.iter().enumerate() {
+            let pipes = fixes.chunks(batch).map(|chunk| send(shards, build(chunk)));
+            let (line, rate, redis_cpu) = measured_pass(shards, count, in_flight, pipes).await?;
             println!(
-                "[ceiling] {count} prepared inserts, concurrency {concurrency}: {:.2} s = {:.0} rows/s, client CPU {:.1} µs/row",
-                wall,
-                count as f64 / wall,
-                1e6 * cpu / count as f64
+                "[cache] {label}, {}: {line}; the sink reaches {:.0}% of it (by Redis CPU per update: {:.0}%)",
+                PASSES[p],
+                100.0 * rates[p].0 / rate,
+                100.0 * redis_cpu / rates[p].1
             );
         }
     }
+    flush().await?;
+    Ok(())
+}
+
+async fn history_sink(args: HistorySinkArgs, base: i64) -> anyhow::Result<()> {
+    let HistorySinkArgs {
+        count,
+        batch,
+        concurrency,
+        users,
+        node,
+        keyspace,
+        registry,
+    } = args;
+    let topic = format!("bench-history-{}", std::process::id());
+    let codec = codec_for(&registry, &topic)?;
+    let fixes: Vec<LocationFix> = (0..count).map(|i| fix(i, users, base)).collect();
+    let records = records(&codec, &topic, &fixes).await?;
+    let scylla = ScyllaConfig {
+        nodes: vec![node],
+        keyspace,
+        fetch_schema_metadata: false,
+        ..Default::default()
+    };
+    let history = HistoryConfig::default();
+    let session = Arc::new(locus_scylla::connect(&scylla).await?);
+    locus_scylla::migrate(&session, &scylla, &history).await?;
+    let store = HistoryStore::prepare(session, &scylla, &history).await?;
+    let producer = Producer::new(&KafkaConfig::default(), "bench")?;
+    let sink = locus_scylla::HistorySink::new(
+        store,
+        codec_for(&registry, &topic)?,
+        locus_kafka::DeadLetter::to(producer, "unused-dlq"),
+        concurrency,
+        history.rows_per_batch,
+    );
+    use locus_kafka::Sink;
+    let cpu0 = cpu_seconds();
+    let started = Instant::now();
+    for chunk in records.chunks(batch) {
+        sink.apply(chunk.to_vec())
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    println!(
+        "[history] sink: {count} rows in {wall:.2} s = {:.0} rows/s, client CPU {:.1} µs/row",
+        count as f64 / wall,
+        1e6 * cpu / count as f64
+    );
+    Ok(())
+}
+
+async fn codec(args: CodecArgs, base: i64) -> anyhow::Result<()> {
+    let CodecArgs { count } = args;
+    use locus_schemas::{decode_with_schema, encode_with_schema, location_schema, wire};
+    let schema = location_schema();
+    let fixes: Vec<LocationFix> = (0..count).map(|i| fix(i, 1000, base)).collect();
+    let time = |label: &str, f: &mut dyn FnMut() -> anyhow::Result<usize>| {
+        let cpu0 = cpu_seconds();
+        let n = f()?;
+        let us = 1e6 * (cpu_seconds() - cpu0) / count as f64;
+        println!("[codec] {label}: {us:.3} µs/fix (checksum {n})");
+        anyhow::Ok(us)
+    };
+    let mut encoded = vec![];
+    let generic_enc = time("encode, generic", &mut || {
+        encoded = fixes
+            .iter()
+            .map(|f| encode_with_schema(&schema, 1, f))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(encoded.iter().map(Vec::len).sum())
+    })?;
+    let direct_enc = time("encode, direct ", &mut || {
+        Ok(fixes.iter().map(|f| wire::encode_framed(1, f).len()).sum())
+    })?;
+    let generic_dec = time("decode, generic", &mut || {
+        let mut n = 0;
+        for b in &encoded {
+            n += decode_with_schema(&schema, b)?.seq as usize;
+        }
+        Ok(n)
+    })?;
+    let direct_dec = time("decode, direct ", &mut || {
+        let mut n = 0;
+        for b in &encoded {
+            n += wire::read_fix(&b[5..])?.seq as usize;
+        }
+        Ok(n)
+    })?;
+    println!(
+        "[codec] direct is {:.0}x faster to encode, {:.0}x faster to decode",
+        generic_enc / direct_enc,
+        generic_dec / direct_dec
+    );
+    Ok(())
+}
+
+async fn cql_ceiling(args: CqlCeilingArgs, base: i64) -> anyhow::Result<()> {
+    let CqlCeilingArgs {
+        count,
+        concurrency,
+        users,
+        node,
+        keyspace,
+    } = args;
+    let scylla = ScyllaConfig {
+        nodes: vec![node],
+        keyspace,
+        fetch_schema_metadata: false,
+        ..Default::default()
+    };
+    let history = HistoryConfig::default();
+    let session = Arc::new(locus_scylla::connect(&scylla).await?);
+    locus_scylla::migrate(&session, &scylla, &history).await?;
+    let store = HistoryStore::prepare(session, &scylla, &history).await?;
+    let fixes: Vec<LocationFix> = (0..count).map(|i| fix(i, users, base)).collect();
+    let cpu0 = cpu_seconds();
+    let started = Instant::now();
+    let results: Vec<Result<(), locus_scylla::ScyllaError>> = futures::stream::iter(fixes.iter())
+        .map(|f| {
+            let store = store.clone();
+            async move { store.write_one(f).await }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let errors = results.iter().filter(|r| r.is_err()).count();
+    anyhow::ensure!(errors == 0, "{errors} inserts failed");
+    println!(
+        "[ceiling] {count} prepared inserts, concurrency {concurrency}: {:.2} s = {:.0} rows/s, client CPU {:.1} µs/row",
+        wall,
+        count as f64 / wall,
+        1e6 * cpu / count as f64
+    );
     Ok(())
 }

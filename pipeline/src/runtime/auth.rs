@@ -10,25 +10,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{Uri, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
+use locus_api::ApiError;
 use locus_sse::Authenticator;
-use serde_json::json;
 
 /// `router` with every request checked against `auth` first.
 pub fn require_token(router: Router, auth: Arc<Authenticator>) -> Router {
     // Only the matched routes: other paths (the dashboard, health) fall through untouched.
     router.route_layer(from_fn_with_state(auth, check))
-}
-
-fn refuse(status: StatusCode, message: &str) -> Response {
-    let mut r = (status, axum::Json(json!({ "error": message }))).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    r
 }
 
 async fn check(State(auth): State<Arc<Authenticator>>, mut req: Request, next: Next) -> Response {
@@ -40,19 +31,19 @@ async fn check(State(auth): State<Arc<Authenticator>>, mut req: Request, next: N
         .map(str::to_owned);
     let (uri, from_query) = without_access_token(req.uri());
     let Some(token) = from_header.or(from_query) else {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
+        return ApiError::unauthorized(
             "a token is required: Authorization: Bearer <jwt>, or access_token=<jwt>",
-        );
+        )
+        .into_response();
     };
     let claims = match auth.check(&token) {
         Ok(c) => c,
-        Err(m) => return refuse(StatusCode::UNAUTHORIZED, &m),
+        Err(m) => return ApiError::unauthorized(m).into_response(),
     };
     let segments: Vec<String> = req.uri().path().split('/').map(percent_decode).collect();
     // ["", "v1", "tenants", tenant, "users", user, …]
     if segments.get(3) != Some(&claims.tenant) {
-        return refuse(StatusCode::FORBIDDEN, "this token is not for this tenant");
+        return ApiError::forbidden("this token is not for this tenant").into_response();
     }
     if let Some(users) = claims.allowed_users() {
         let user = match (segments.get(4).map(String::as_str), segments.get(5)) {
@@ -60,11 +51,11 @@ async fn check(State(auth): State<Arc<Authenticator>>, mut req: Request, next: N
             _ => None,
         };
         if !user.is_some_and(|u| users.contains(u)) {
-            return refuse(
-                StatusCode::FORBIDDEN,
+            return ApiError::forbidden(
                 "this token may see only some users of the tenant: ask for each of them \
                  (/v1/tenants/{tenant}/users/{user}/…)",
-            );
+            )
+            .into_response();
         }
     }
     *req.uri_mut() = uri;
@@ -125,6 +116,7 @@ fn percent_decode(s: &str) -> String {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::http::StatusCode;
     use axum::routing::get;
     use locus_schemas::Secret;
     use locus_sse::{Claims, PushConfig, mint_hs256};

@@ -21,9 +21,11 @@ pub fn build(config: &Config, ctx: StageContext) -> anyhow::Result<StageParts> {
     let ready = store.clone();
     Ok(StageParts::new(run(config.clone(), store, ctx))
         .routes(routes)
-        .check_store("redis", ready, |s: CacheStore| async move {
-            s.ping().await.map_err(|e| e.to_string())
-        }))
+        .check_store(
+            "redis",
+            ready,
+            |s: CacheStore| async move { s.ping().await },
+        ))
 }
 
 /// Connects (retrying while Redis is away), then runs the sweeper and consumes `locations`

@@ -23,7 +23,7 @@ pub fn build(config: &Config, ctx: StageContext) -> anyhow::Result<StageParts> {
     Ok(StageParts::new(run(config.clone(), store, ctx))
         .routes(routes)
         .check_store("cassandra", ready, |s: HistoryStore| async move {
-            s.ping().await.map_err(|e| e.to_string())
+            s.ping().await
         }))
 }
 

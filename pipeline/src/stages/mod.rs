@@ -83,20 +83,27 @@ impl StageParts {
         }
     }
 
-    /// Adds a readiness check.
-    pub fn check<F, Fut>(mut self, name: &'static str, check: F) -> StageParts
+    /// Adds a readiness check; its error, shown by `/readyz`, says why it is not ready.
+    pub fn check<F, Fut, E>(mut self, name: &'static str, check: F) -> StageParts
     where
         F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
     {
-        self.checks
-            .push((name, Arc::new(move || Box::pin(check()) as _)));
+        let check = Arc::new(check);
+        self.checks.push((
+            name,
+            Arc::new(move || {
+                let check = check.clone();
+                Box::pin(async move { check().await.map_err(|e| e.to_string()) }) as _
+            }),
+        ));
         self
     }
 
     /// Adds the readiness check of a store set once connected: "connecting" until `slot` is
     /// set, then whatever `ping` says.
-    pub fn check_store<S, F, Fut>(
+    pub fn check_store<S, F, Fut, E>(
         self,
         name: &'static str,
         slot: Arc<std::sync::OnceLock<S>>,
@@ -105,13 +112,14 @@ impl StageParts {
     where
         S: Clone + Send + Sync + 'static,
         F: Fn(S) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
     {
         self.check(name, move || {
             let pinged = slot.get().cloned().map(&ping);
             async move {
                 match pinged {
-                    Some(p) => p.await,
+                    Some(p) => p.await.map_err(|e| e.to_string()),
                     None => Err("connecting".to_string()),
                 }
             }

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Context;
 use futures::future::BoxFuture;
 use locus_redis::CacheStore;
-use locus_sse::{SnapshotPosition, SnapshotQuery, Snapshots};
+use locus_sse::{SnapshotError, SnapshotPosition, SnapshotQuery, Snapshots};
 
 use super::{StageContext, StageParts, connect_until, data_auth, warn_if_fd_limit_below};
 use crate::config::Config;
@@ -107,7 +107,7 @@ impl Snapshots for CacheSnapshots {
         tenant: &'a str,
         query: SnapshotQuery<'a>,
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<SnapshotPosition>, String>> {
+    ) -> BoxFuture<'a, Result<Vec<SnapshotPosition>, SnapshotError>> {
         Box::pin(async move {
             let found = match query {
                 SnapshotQuery::Users(users) => self.0.positions(tenant, users).await,
@@ -115,8 +115,7 @@ impl Snapshots for CacheSnapshots {
                     self.0.in_bbox(tenant, (x0, y0, x1, y1), None, limit).await
                 }
                 SnapshotQuery::Recent => self.0.recent(tenant, limit).await,
-            }
-            .map_err(|e| e.to_string())?;
+            }?;
             Ok(found
                 .into_iter()
                 .map(|p| SnapshotPosition {

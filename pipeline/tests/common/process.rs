@@ -56,13 +56,6 @@ pub async fn wait_ready(port: u16, timeout: Duration) {
     panic!("locus on port {port} not ready within {timeout:?}");
 }
 
-/// A private tansu broker (for tests that stop Kafka), with its own data folder.
-pub struct PrivateKafka {
-    pub port: u16,
-    pub dir: tempfile::TempDir,
-    pub proc: Option<Proc>,
-}
-
 /// The local tansu build for the current `dev/tansu` patches (built by `dev/stack up`).
 pub fn tansu_bin() -> PathBuf {
     let out = Command::new("bash")
@@ -74,56 +67,118 @@ pub fn tansu_bin() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-impl PrivateKafka {
-    pub fn start() -> PrivateKafka {
-        let mut k = PrivateKafka {
+/// What a [`Private`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// A tansu broker on sqlite in the private folder.
+    Kafka,
+    /// A Redis with an append-only file in the private folder (data survives a restart).
+    Redis,
+    /// A CQL adapter in front of the stack's Cassandra: taking it away cuts a stage off from
+    /// Cassandra without disturbing the other tests.
+    CqlAdapter,
+}
+
+/// The one outage helper: a service of the stack started for one test on a port and a data
+/// folder of its own, so the test can take it away (`stop`: SIGTERM, `kill9`) and bring it
+/// back (`resume`: same port, same data) without disturbing other tests.
+pub struct Private {
+    pub kind: Service,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+impl Private {
+    pub fn start(kind: Service) -> Private {
+        let mut p = Private {
+            kind,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             proc: None,
         };
-        k.resume();
-        k
+        p.resume();
+        p
     }
 
-    pub fn brokers(&self) -> String {
+    pub fn kafka() -> Private {
+        Private::start(Service::Kafka)
+    }
+
+    pub fn redis() -> Private {
+        Private::start(Service::Redis)
+    }
+
+    pub fn cql_adapter() -> Private {
+        Private::start(Service::CqlAdapter)
+    }
+
+    /// `127.0.0.1:port` (Kafka's bootstrap servers, the adapter's CQL address).
+    pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// The broker's process id (for its CPU time).
+    /// The service's process id (for its CPU time).
     pub fn pid(&self) -> u32 {
         self.proc.as_ref().map_or(0, |p| p.child.id())
     }
 
+    /// Starts it (again), and waits until it listens.
     pub fn resume(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(tansu_bin())
+        let port = self.port.to_string();
+        let mut cmd = match self.kind {
+            Service::Kafka => {
+                let url = format!("tcp://127.0.0.1:{port}");
+                let mut c = Command::new(tansu_bin());
+                c.args(["broker", "--listener-url", &url])
+                    .args(["--advertised-listener-url", &url])
+                    .args(["--storage-engine", "sqlite://tansu.db"]);
+                c
+            }
+            Service::Redis => {
+                let mut c = Command::new("redis-server");
+                c.args(["--bind", "127.0.0.1", "--port", &port])
+                    .args(["--appendonly", "yes", "--save", ""])
+                    .arg("--dir")
+                    .arg(self.dir.path());
+                c
+            }
+            Service::CqlAdapter => {
+                let upstream = std::env::var("LOCUS_CASSANDRA_ADDR")
+                    .unwrap_or_else(|_| "127.0.0.1:19042".into());
+                let mut c = Command::new(bin_dir().join("locus-cql-adapter"));
+                c.args(["--listen", &self.addr(), "--upstream", &upstream]);
+                c
+            }
+        };
+        let child = cmd
             .current_dir(self.dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start tansu (built by dev/stack up)");
+            .unwrap_or_else(|e| panic!("start {:?} (dev/stack installs it): {e}", self.kind));
         self.proc = Some(Proc {
             child,
-            name: "tansu".into(),
+            name: format!("{:?}", self.kind),
         });
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen");
-            std::thread::sleep(Duration::from_millis(50));
+            assert!(Instant::now() < deadline, "{:?} did not listen", self.kind);
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
+    /// SIGTERM, and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.term();
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
         }
     }
 }
@@ -159,31 +214,4 @@ pub fn locus(
         },
         port,
     )
-}
-
-/// A private CQL adapter in front of the stack's Cassandra (to cut the writer off from
-/// Cassandra without disturbing other tests).
-pub fn private_adapter(port: u16) -> Proc {
-    let upstream =
-        std::env::var("LOCUS_CASSANDRA_ADDR").unwrap_or_else(|_| "127.0.0.1:19042".into());
-    let child = Command::new(bin_dir().join("locus-cql-adapter"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &upstream,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start locus-cql-adapter (built by cargo build --workspace)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "adapter did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Proc {
-        child,
-        name: "cql-adapter".into(),
-    }
 }

@@ -25,6 +25,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+mod events;
+
+use events::EventLoop;
+
 use crate::metrics::M;
 use crate::payload::{Rejection, TopicTemplate, check_fix, parse_payload};
 use crate::relay::{Relay, RelayAcks};
@@ -269,9 +273,7 @@ impl Bridge {
             None
         };
         let relay_acks = relay.as_ref().map(Relay::acks);
-        let max_held = me.cfg.max_held_messages;
-        let (client, mut eventloop) =
-            AsyncClient::new(me.mqtt_options(relay.as_ref()), cap * 2 + 16);
+        let (client, eventloop) = AsyncClient::new(me.mqtt_options(relay.as_ref()), cap * 2 + 16);
         let subscription = format!("$share/{}/{}", me.cfg.share_group, me.template.filter());
         info!(
             broker = format!("{}:{}", me.cfg.mqtt_host, me.cfg.mqtt_port),
@@ -282,180 +284,33 @@ impl Bridge {
             "bridge starting"
         );
 
-        let (publish_tx, mut publish_rx) = mpsc::channel::<Publish>(cap);
-        let (ack_tx, mut ack_rx) = mpsc::channel::<InFlight>(cap);
+        let (publish_tx, publish_rx) = mpsc::channel::<Publish>(cap);
+        let (ack_tx, ack_rx) = mpsc::channel::<InFlight>(cap);
         let loop_stop = CancellationToken::new();
 
         // 1. The MQTT event loop: polled continuously, never blocked by the pipeline.
-        let health = me.health.clone();
-        let drain = me.drain.clone();
-        let sub_client = client.clone();
-        let stop = loop_stop.clone();
-        let event_loop = tokio::spawn(async move {
-            let mut backoff = Backoff::default();
-            // Messages the pipeline has no room for yet. The broker should never send more
-            // than the receive maximum unacknowledged, but some do (Mosquitto 2.0.11, live
-            // and on session resume): hold them here, and at `max_held` close the relay's
-            // gate so nothing more is read from the broker until the pipeline has taken half
-            // of them. Polling goes on (PUBACKs, pings): stopping it would stall the acks.
-            let mut overflow: std::collections::VecDeque<Publish> = Default::default();
-            let mut paused = false;
-            let mut warned = false;
-            // Registered once, not per event: this loop runs for every MQTT packet.
-            let stopped = stop.cancelled();
-            tokio::pin!(stopped);
-            loop {
-                let event = tokio::select! {
-                    biased;
-                    _ = &mut stopped => break,
-                    permit = publish_tx.reserve(), if !overflow.is_empty() => {
-                        match (permit, overflow.pop_front()) {
-                            (Ok(permit), Some(p)) => permit.send(p),
-                            _ => break,
-                        }
-                        if paused && overflow.len() <= max_held / 2 {
-                            paused = false;
-                            if let Some(r) = &relay {
-                                r.set_reading(true);
-                            }
-                        }
-                        M.overflow.set(overflow.len() as i64);
-                        continue;
-                    }
-                    e = eventloop.poll() => e,
-                };
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        info!(session_present = ack.session_present, "MQTT connected");
-                        if let Some(w) = &drain {
-                            if !ack.session_present {
-                                warn!(
-                                    "the broker holds no session for this client id: nothing to drain"
-                                );
-                            }
-                            w.last_message_ms.store(now_ms(), Ordering::Relaxed);
-                        }
-                        health.mqtt_connected.store(true, Ordering::Relaxed);
-                        M.mqtt_connected.set(1);
-                        backoff = Backoff::default();
-                        if drain.is_some() {
-                            // Draining: no new messages for this session, only what it holds.
-                            if let Err(error) = sub_client.try_unsubscribe(subscription.clone()) {
-                                error!(%error, "cannot queue the MQTT unsubscription");
-                            }
-                        } else if let Err(error) =
-                            // Resubscribe after every (re)connect; a no-op if the session kept it.
-                            sub_client
-                                .try_subscribe(subscription.clone(), QoS::AtLeastOnce)
-                        {
-                            error!(%error, "cannot queue the MQTT subscription");
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::UnsubAck(_))) => {
-                        if let Some(w) = &drain {
-                            info!("unsubscribed: draining what the session holds");
-                            w.last_message_ms.store(now_ms(), Ordering::Relaxed);
-                            w.unsubscribed.store(true, Ordering::Relaxed);
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                        info!(reasons = ?ack.return_codes, "MQTT subscription acknowledged");
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        M.received.inc();
-                        M.in_flight.inc();
-                        if let Some(w) = &drain {
-                            w.last_message_ms.store(now_ms(), Ordering::Relaxed);
-                        }
-                        if !overflow.is_empty() {
-                            overflow.push_back(p);
-                        } else {
-                            match publish_tx.try_send(p) {
-                                Ok(()) => {}
-                                Err(mpsc::error::TrySendError::Full(p)) => overflow.push_back(p),
-                                Err(mpsc::error::TrySendError::Closed(_)) => break,
-                            }
-                        }
-                        if !paused && overflow.len() >= max_held {
-                            if !warned {
-                                warned = true;
-                                warn!(
-                                    held = overflow.len(),
-                                    receive_maximum = cap,
-                                    pause_reads = relay.is_some(),
-                                    "the MQTT broker sends beyond the receive maximum; with bridge.pause_reads the bridge stops reading whenever it holds bridge.max_held_messages, without it they are held in memory"
-                                );
-                            }
-                            if let Some(r) = &relay {
-                                paused = true;
-                                r.set_reading(false);
-                                M.read_pauses.inc();
-                            }
-                        }
-                        M.overflow.set(overflow.len() as i64);
-                    }
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                        debug!("MQTT disconnect sent");
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(error) => {
-                        health.mqtt_connected.store(false, Ordering::Relaxed);
-                        if let Some(w) = &drain {
-                            // Unsubscribed again after the reconnect, before drain may end.
-                            w.unsubscribed.store(false, Ordering::Relaxed);
-                        }
-                        M.mqtt_connected.set(0);
-                        M.mqtt_errors.inc();
-                        warn!(%error, retry_in = ?backoff.current(), "MQTT connection error; reconnecting");
-                        tokio::select! {
-                            _ = &mut stopped => break,
-                            _ = tokio::time::sleep(backoff.current()) => {}
-                        }
-                        backoff.grow();
-                    }
-                }
+        let event_loop = tokio::spawn(
+            EventLoop {
+                eventloop,
+                client: client.clone(),
+                subscription,
+                publish_tx,
+                relay,
+                health: me.health.clone(),
+                drain: me.drain.clone(),
+                receive_maximum: cap,
+                max_held: me.cfg.max_held_messages,
             }
-            health.mqtt_connected.store(false, Ordering::Relaxed);
-            M.mqtt_connected.set(0);
-        });
-
+            .run(loop_stop.clone()),
+        );
         // 2. The worker: one message at a time, in arrival order.
-        let worker_me = me.clone();
-        let worker_cancel = cancel.clone();
-        let worker = tokio::spawn(async move {
-            let cancelled = worker_cancel.cancelled();
-            tokio::pin!(cancelled);
-            loop {
-                let publish = tokio::select! {
-                    biased;
-                    _ = &mut cancelled => break,
-                    p = publish_rx.recv() => match p { Some(p) => p, None => break },
-                };
-                let inflight = worker_me.process(publish, &worker_cancel).await;
-                if ack_tx.send(inflight).await.is_err() {
-                    break;
-                }
-            }
-            // Unprocessed messages are dropped unacknowledged: the broker redelivers them.
-            let left = publish_rx.len();
-            if left > 0 {
-                info!(messages = left, "left unacknowledged for redelivery");
-                M.in_flight.sub(left as i64);
-            }
-        });
-
+        let worker = tokio::spawn(me.clone().work(publish_rx, ack_tx, cancel.clone()));
         // 3. The acker: awaits each message's deliveries in order, then PUBACKs it.
-        let acker_me = me.clone();
         let acks = Acks {
             client: client.clone(),
             relay: relay_acks,
         };
-        let acker = tokio::spawn(async move {
-            while let Some(m) = ack_rx.recv().await {
-                acker_me.settle(m, &acks).await;
-            }
-        });
+        let acker = tokio::spawn(me.clone().acknowledge(ack_rx, acks));
 
         cancel.cancelled().await;
         info!("bridge stopping: no new messages; settling what is in flight");
@@ -475,6 +330,42 @@ impl Bridge {
         }
         info!("bridge stopped");
         Ok(())
+    }
+
+    /// The worker: parses, validates, encodes and sends one message at a time, in arrival
+    /// order, and passes it to the acker. Messages not taken when `cancel` fires are left
+    /// unacknowledged: the broker redelivers them.
+    async fn work(
+        self: Arc<Self>,
+        mut publish_rx: mpsc::Receiver<Publish>,
+        ack_tx: mpsc::Sender<InFlight>,
+        cancel: CancellationToken,
+    ) {
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            let publish = tokio::select! {
+                biased;
+                _ = &mut cancelled => break,
+                p = publish_rx.recv() => match p { Some(p) => p, None => break },
+            };
+            let inflight = self.process(publish, &cancel).await;
+            if ack_tx.send(inflight).await.is_err() {
+                break;
+            }
+        }
+        let left = publish_rx.len();
+        if left > 0 {
+            info!(messages = left, "left unacknowledged for redelivery");
+            M.in_flight.sub(left as i64);
+        }
+    }
+
+    /// The acker: settles each message's deliveries in order, then acknowledges it.
+    async fn acknowledge(self: Arc<Self>, mut ack_rx: mpsc::Receiver<InFlight>, acks: Acks) {
+        while let Some(m) = ack_rx.recv().await {
+            self.settle(m, &acks).await;
+        }
     }
 
     /// Waits for every record of one message, sending again what Kafka failed to take
