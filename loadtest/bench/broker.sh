@@ -5,6 +5,8 @@
 #   loadtest/bench/broker.sh [TANSU_BIN...]     (default: the current dev/tansu build; needs
 #                                                `cargo build --release -p locus-loadtest`)
 #   ROUNDS=2 FILL=200000 SECONDS_PER_RATE=15 RATES=50,1000,5000 CATCHUP_MAX_S=120
+#   HEADERS="4 1"   headers per record, each count measured in turn within a round (default 1:
+#                   the bridge's `locus-tenant`; 4: the bridge's headers before 2026-11-30)
 #
 # Each round, for each build in turn, on a fresh sqlite store of its own:
 #   1. rates: bridge-shaped records (key, Avro-sized value, the four bridge headers) produced
@@ -25,6 +27,7 @@ FILL="${FILL:-200000}"
 RATES="${RATES:-50,1000,5000}"
 SECS="${SECONDS_PER_RATE:-15}"
 CATCHUP_MAX_S="${CATCHUP_MAX_S:-120}"
+HEADERS="${HEADERS:-1}"
 PORT="${BROKER_BENCH_PORT:-19192}"
 RUN="broker-bench-$$"
 PID=""
@@ -50,7 +53,7 @@ stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID="
 bench() {
   local out err
   err="$(mktemp "/tmp/$RUN.err.XXXX")"
-  if out="$("$BENCH" --brokers "127.0.0.1:$PORT" --broker-pid "$PID" "$@" 2>"$err")"; then
+  if out="$("$BENCH" --brokers "127.0.0.1:$PORT" --broker-pid "$PID" --headers "$H" "$@" 2>"$err")"; then
     echo "$out"
   else
     echo "{\"failed\": $(tail -n 1 "$err" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))')}"
@@ -79,7 +82,8 @@ else:
 echo "# broker bench: ${#BINS[@]} build(s), $ROUNDS round(s), rates $RATES for ${SECS}s, fill $FILL"
 for round in $(seq 1 "$ROUNDS"); do
   for bin in "${BINS[@]}"; do
-    name="$bin"
+  for H in $HEADERS; do
+    name="$bin, $H header(s) per record"
     echo "[round $round] $name"
     start "$bin"
     bench create --partitions 48 >/dev/null
@@ -92,5 +96,6 @@ for round in $(seq 1 "$ROUNDS"); do
     bench fill --count "$FILL" | show fill
     bench catchup --max-seconds "$CATCHUP_MAX_S" | show catchup
     stop
+  done
   done
 done

@@ -282,6 +282,8 @@ async fn push_auth_filters_snapshot_then_live_heartbeat_and_expiry() {
     assert_eq!(last.map(|e| e.kind), Some("expired".to_string()));
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(metric(port, "locus_push_requests_total{outcome=\"unauthorized\"}").await >= 5.0);
+    // globex's fix: no stream watches that tenant, so it was passed over undecoded.
+    assert!(metric(port, "locus_push_unwatched_records_total").await >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

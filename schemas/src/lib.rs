@@ -15,5 +15,9 @@ pub use error::{CodecError, InvalidFix};
 pub use fix::{FixLimits, LocationFix};
 pub use secret::Secret;
 
+/// The one header of every `locations` record: the fix's tenant, so that a consumer can pass
+/// over another tenant's fixes without decoding them (the push stage does).
+pub const TENANT_HEADER: &str = "locus-tenant";
+
 /// The Avro schema of [`LocationFix`], as registered under `<topic>-value`.
 pub const LOCATION_AVSC: &str = include_str!("../location.avsc");

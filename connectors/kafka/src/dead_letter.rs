@@ -1,7 +1,9 @@
 //! Dead-lettering a consumed record: the same record, with why, into the DLQ topic.
 
-use crate::{Backoff, Producer, Record};
+use locus_schemas::{Codec, CodecError, LocationFix};
 use tracing::warn;
+
+use crate::{Backoff, Producer, Record, StageMetrics};
 
 /// Where a consuming stage sends records it cannot apply (undecodable, empty). The record
 /// goes as it was read (key and value) with headers naming the reason, the error and where
@@ -24,6 +26,37 @@ impl DeadLetter {
     /// already dead-lettered these records).
     pub fn skip() -> DeadLetter {
         DeadLetter { to: None }
+    }
+
+    /// Decodes a batch into fixes, dead-lettering the records that are not fixes (counted in
+    /// `stage` by reason). A registry outage fails the whole batch: it is not the records'
+    /// fault, and nothing may be committed past them.
+    pub async fn decode_fixes(
+        &self,
+        codec: &Codec,
+        batch: &[Record],
+        stage: &StageMetrics,
+    ) -> Result<Vec<LocationFix>, CodecError> {
+        let mut fixes = Vec::with_capacity(batch.len());
+        for r in batch {
+            let (reason, error) = match r.value.as_deref() {
+                None => ("empty_value", "record has no value".to_string()),
+                Some(v) => match codec.decode(v).await {
+                    Ok(f) => {
+                        fixes.push(f);
+                        continue;
+                    }
+                    Err(e @ CodecError::Registry(_)) => {
+                        stage.error("registry");
+                        return Err(e);
+                    }
+                    Err(e) => (e.reason(), e.to_string()),
+                },
+            };
+            stage.dead_lettered(reason);
+            self.send(r, reason, &error).await;
+        }
+        Ok(fixes)
     }
 
     /// Sends `r` to the DLQ with `reason` (a short label) and `error` (the message).

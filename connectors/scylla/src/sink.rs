@@ -86,26 +86,9 @@ impl HistorySink {
     /// Decodes a batch, dead-lettering records that are not fixes. A registry outage fails
     /// the whole batch (not the records' fault: nothing may be committed past them).
     pub async fn decode_batch(&self, batch: &[Record]) -> Result<Vec<LocationFix>, CodecError> {
-        let mut fixes: Vec<LocationFix> = Vec::with_capacity(batch.len());
-        for r in batch {
-            let (reason, error) = match r.value.as_deref() {
-                None => ("empty_value", "record has no value".to_string()),
-                Some(v) => match self.codec.decode(v).await {
-                    Ok(f) => {
-                        fixes.push(f);
-                        continue;
-                    }
-                    Err(e @ CodecError::Registry(_)) => {
-                        self.stage.error("registry");
-                        return Err(e);
-                    }
-                    Err(e) => (e.reason(), e.to_string()),
-                },
-            };
-            self.stage.dead_lettered(reason);
-            self.dead_letter.send(r, reason, &error).await;
-        }
-        Ok(fixes)
+        self.dead_letter
+            .decode_fixes(&self.codec, batch, &self.stage)
+            .await
     }
 
     /// Writes decoded fixes, one Cassandra partition per batch, retrying until written.

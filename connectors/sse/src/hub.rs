@@ -292,8 +292,11 @@ impl Hub {
     }
 
     /// Offers one fix to the tenant's streams, then moves the partition's position past it.
+    /// Both under the streams' read lock: a stream subscribing meanwhile (write lock) sees
+    /// either the fix offered or the position before it, never neither.
     pub fn route(&self, f: Arc<FixEvent>) {
-        if let Ok(t) = self.tenants.read()
+        let t = self.tenants.read();
+        if let Ok(t) = &t
             && let Some(clients) = t.get(&f.tenant)
         {
             for c in clients.values() {
@@ -301,6 +304,21 @@ impl Hub {
             }
         }
         self.advance(f.partition, f.offset + 1);
+    }
+
+    /// A record of `tenant` that no stream of this process watches: moves the partition's
+    /// position past it and says so (`true`), so the reader need not decode it. Under the
+    /// read lock, as in [`Hub::route`].
+    pub fn skip_unwatched(&self, tenant: &[u8], partition: i32, offset: i64) -> bool {
+        let Ok(tenant) = std::str::from_utf8(tenant) else {
+            return false;
+        };
+        let t = self.tenants.read();
+        let watched = t.as_ref().map_or(true, |t| t.contains_key(tenant));
+        if !watched {
+            self.advance(partition, offset + 1);
+        }
+        !watched
     }
 
     /// Moves a partition's position (a record that is not for any stream).
@@ -451,6 +469,27 @@ mod tests {
             bbox: Some([0.0, 0.0, 1.5, 1.5]),
         };
         assert!(!boxed.matches(&fix(0, 0, "a")), "lon 2 is outside");
+    }
+
+    #[test]
+    fn a_tenant_nobody_watches_is_passed_over_and_its_position_moves_on() {
+        let hub = Hub::default();
+        hub.start_at(&[0, 0]);
+        let c = Arc::new(Client::new("t", Filter::default(), None, 0.0, 100));
+        hub.subscribe(&c);
+        assert!(hub.skip_unwatched(b"nobody", 1, 41));
+        assert_eq!(hub.positions(), [0, 42], "a new stream starts after it");
+        assert!(
+            !hub.skip_unwatched(b"t", 0, 7),
+            "a watched tenant is decoded and routed"
+        );
+        assert_eq!(hub.positions(), [0, 42]);
+        assert!(
+            !hub.skip_unwatched(&[0xff, 0xfe], 0, 8),
+            "not UTF-8: decoded, not skipped"
+        );
+        hub.unsubscribe(&c);
+        assert!(hub.skip_unwatched(b"t", 0, 9), "the last stream of t left");
     }
 
     #[test]

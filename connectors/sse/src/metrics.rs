@@ -13,6 +13,7 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub events: IntCounterVec,
     pub conflated: IntCounter,
+    pub unwatched: IntCounter,
     pub resumes: IntCounter,
     pub gaps: IntCounterVec,
     pub closed: IntCounterVec,
@@ -37,6 +38,10 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     conflated: counter(
         "locus_push_events_conflated_total",
         "Fixes replaced in a stream's queue by a newer fix of the same user before being sent",
+    ),
+    unwatched: counter(
+        "locus_push_unwatched_records_total",
+        "Records passed over without decoding: their tenant (the locus-tenant header) has no stream here",
     ),
     resumes: counter(
         "locus_push_resumes_total",

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use locus_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
-use locus_kafka::rdkafka::message::Message;
+use locus_kafka::rdkafka::message::{Headers, Message};
 use locus_kafka::rdkafka::{Offset, TopicPartitionList};
 use locus_kafka::{Backoff, KafkaConfig, RangeReader, StartAt, StopAt};
-use locus_schemas::{Codec, CodecError, LocationFix};
+use locus_schemas::{Codec, CodecError, LocationFix, TENANT_HEADER};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Client, FixEvent, Hub};
-use crate::metrics::STAGE;
+use crate::metrics::{M, STAGE};
 use crate::{PushError, cursor};
 
 fn reader(cfg: &KafkaConfig, stage: &str) -> Result<StreamConsumer, PushError> {
@@ -46,6 +46,16 @@ pub async fn to_event(
         ts: fix.ts,
         json: Bytes::from(json),
     })
+}
+
+/// The `locus-tenant` header the bridge puts on every fix.
+fn tenant_header<'a>(
+    m: &'a locus_kafka::rdkafka::message::BorrowedMessage<'_>,
+) -> Option<&'a [u8]> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == TENANT_HEADER)
+        .and_then(|h| h.value)
 }
 
 /// (low, high) watermarks of each partition.
@@ -102,6 +112,14 @@ pub async fn run_live(
                 Ok(m) => {
                     let (p, o) = (m.partition(), m.offset());
                     STAGE.received(1);
+                    // The bridge names the tenant in a header: a fix no stream here watches
+                    // is passed over without decoding it.
+                    if let Some(tenant) = tenant_header(&m)
+                        && hub.skip_unwatched(tenant, p, o)
+                    {
+                        M.unwatched.inc();
+                        continue;
+                    }
                     let value = m.payload().unwrap_or_default();
                     // A registry outage is not the record's fault: wait it out on this record
                     // (every stream waits) rather than skip past fixes the streams should get.

@@ -40,6 +40,10 @@ struct Args {
     /// The broker's process id, for its CPU time (0: not measured).
     #[arg(long, default_value_t = 0, global = true)]
     broker_pid: u32,
+    /// How many of the bridge's four headers each record carries (4: the bridge before
+    /// 2026-11-30; 1: `locus-tenant` only, the bridge since).
+    #[arg(long, default_value_t = 4, global = true)]
+    headers: usize,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -158,28 +162,37 @@ fn sent_us(payload: Option<&[u8]>) -> Option<u64> {
     Some(u64::from_le_bytes(bytes))
 }
 
-async fn send(p: &FutureProducer, topic: &str, seq: u64, users: u64) -> anyhow::Result<()> {
+async fn send(
+    p: &FutureProducer,
+    topic: &str,
+    seq: u64,
+    users: u64,
+    headers: usize,
+) -> anyhow::Result<()> {
     let user = format!("user-{}", seq % users.max(1));
     let device = format!("device-{}", seq % users.max(1));
     let seq_s = seq.to_string();
     let received = (now_us() / 1000).to_string();
     let mqtt_topic = format!("locus/acme/{user}/location");
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "locus-device-id",
-            value: Some(device.as_bytes()),
-        })
-        .insert(Header {
-            key: "locus-seq",
-            value: Some(seq_s.as_bytes()),
-        })
-        .insert(Header {
-            key: "locus-received-at",
-            value: Some(received.as_bytes()),
-        })
-        .insert(Header {
-            key: "locus-mqtt-topic",
-            value: Some(mqtt_topic.as_bytes()),
+    let all: [(&str, &[u8]); 4] = if headers == 1 {
+        // The bridge's one header today.
+        [("locus-tenant", b"acme"), ("", b""), ("", b""), ("", b"")]
+    } else {
+        [
+            ("locus-device-id", device.as_bytes()),
+            ("locus-seq", seq_s.as_bytes()),
+            ("locus-received-at", received.as_bytes()),
+            ("locus-mqtt-topic", mqtt_topic.as_bytes()),
+        ]
+    };
+    let headers = all
+        .iter()
+        .take(headers.min(4))
+        .fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(*value),
+            })
         });
     let value = value(seq);
     let record = FutureRecord::to(topic)
@@ -247,10 +260,11 @@ async fn fill(args: &Args, count: u64, users: u64) -> anyhow::Result<serde_json:
         let p = p.clone();
         let done = done.clone();
         let topic = args.topic.clone();
+        let headers = args.headers;
         tasks.spawn(async move {
             let mut seq = lane;
             while seq < count {
-                send(&p, &topic, seq, users).await?;
+                send(&p, &topic, seq, users, headers).await?;
                 done.fetch_add(1, Ordering::Relaxed);
                 seq += IN_FLIGHT;
             }
@@ -357,7 +371,7 @@ impl Reader {
             if Instant::now() > deadline {
                 bail!("the reader got nothing within 60 s");
             }
-            send(p, &args.topic, u64::MAX, 1).await?;
+            send(p, &args.topic, u64::MAX, 1, args.headers).await?;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Ok(())
@@ -405,7 +419,7 @@ async fn produce_at(
         tick.tick().await;
         let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
         while sent < due {
-            inflight.push(send(p, &args.topic, sent, users));
+            inflight.push(send(p, &args.topic, sent, users, args.headers));
             sent += 1;
         }
         while let Some(r) =

@@ -115,14 +115,16 @@ impl FixProducer {
         }
     }
 
-    /// Sends every fix and waits for every delivery.
+    /// Sends every fix as the bridge does (key = user, the tenant header) and waits for
+    /// every delivery.
     pub async fn send(&self, fixes: &[locus_schemas::LocationFix]) {
         let mut pending = vec![];
         for f in fixes {
             let bytes = self.codec.encode(f).await.unwrap();
+            let headers = [(locus_schemas::TENANT_HEADER, f.tenant.as_bytes())];
             pending.push(
                 self.producer
-                    .send(&self.topic, f.user_id.as_bytes(), &bytes, &[])
+                    .send(&self.topic, f.user_id.as_bytes(), &bytes, &headers)
                     .await
                     .unwrap(),
             );

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use locus_kafka::{Backoff, DeliveryError, KafkaConfig, Pending, Producer};
-use locus_schemas::{Codec, CodecError, FixLimits, LocationFix, RegistryConfig};
+use locus_schemas::{Codec, CodecError, FixLimits, LocationFix, RegistryConfig, TENANT_HEADER};
 use rumqttc::Transport;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
@@ -581,15 +581,9 @@ impl Bridge {
             match self.encode(&fix, cancel).await {
                 Ok(bytes) => records.push(Outgoing {
                     dlq: false,
-                    headers: vec![
-                        ("locus-device-id", fix.device_id.into_bytes()),
-                        ("locus-seq", fix.seq.to_string().into_bytes()),
-                        (
-                            "locus-received-at",
-                            fix.received_at.to_string().into_bytes(),
-                        ),
-                        ("locus-mqtt-topic", p.topic.to_vec()),
-                    ],
+                    // One header: the tenant, for consumers that pass over other tenants'
+                    // fixes without decoding them. Everything else is in the Avro value.
+                    headers: vec![(TENANT_HEADER, fix.tenant.into_bytes())],
                     key: fix.user_id.into_bytes(),
                     value: bytes,
                 }),
