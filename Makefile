@@ -19,7 +19,7 @@ test: stack-up dashboard k8s-check
 	cargo build --workspace --all-targets
 	./target/debug/locus topics apply
 	cargo test --workspace --no-fail-fast
-	$(VENV)/bin/python -m pytest -q dev/registry/tests
+	$(VENV)/bin/python -m pytest -q dev/registry/tests loadtest/capacity loadtest/scenario
 
 ## Formatting and lints, as CI checks them.
 lint:

@@ -9,7 +9,7 @@
 #                   the bridge's `locus-tenant`; 4: the bridge's headers before 2026-11-30)
 #
 # Each round, for each build in turn, on a fresh sqlite store of its own:
-#   1. rates: bridge-shaped records (key, Avro-sized value, the four bridge headers) produced
+#   1. rates: bridge-shaped records (key, Avro-sized value, HEADERS headers) produced
 #      at each rate for SECONDS_PER_RATE with the four Locus readers (three consumer groups
 #      and a reader that assigns itself every partition): broker CPU µs per fix (from /proc),
 #      produce → consume latency p50/p99;

@@ -46,28 +46,29 @@ def size(cfg, devices, interval_s):
         cores = fixes * v(cfg, f"unit.{stage}_us_per_fix") / 1e6
         out[f"{stage}_cores"] = cores
         out[f"{stage}_replicas"] = replicas(cores)
-    # Push: every replica reads every fix, then sends its dashboards' events.
+    # Push: every replica reads every fix (one reader task: at most one core), passing over
+    # the tenants it does not serve by their header, then sends its dashboards' events.
     events = fleet["dashboards"] * fleet["events_per_dashboard_per_s"]
-    read_cores = fixes * v(cfg, "unit.push_read_us_per_fix") / 1e6
-    out["push_read_cores_per_replica"] = read_cores
-    send_cores = events * v(cfg, "unit.push_us_per_event") / 1e6
     budget = plan["cores_per_pod"] * head
+    read_cores = fixes * v(cfg, "unit.push_read_us_per_fix") / 1e6
+    # Beyond one reader's budget the topic must be split (tenant groups on topics of their
+    # own, a push deployment each): how many splits.
+    splits = max(1, math.ceil(read_cores / budget))
+    out["push_topic_splits"] = splits
+    read_per_replica = read_cores / splits
+    send_cores = events * v(cfg, "unit.push_us_per_event") / 1e6
     by_streams = math.ceil(fleet["dashboards"] / v(cfg, "unit.push_streams_per_replica"))
-    if read_cores >= budget:
-        # A replica cannot even read the topic within its budget: it needs more cores.
-        out["push_replicas"] = max(plan["min_replicas"], by_streams)
-        out["push_cores_per_replica"] = (read_cores + send_cores / out["push_replicas"]) / head
-    else:
-        by_cpu = math.ceil(send_cores / (budget - read_cores))
-        out["push_replicas"] = max(plan["min_replicas"], by_streams, by_cpu)
-        out["push_cores_per_replica"] = plan["cores_per_pod"]
+    by_cpu = math.ceil(send_cores / max(budget - read_per_replica, 1e-9 + budget * 0.1))
+    out["push_replicas"] = max(plan["min_replicas"] * splits, by_streams, by_cpu)
+    out["push_read_share_of_core"] = read_per_replica
     out["push_events_per_s"] = events
 
     # Kafka: bytes, partitions, brokers, retention.
     rec = v(cfg, "unit.record_bytes")
     rf = plan["replication_factor"]
     ingress = fixes * rec / 1e6
-    consumers = 2 + out["push_replicas"]  # history, cache, every push replica
+    # history, cache, and every push replica (each reads its split of the topic).
+    consumers = 2 + out["push_replicas"] / out["push_topic_splits"]
     out["kafka_ingress_mb_s"] = ingress
     out["kafka_egress_mb_s"] = ingress * (consumers + rf - 1)
     out["kafka_partitions"] = max(
@@ -76,7 +77,12 @@ def size(cfg, devices, interval_s):
         out["history_replicas"],
         out["cache_replicas"],
     )
-    out["kafka_brokers"] = max(rf, math.ceil(ingress / (v(cfg, "public.kafka_broker_mb_per_s") * head)))
+    nic = v(cfg, "public.kafka_broker_network_mb_per_s") * head
+    out["kafka_brokers"] = max(
+        rf,
+        math.ceil(ingress / (v(cfg, "public.kafka_broker_mb_per_s") * head)),
+        math.ceil(max(ingress * rf, out["kafka_egress_mb_s"]) / nic),
+    )
     out["kafka_retained_tb"] = ingress * 1e6 * 86_400 * plan["retention_days"] * rf / 1e12
 
     # Scylla: one row per fix, times the replication factor.
@@ -102,10 +108,9 @@ def size(cfg, devices, interval_s):
         math.ceil(fixes / (v(cfg, "public.mqtt_node_qos1_per_s") * head)),
     )
     out["locus_cores"] = (
-        (out["bridge_replicas"] + out["history_replicas"] + out["cache_replicas"])
-        * plan["cores_per_pod"]
-        + out["push_replicas"] * out["push_cores_per_replica"]
-    )
+        out["bridge_replicas"] + out["history_replicas"] + out["cache_replicas"]
+        + out["push_replicas"]
+    ) * plan["cores_per_pod"]
     return out
 
 
@@ -130,7 +135,8 @@ ROWS = [
     ("history replicas", "history_replicas"),
     ("cache replicas", "cache_replicas"),
     ("push replicas (for the dashboards)", "push_replicas"),
-    ("cores per push replica", "push_cores_per_replica"),
+    ("push: topic splits by tenant group", "push_topic_splits"),
+    ("push: share of a core to read the topic", "push_read_share_of_core"),
     ("Locus cores in all", "locus_cores"),
     ("Scylla writes/s (all replicas)", "scylla_writes_per_s"),
     ("Scylla nodes", "scylla_nodes"),

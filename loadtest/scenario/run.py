@@ -16,7 +16,7 @@ What one run does:
    (add a replica, SIGTERM one, SIGKILL one) at their times;
 4. a drain: until every stage applied every fix and every SSE stream saw every fix (or
    --drain-timeout);
-5. `locus-bench audit`: every fix the simulator had acknowledged, looked up in Kafka, in
+5. `locus-audit`: every fix the simulator had acknowledged, looked up in Kafka, in
    Cassandra, in Redis (newest per user) and among what the SSE streams saw;
 6. the report in --out: report.json, report.md, and SVG plots (rate, lag, p99 freshness
    per stage over time).
@@ -47,6 +47,12 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 STACK_PARTS = ["kafka", "registry", "cassandra", "cql", "redis", "mqtt"]
 STAGES = ["bridge", "history", "cache", "push"]
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def die_with_parent():
+    """In a child, before exec: SIGKILL when the runner dies, however it dies."""
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def log(msg):
@@ -142,7 +148,8 @@ class Proc:
     def __init__(self, name, stage, args, env, log_path, port=None):
         self.name, self.stage, self.port = name, stage, port
         self.log = open(log_path, "w")
-        self.p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
+        self.p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=self.log,
+                                  preexec_fn=die_with_parent)
         self.pid = self.p.pid
         self.cpu_at_exit = None
         self.last_cpu = 0.0
@@ -169,6 +176,8 @@ class SseStream(threading.Thread):
         self.port, self.token = port, token
         self.out = open(out_path, "w", buffering=1)  # line-buffered: the audit reads it
         self.fixes = 0
+        self.seen = set()
+        self.reconnects = 0
         self.latencies_ms = []
         self.stop = threading.Event()
         self.error = None
@@ -177,12 +186,16 @@ class SseStream(threading.Thread):
         while not self.stop.is_set():
             try:
                 self.read()
-            except OSError as e:
+            except (OSError, ValueError) as e:
+                if self.stop.is_set():
+                    return
                 self.error = str(e)
+                self.reconnects += 1
                 time.sleep(0.5)
 
     def read(self):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        # Longer than the heartbeat (15 s): an idle stream is never mistaken for a dead one.
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         last = getattr(self, "last_id", None)
         headers = {"Last-Event-ID": last} if last else {}
         conn.request("GET", f"/v1/stream?access_token={self.token}", headers=headers)
@@ -191,10 +204,7 @@ class SseStream(threading.Thread):
             raise OSError(f"stream answered {resp.status}")
         kind, data, eid = None, None, None
         while not self.stop.is_set():
-            try:
-                line = resp.fp.readline()
-            except socket.timeout:
-                continue
+            line = resp.fp.readline()
             if not line:
                 raise OSError("stream ended")
             line = line.rstrip(b"\n")
@@ -208,7 +218,10 @@ class SseStream(threading.Thread):
                 if kind == b"fix" and data:
                     f = json.loads(data)
                     self.fixes += 1
-                    self.latencies_ms.append(time.time() * 1000 - f["ts"])
+                    ident = (f["user_id"], f["device_id"], f["seq"])
+                    if ident not in self.seen:
+                        self.seen.add(ident)
+                        self.latencies_ms.append(time.time() * 1000 - f["ts"])
                     self.out.write(f'{f["user_id"]} {f["device_id"]} {f["seq"]}\n')
                 if eid:
                     self.last_id = eid
@@ -225,7 +238,7 @@ class Scenario:
         self.bins = pathlib.Path(args.bin_dir)
         self.tenant = f"{self.prefix}t"
         self.procs = []
-        self.sim_pid, self.sim_last = None, 0.0
+        self.sim, self.sim_pid, self.sim_last = None, None, 0.0
         self.samples = []
         self.events_done = []
         self.streams = []
@@ -318,13 +331,14 @@ class Scenario:
             if m is None:
                 continue
             if p.stage == "bridge":
-                s["produced"] += total(m, "locus_bridge_fixes_produced_total")
+                s["applied"][p.name] = total(m, "locus_bridge_fixes_produced_total")
                 continue
             s["applied"][p.name] = total(m, "locus_stage_applied_records_total", stage=p.stage)
             s["lag"][p.name] = total(m, "locus_consumer_lag_records", stage=p.stage)
             s["fresh"][p.name] = buckets(m, "locus_stage_freshness_seconds", p.stage)
-        s["sse"] = sum(st.fixes for st in self.streams)
+        s["sse"] = sum(len(st.seen) for st in self.streams)
         self.samples.append(s)
+        s["produced"] = self.stage_applied(s, "bridge")
         return s
 
     def stage_applied(self, s, stage):
@@ -339,6 +353,19 @@ class Scenario:
     # -- the run ------------------------------------------------------------------------
 
     def run(self):
+        try:
+            self.run_inner()
+        finally:
+            # Whatever happened, nothing this run started is left running.
+            for st in self.streams:
+                st.stop.set()
+            for p in self.procs:
+                p.stop(signal.SIGKILL, wait=5)
+            if self.sim is not None and self.sim.poll() is None:
+                self.sim.kill()
+                self.sim.wait()
+
+    def run_inner(self):
         a = self.a
         log(f"run {self.prefix}: {a.rate} fixes/s from {a.devices} devices for {a.secs} s; "
             f"report in {self.out}")
@@ -352,8 +379,13 @@ class Scenario:
         started += [self.start("push") for _ in range(a.push)]
         self.wait_ready(started)
         time.sleep(2)  # consumers join their groups
-        token = subprocess.run(self.locus("push", "token", "--tenant", self.tenant, "--ttl-s", "86400"),
+        # --watch other: the streams watch a tenant without traffic, so the push replicas
+        # read every fix and send none (the cost of fixes nobody watches).
+        watched = self.tenant if a.watch == "all" else f"{self.tenant}-idle"
+        token = subprocess.run(self.locus("push", "token", "--tenant", watched, "--ttl-s", "86400"),
                                env=self.env, check=True, capture_output=True, text=True).stdout.strip()
+        self.token = subprocess.run(self.locus("push", "token", "--tenant", self.tenant, "--ttl-s", "86400"),
+                                    env=self.env, check=True, capture_output=True, text=True).stdout.strip()
         for i, p in enumerate(x for x in self.procs if x.stage == "push"):
             st = SseStream(p.port, token, self.out / f"sse-{i}.txt")
             st.start()
@@ -366,8 +398,8 @@ class Scenario:
              str(a.connections), "--interval-ms", str(interval_ms), "--jitter-ms", "0",
              "--duration-s", str(a.secs), "--tenant", self.tenant, "--id-prefix",
              f"{self.prefix}-", "--report", str(self.out / "sim.json"), "--quiet"],
-            env=self.env, stderr=open(self.out / "sim.log", "w"))
-        self.sim_pid = sim.pid
+            env=self.env, stderr=open(self.out / "sim.log", "w"), preexec_fn=die_with_parent)
+        self.sim, self.sim_pid = sim, sim.pid
         t0 = time.time()
         self.sample(0.0)
         events = sorted((float(at), action, stage) for at, action, stage in
@@ -387,7 +419,7 @@ class Scenario:
         load_end = time.time() - t0
         report = json.loads((self.out / "sim.json").read_text())
         expected = report["fixes_sent"]
-        log(f"load done: {expected} fixes acknowledged by the MQTT broker in {load_end:.0f} s; draining")
+        log(f"load done: {expected} fixes sent in {load_end:.0f} s; draining")
         deadline = time.time() + a.drain_timeout
         drained_at = None
         while time.time() < deadline:
@@ -396,7 +428,7 @@ class Scenario:
             s = self.sample(t)
             done = (s["produced"] >= expected
                     and all(self.stage_applied(s, st) >= expected for st in ("history", "cache"))
-                    and all(st.fixes >= expected for st in self.streams))
+                    and (a.watch == "other" or all(len(st.seen) >= expected for st in self.streams)))
             if done:
                 drained_at = t
                 break
@@ -404,10 +436,38 @@ class Scenario:
         log(f"drained {'in %.1f s' % (drained_at - load_end) if drained_at else 'NOT within the timeout'}")
         for st in self.streams:
             st.stop.set()
+        try:
+            self.snapshot = self.snapshot_probe()
+        except OSError as e:
+            log(f"snapshot probe failed: {e}")
+            self.snapshot = None
         for p in self.procs:
             p.stop()
         audit = self.audit(expected)
         self.write(report, load_end, drained_at, end_t, audit)
+
+    def snapshot_probe(self):
+        """A new stream of the whole tenant on the first push replica: how long until its
+        opening snapshot (from the cache) has arrived, and how many positions it held."""
+        push = next((p for p in self.procs if p.stage == "push" and p.alive()), None)
+        if push is None:
+            return None
+        started = time.time()
+        conn = http.client.HTTPConnection("127.0.0.1", push.port, timeout=30)
+        conn.request("GET", f"/v1/stream?access_token={self.token}")
+        resp = conn.getresponse()
+        kind = None
+        while True:
+            line = resp.fp.readline()
+            if not line:
+                return None
+            if line.startswith(b"event: "):
+                kind = line[7:].strip()
+            elif line.startswith(b"data: ") and kind == b"snapshot":
+                snap = json.loads(line[6:])
+                conn.close()
+                return {"ms": round(1000 * (time.time() - started), 1),
+                        "positions": len(snap["positions"]), "complete": snap["complete"]}
 
     def act(self, at, action, stage, t):
         live = [p for p in self.procs if p.stage == stage and p.alive()]
@@ -425,7 +485,7 @@ class Scenario:
         cmd = [str(self.bins / "locus-audit"), "--report", str(self.out / "sim.json"),
                "--topic", self.locations, "--keyspace", self.env["LOCUS_SCYLLA__KEYSPACE"],
                "--redis-prefix", self.prefix]
-        for st in range(len(self.streams)):
+        for st in range(len(self.streams) if self.a.watch == "all" else 0):
             cmd += ["--sse", str(self.out / f"sse-{st}.txt")]
         log("auditing: every acknowledged fix in Kafka, Cassandra, Redis and the SSE streams")
         out = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
@@ -439,10 +499,14 @@ class Scenario:
 
     def write(self, sim, load_end, drained_at, end_t, audit):
         first, last = self.samples[0], self.samples[-1]
+        # A replica's last known histogram (one that exited keeps what it had measured).
+        last_fresh = {}
+        for x in self.samples:
+            last_fresh.update(x["fresh"])
         in_kafka = audit.get("kafka", {}).get("found", last["produced"]) or 1
         cpu = {}
         for name in last["cpu"]:
-            c0, c1 = first["cpu"].get(name), last["cpu"].get(name)
+            c0, c1 = first["cpu"].get(name, 0.0), last["cpu"].get(name)
             if c0 is not None and c1 is not None:
                 cpu[name] = {"cpu_s": c1 - c0, "us_per_fix": 1e6 * (c1 - c0) / in_kafka,
                              "share_of_core": (c1 - c0) / max(last["t"] - first["t"], 1e-9)}
@@ -457,7 +521,7 @@ class Scenario:
             if st != "bridge":
                 cum = {}
                 for n in names:
-                    for le, v in minus(last["fresh"].get(n, {}), first["fresh"].get(n, {})).items():
+                    for le, v in minus(last_fresh.get(n, {}), first["fresh"].get(n, {})).items():
                         cum[le] = cum.get(le, 0) + v
                 by_stage[st]["freshness_ms"] = {
                     q: (None if quantile(cum, p) is None else round(1000 * quantile(cum, p), 1))
@@ -470,7 +534,7 @@ class Scenario:
         result = {
             "scenario": {k: getattr(self.a, k) for k in
                          ("rate", "devices", "secs", "connections", "bridges", "history", "cache",
-                          "push", "partitions", "event", "set")},
+                          "push", "partitions", "watch", "event", "set")},
             "prefix": self.prefix,
             "sim": {k: sim[k] for k in ("fixes_sent", "messages_sent", "messages_acked", "fixes_per_s")},
             "sustained": sim["fixes_per_s"] >= 0.97 * self.a.rate and drained_at is not None
@@ -483,6 +547,7 @@ class Scenario:
             "processes": cpu,
             "events": self.events_done,
             "pauses_s": self.pauses(),
+            "snapshot": self.snapshot,
             "audit": audit,
         }
         (self.out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -560,7 +625,8 @@ class Scenario:
             f"Sent (acknowledged by the MQTT broker): {r['sim']['fixes_sent']:,} at "
             f"{r['sim']['fixes_per_s']:.0f}/s; drain {r['drain_s']} s; sustained: {r['sustained']}.",
             f"Publish → SSE: p50 {r['publish_to_sse_ms']['p50']} ms, p99 {r['publish_to_sse_ms']['p99']} ms, "
-            f"max {r['publish_to_sse_ms']['max']} ms.",
+            f"max {r['publish_to_sse_ms']['max']} ms. A new stream's snapshot of the tenant: "
+            f"{(r['snapshot'] or {}).get('positions')} positions in {(r['snapshot'] or {}).get('ms')} ms.",
             "",
             "| stage | replicas | CPU µs/fix | freshness p50 / p99 ms | applied | re-applied | peak RSS MiB | longest pause s |",
             "|---|---|---|---|---|---|---|---|",
@@ -577,9 +643,13 @@ class Scenario:
         if "error" not in au:
             lines += ["", "| completeness | expected | found | missing | duplicates |", "|---|---|---|---|---|"]
             for sink in ("kafka", "cassandra", "redis", "sse"):
-                x = au.get(sink, {})
+                x = au.get(sink) or {}
                 lines.append(f"| {sink} | {x.get('expected')} | {x.get('found')} | {x.get('missing')} | "
                              f"{x.get('duplicates', '-')} |")
+            rb = au.get("record_bytes", {})
+            lines += ["", f"One record: {rb.get('total', 0):.0f} bytes (key {rb.get('key', 0):.0f}, "
+                      f"value {rb.get('value', 0):.0f}, headers {rb.get('headers', 0):.0f}); Redis holds "
+                      f"{au.get('redis_bytes_per_device', 0):.0f} bytes per device."]
         else:
             lines += ["", f"audit failed: {au['error'][:300]}"]
         lines += ["", "Plots: rate.svg, lag.svg, freshness.svg.", ""]
@@ -596,6 +666,9 @@ def main():
     ap.add_argument("--history", type=int, default=1, help="history replicas (default 1)")
     ap.add_argument("--cache", type=int, default=1, help="cache replicas (default 1)")
     ap.add_argument("--push", type=int, default=1, help="push replicas, one SSE stream each (default 1)")
+    ap.add_argument("--watch", choices=["all", "other"], default="all",
+                    help="what the SSE streams watch: the run's tenant (all), or a tenant "
+                         "without traffic (other: push reads every fix and sends none)")
     ap.add_argument("--partitions", type=int, default=48, help="partitions of the run's topic (default 48)")
     ap.add_argument("--event", action="append", default=[],
                     help="AT:add|term|kill:STAGE, e.g. 30:add:history (repeatable)")
@@ -603,7 +676,7 @@ def main():
                     help="LOCUS_…=value for every Locus process (repeatable)")
     ap.add_argument("--drain-timeout", type=int, default=120, help="s after the load (default 120)")
     ap.add_argument("--bin-dir", default=str(REPO / "target" / "release"),
-                    help="where locus, locus-sim and locus-bench are (default target/release)")
+                    help="where locus, locus-sim and locus-audit are (default target/release)")
     ap.add_argument("--out", help="report folder (default loadtest/runs/<stamp>-r<rate>)")
     Scenario(ap.parse_args()).run()
 

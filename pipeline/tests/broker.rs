@@ -1,5 +1,6 @@
 //! The local Kafka keeps up as it fills (see `dev/tansu/README.md`): a broker holding many
-//! records with the bridge's four headers answers a caught-up consumer as fast, and for as
+//! records with four headers each (what the bridge wrote before it kept only `locus-tenant`:
+//! the heavier shape for the broker's header table) answers a caught-up consumer as fast, and for as
 //! little CPU, as an empty one, and a consumer catching up from offset 0 reads at a steady
 //! rate to the end. Two private brokers (one empty, one filled) are measured alternately by
 //! `locus-broker-bench`, so machine noise hits both sides alike.
@@ -16,7 +17,7 @@ use common::{Private, bin_dir};
 fn bench(k: &Private, topic: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new(bin_dir().join("locus-broker-bench"))
         .args(["--brokers", &k.addr(), "--topic", topic])
-        .args(["--broker-pid", &k.pid().to_string()])
+        .args(["--broker-pid", &k.pid().to_string(), "--headers", "4"])
         .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()

@@ -166,7 +166,9 @@ pub struct HistoryConfig {
     /// Consumer batches applied concurrently.
     #[serde(default = "default_max_in_flight_batches")]
     pub max_in_flight_batches: usize,
-    /// CQL writes in flight at once (each an unlogged batch within one partition).
+    /// CQL writes in flight at once (each an unlogged batch within one partition). With many
+    /// users each batch holds few rows, so throughput is writes in flight ÷ write latency:
+    /// 64 held the local stack's writer near 4,500 fixes/s, 256 past 6,000.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Most rows in one unlogged batch.
@@ -213,7 +215,7 @@ fn default_max_in_flight_batches() -> usize {
     4
 }
 fn default_concurrency() -> usize {
-    64
+    256
 }
 fn default_rows_per_batch() -> usize {
     32

@@ -116,6 +116,36 @@ fn eprint_progress(what: &str, n: usize, started: Instant) {
     );
 }
 
+/// Redis memory per device the cache holds: `MEMORY USAGE` of every position hash, and of
+/// the tenant's GEO set and last-seen set, divided by the devices (one shard: `--redis`).
+async fn redis_bytes_per_device(a: &Args, tenant: &str, users: &[String]) -> anyhow::Result<f64> {
+    let client = redis::Client::open(a.redis.as_str())?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let p = &a.redis_prefix;
+    let mut total = 0u64;
+    for chunk in users.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for u in chunk {
+            pipe.cmd("MEMORY")
+                .arg("USAGE")
+                .arg(format!("{p}:pos:{tenant}:{u}"));
+        }
+        let sizes: Vec<Option<u64>> = pipe.query_async(&mut con).await?;
+        total += sizes.into_iter().flatten().sum::<u64>();
+    }
+    for kind in ["geo", "seen"] {
+        let size: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(format!("{p}:{kind}:{tenant}"))
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(&mut con)
+            .await?;
+        total += size.unwrap_or(0);
+    }
+    Ok(total as f64 / users.len().max(1) as f64)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
@@ -159,6 +189,8 @@ async fn main() -> anyhow::Result<()> {
         RangeReader::open(&kafka, "audit", &a.topic, StartAt::Beginning, StopAt::End).await?;
     let mut in_kafka = vec![];
     let mut ts_range = (i64::MAX, i64::MIN);
+    // Bytes of the run's records: key, value, header names and values.
+    let mut bytes = [0usize; 3];
     while let Some(batch) = reader.next_batch(1024).await? {
         for r in batch {
             let Some(v) = r.value.as_deref() else {
@@ -168,10 +200,22 @@ async fn main() -> anyhow::Result<()> {
                 && f.tenant == tenant
             {
                 ts_range = (ts_range.0.min(f.ts), ts_range.1.max(f.ts));
+                bytes[0] += r.key.as_ref().map_or(0, Vec::len);
+                bytes[1] += v.len();
+                bytes[2] += r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
                 in_kafka.push((f.user_id, f.device_id, f.seq));
             }
         }
     }
+    let per = |b: usize| b as f64 / in_kafka.len().max(1) as f64;
+    let record_bytes = json!({
+        "key": per(bytes[0]), "value": per(bytes[1]), "headers": per(bytes[2]),
+        "total": per(bytes[0] + bytes[1] + bytes[2]),
+    });
     eprint_progress("Kafka records read", in_kafka.len(), started);
     let kafka_tally = Tally::of(&expected, in_kafka);
 
@@ -234,6 +278,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     eprint_progress("Redis users at their newest fix", at_newest, started);
+    let redis_bytes = redis_bytes_per_device(&a, &tenant, &users).await?;
 
     // SSE: every stream must have seen every fix.
     let mut sse = vec![];
@@ -260,6 +305,8 @@ async fn main() -> anyhow::Result<()> {
             "missing_examples": stale,
         },
         "sse": worst.map(Tally::json),
+        "record_bytes": record_bytes,
+        "redis_bytes_per_device": redis_bytes,
         "sse_streams": sse.iter().map(Tally::json).collect::<Vec<_>>(),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -1,7 +1,8 @@
 //! `locus-broker-bench`: what a Kafka broker costs Locus, measured from outside the broker.
 //!
 //! Records are shaped like the bridge's (key = user id, a value of the size of an Avro fix,
-//! the bridge's four headers); the value starts with the produce time, so readers measure
+//! the bridge's `locus-tenant` header, or with `--headers 4` the four headers it wrote
+//! before); the value starts with the produce time, so readers measure
 //! produce → consume latency. Broker CPU comes from `/proc/PID/stat` of `--broker-pid`.
 //!
 //!   locus-broker-bench fill    --topic T --count N      produce N records as fast as the broker
@@ -42,7 +43,7 @@ struct Args {
     broker_pid: u32,
     /// How many of the bridge's four headers each record carries (4: the bridge before
     /// 2026-11-30; 1: `locus-tenant` only, the bridge since).
-    #[arg(long, default_value_t = 4, global = true)]
+    #[arg(long, default_value_t = 1, global = true)]
     headers: usize,
     #[command(subcommand)]
     cmd: Cmd,
