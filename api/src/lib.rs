@@ -131,6 +131,25 @@ where
     }
 }
 
+/// For in-process tests of a router's refusals: `GET uri` through `router` (no server), and
+/// the status and body it answered.
+pub async fn get(router: axum::Router, uri: &str) -> (StatusCode, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let request = axum::http::Request::get(uri)
+        .body(axum::body::Body::empty())
+        .expect("a GET request with an empty body");
+    let Ok(response) = router.oneshot(request).await;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// A comma-separated list parameter (`users=a,b`): trimmed, empty items dropped.
 pub fn list(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|x| !x.is_empty())

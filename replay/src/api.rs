@@ -249,10 +249,7 @@ fn paced(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
+    use axum::http::StatusCode;
 
     /// The route with a Kafka nobody listens on: every request that passes validation would
     /// have to read, so a 400 here is decided before any read.
@@ -270,13 +267,7 @@ mod tests {
             300_000,
             7 * 86_400_000,
         );
-        let resp = router(Arc::new(api))
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        locus_api::get(router(Arc::new(api)), uri).await
     }
 
     #[tokio::test]

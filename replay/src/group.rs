@@ -165,12 +165,7 @@ fn plan_blocking(
     let timeout = Duration::from_millis(kafka.request_timeout_ms);
     let c = consumer(kafka, group)?;
     let md = c.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
+    let partitions = locus_kafka::partitions_of(&md, topic);
     if partitions.is_empty() {
         return Err(ReplayError::Invalid(format!(
             "topic '{topic}' does not exist"

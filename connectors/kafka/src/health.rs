@@ -52,3 +52,13 @@ pub async fn partition_count(cfg: &KafkaConfig, topic: &str) -> Result<usize, Ka
     .await
     .map_err(|e| KafkaError::Join(e.to_string()))?
 }
+
+/// The partition ids of `topic` in a metadata answer (empty if the topic is missing or
+/// answered with an error).
+pub fn partitions_of(md: &rdkafka::metadata::Metadata, topic: &str) -> Vec<i32> {
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default()
+}

@@ -17,7 +17,7 @@ pub use config::{KafkaConfig, ProducerSettings};
 pub use consumer::{Record, RunnerSettings, Sink, run as run_consumer};
 pub use dead_letter::DeadLetter;
 pub use error::KafkaError;
-pub use health::{check_reachable, partition_count};
+pub use health::{check_reachable, partition_count, partitions_of};
 pub use metrics::StageMetrics;
 pub use producer::{Delivered, DeliveryError, Pending, Producer};
 pub use reader::{PartitionRange, Progress, RangeReader, StartAt, StopAt};

@@ -449,12 +449,7 @@ fn plan(
     let md = consumer
         .fetch_metadata(Some(topic), timeout)
         .map_err(KafkaError::Client)?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
+    let partitions = crate::partitions_of(&md, topic);
     if partitions.is_empty() {
         return Err(KafkaError::MissingTopic(topic.to_string()));
     }

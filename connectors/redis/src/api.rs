@@ -175,10 +175,7 @@ async fn nearby(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
+    use axum::http::StatusCode;
 
     /// The routes with no store: a request that passes validation answers 503, so a 400 is
     /// decided before Redis is asked.
@@ -187,13 +184,7 @@ mod tests {
             store: Arc::new(OnceLock::new()),
             config: CacheConfig::default(),
         });
-        let resp = app
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        locus_api::get(app, uri).await
     }
 
     #[tokio::test]

@@ -222,10 +222,7 @@ fn csv(fixes: &[LocationFix]) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
+    use axum::http::StatusCode;
 
     /// The route with no store: every request that passes validation answers 503.
     async fn get(uri: &str) -> (StatusCode, String) {
@@ -233,13 +230,7 @@ mod tests {
             store: Arc::new(std::sync::OnceLock::new()),
             config: HistoryConfig::default(),
         });
-        let resp = app
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        locus_api::get(app, uri).await
     }
 
     const TRACK: &str = "/v1/tenants/acme/users/u1/track";

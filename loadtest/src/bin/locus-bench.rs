@@ -260,6 +260,25 @@ fn fix(i: usize, users: usize, base: i64) -> LocationFix {
     }
 }
 
+/// The history table in `keyspace` at `node` (created if missing), with the default
+/// history settings.
+async fn history_store(
+    node: String,
+    keyspace: String,
+) -> anyhow::Result<(HistoryStore, HistoryConfig)> {
+    let scylla = ScyllaConfig {
+        nodes: vec![node],
+        keyspace,
+        fetch_schema_metadata: false,
+        ..Default::default()
+    };
+    let history = HistoryConfig::default();
+    let session = Arc::new(locus_scylla::connect(&scylla).await?);
+    locus_scylla::migrate(&session, &scylla, &history).await?;
+    let store = HistoryStore::prepare(session, &scylla, &history).await?;
+    Ok((store, history))
+}
+
 /// A codec against the registry at `registry`, for `topic`'s subject.
 fn codec_for(registry: &str, topic: &str) -> anyhow::Result<Codec> {
     let cfg = RegistryConfig {
@@ -482,16 +501,7 @@ async fn history_sink(args: HistorySinkArgs, base: i64) -> anyhow::Result<()> {
     let codec = codec_for(&registry, &topic)?;
     let fixes: Vec<LocationFix> = (0..count).map(|i| fix(i, users, base)).collect();
     let records = records(&codec, &topic, &fixes).await?;
-    let scylla = ScyllaConfig {
-        nodes: vec![node],
-        keyspace,
-        fetch_schema_metadata: false,
-        ..Default::default()
-    };
-    let history = HistoryConfig::default();
-    let session = Arc::new(locus_scylla::connect(&scylla).await?);
-    locus_scylla::migrate(&session, &scylla, &history).await?;
-    let store = HistoryStore::prepare(session, &scylla, &history).await?;
+    let (store, history) = history_store(node, keyspace).await?;
     let producer = Producer::new(&KafkaConfig::default(), "bench")?;
     let sink = locus_scylla::HistorySink::new(
         store,
@@ -570,16 +580,7 @@ async fn cql_ceiling(args: CqlCeilingArgs, base: i64) -> anyhow::Result<()> {
         node,
         keyspace,
     } = args;
-    let scylla = ScyllaConfig {
-        nodes: vec![node],
-        keyspace,
-        fetch_schema_metadata: false,
-        ..Default::default()
-    };
-    let history = HistoryConfig::default();
-    let session = Arc::new(locus_scylla::connect(&scylla).await?);
-    locus_scylla::migrate(&session, &scylla, &history).await?;
-    let store = HistoryStore::prepare(session, &scylla, &history).await?;
+    let (store, _) = history_store(node, keyspace).await?;
     let fixes: Vec<LocationFix> = (0..count).map(|i| fix(i, users, base)).collect();
     let cpu0 = cpu_seconds();
     let started = Instant::now();

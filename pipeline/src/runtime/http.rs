@@ -41,12 +41,17 @@ impl std::fmt::Debug for Readiness {
 
 impl Readiness {
     /// Adds a check; the process is ready only when every check passed its last run.
-    pub fn add<F, Fut>(&self, name: &str, check: F)
+    pub fn add<F, Fut, E>(&self, name: &str, check: F)
     where
         F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
     {
-        let f: CheckFn = Arc::new(move || Box::pin(check()));
+        let check = Arc::new(check);
+        let f: CheckFn = Arc::new(move || {
+            let check = check.clone();
+            Box::pin(async move { check().await.map_err(|e| e.to_string()) })
+        });
         if let Ok(mut c) = self.checks.lock() {
             c.push((name.to_string(), f));
         }

@@ -145,11 +145,7 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
     let kafka = config.kafka.clone();
     readiness.add("kafka", move || {
         let kafka = kafka.clone();
-        async move {
-            locus_kafka::check_reachable(&kafka)
-                .await
-                .map_err(|e| e.to_string())
-        }
+        async move { locus_kafka::check_reachable(&kafka).await }
     });
 
     let grace = Duration::from_millis(config.http.shutdown_grace_ms);
