@@ -361,11 +361,20 @@ mod tests {
     const SECRET: &str = "in-process-test-secret";
 
     fn api(ready: bool, max_connections: usize) -> Arc<PushApi> {
-        let config = PushConfig {
+        api_with(ready, max_connections, |_| {})
+    }
+
+    fn api_with(
+        ready: bool,
+        max_connections: usize,
+        tune: impl FnOnce(&mut PushConfig),
+    ) -> Arc<PushApi> {
+        let mut config = PushConfig {
             jwt_hs256_secret: Secret::new(SECRET),
             max_connections,
             ..PushConfig::default()
         };
+        tune(&mut config);
         let hub = Arc::new(Hub::default());
         if ready {
             hub.start_at(&[0, 0]);
@@ -383,11 +392,15 @@ mod tests {
     }
 
     fn token(users: Option<&[&str]>) -> String {
+        token_for(users, 600)
+    }
+
+    fn token_for(users: Option<&[&str]>, ttl_s: u64) -> String {
         let exp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs()
-            + 600;
+            + ttl_s;
         let claims = Claims {
             tenant: "acme".into(),
             users: users.map(|u| u.iter().map(|s| s.to_string()).collect()),
@@ -485,5 +498,64 @@ mod tests {
         assert!(first.starts_with("retry: "), "{first}");
         assert!(first.contains("event: snapshot\nid: "), "{first}");
         assert!(first.contains(r#""complete":false"#), "{first}");
+    }
+
+    #[tokio::test]
+    async fn a_busy_stream_still_ends_when_its_token_expires() {
+        // No rate cap: every fix is queued for the stream; with a burst of 512 users every 2 ms
+        // and a reader taking a chunk every 20 ms, its queue is never empty when it is asked
+        // for the next chunk.
+        let api = api_with(true, 10, |c| c.user_rate_per_s = 0.0);
+        let app = crate::router(api.clone(), (60, 600));
+        let t = token_for(None, 2);
+        let req = Request::get(format!("{}?access_token={t}", crate::STREAM_PATH))
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let hub = api.hub.clone();
+        let feeder = tokio::spawn(async move {
+            for o in 0.. {
+                hub.route(Arc::new(crate::hub::FixEvent {
+                    partition: 0,
+                    offset: o,
+                    tenant: "acme".into(),
+                    user: format!("u{}", o % 512).into(),
+                    lat: 1.0,
+                    lon: 2.0,
+                    received_at: 0,
+                    ts: 0,
+                    json: Bytes::from_static(b"{}"),
+                }));
+                if o % 512 == 511 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        });
+        let mut body = resp.into_body();
+        let mut fixes = 0;
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(chunk) = frame.into_data() else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&chunk);
+                fixes += text.matches("event: fix").count();
+                if text.contains("event: expired") {
+                    return true;
+                }
+                // A slow reader: fixes pile up between its reads.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        })
+        .await;
+        feeder.abort();
+        assert!(fixes > 0, "the stream was busy");
+        assert_eq!(
+            ended,
+            Ok(true),
+            "an expired token ends even a busy stream ({fixes} fixes sent)"
+        );
     }
 }

@@ -112,9 +112,17 @@ impl Session {
             None => {}
         }
         if self.replay.is_some() {
+            if Instant::now() >= self.expires_at {
+                return Some(self.expire(buf));
+            }
             return Some(Box::pin(self.replay_chunk(buf)).await);
         }
         loop {
+            // Checked at every write, not only while idle: a stream that always has fixes
+            // waiting (a slow reader) must still end when its token does.
+            if Instant::now() >= self.expires_at {
+                return Some(self.expire(buf));
+            }
             let client = self.guard.client.clone();
             let batch = client.take(&self.guard.api.hub, MAX_EVENTS_PER_WRITE);
             if !batch.events.is_empty() {
@@ -154,19 +162,27 @@ impl Session {
                 _ = tokio::time::sleep_until(heartbeat_at) => {
                     return Some(self.wrote(Bytes::from_static(b":\n\n").into()));
                 }
-                _ = tokio::time::sleep_until(self.expires_at) => {
-                    M.closed.with_label_values(&["expired"]).inc();
-                    M.events.with_label_values(&["expired"]).inc();
-                    event(&mut buf, "expired", None, br#"{"error":"the token expired; reconnect with a fresh one"}"#);
-                    self.done = true;
-                    return Some(buf.freeze());
-                }
+                _ = tokio::time::sleep_until(self.expires_at) => return Some(self.expire(buf)),
                 _ = self.guard.api.cancel.cancelled() => {
                     M.closed.with_label_values(&["shutdown"]).inc();
                     return None;
                 }
             }
         }
+    }
+
+    /// The token ran out: the `expired` event, and the stream ends.
+    fn expire(&mut self, mut buf: BytesMut) -> Bytes {
+        M.closed.with_label_values(&["expired"]).inc();
+        M.events.with_label_values(&["expired"]).inc();
+        event(
+            &mut buf,
+            "expired",
+            None,
+            br#"{"error":"the token expired; reconnect with a fresh one"}"#,
+        );
+        self.done = true;
+        buf.freeze()
     }
 
     fn wrote(&mut self, buf: BytesMut) -> Bytes {
