@@ -175,7 +175,6 @@ class SseStream(threading.Thread):
         super().__init__(daemon=True)
         self.port, self.token = port, token
         self.out = open(out_path, "w", buffering=1)  # line-buffered: the audit reads it
-        self.fixes = 0
         self.seen = set()
         self.reconnects = 0
         self.latencies_ms = []
@@ -217,7 +216,6 @@ class SseStream(threading.Thread):
             elif not line:
                 if kind == b"fix" and data:
                     f = json.loads(data)
-                    self.fixes += 1
                     ident = (f["user_id"], f["device_id"], f["seq"])
                     if ident not in self.seen:
                         self.seen.add(ident)
@@ -283,7 +281,6 @@ class Scenario:
         if stage == "bridge":
             env["LOCUS_BRIDGE__CLIENT_ID"] = f"{self.prefix}-{name}"
         p = Proc(name, stage, self.locus(stage), env, self.out / f"{name}.log", port)
-        p.cpu0 = None
         self.procs.append(p)
         return p
 

@@ -108,11 +108,12 @@ impl Scope {
         cmd
     }
 
-    /// Runs `locus-sim` to completion for this scope; returns its report.
-    pub fn sim(&self, args: &[&str]) -> serde_json::Value {
+    /// `locus-sim` for this scope (its broker, topic template and id prefix), writing its
+    /// report to a file of its own.
+    fn sim_command(&self, args: &[&str]) -> (Command, PathBuf) {
         let report = std::env::temp_dir().join(format!("{}-sim-{}.json", self.prefix, unique("")));
-        let status = Command::new(bin_dir().join("locus-sim"))
-            .args(["--port", &mqtt_port().to_string(), "--quiet"])
+        let mut cmd = Command::new(bin_dir().join("locus-sim"));
+        cmd.args(["--port", &mqtt_port().to_string(), "--quiet"])
             .args([
                 "--topic-template",
                 &self.template,
@@ -121,7 +122,14 @@ impl Scope {
             ])
             .arg("--report")
             .arg(&report)
-            .args(args)
+            .args(args);
+        (cmd, report)
+    }
+
+    /// Runs `locus-sim` to completion for this scope; returns its report.
+    pub fn sim(&self, args: &[&str]) -> serde_json::Value {
+        let (mut cmd, report) = self.sim_command(args);
+        let status = cmd
             .status()
             .expect("run locus-sim (built by `cargo build --workspace`)");
         assert!(status.success(), "locus-sim failed");
@@ -130,20 +138,8 @@ impl Scope {
 
     /// Starts `locus-sim` in the background.
     pub fn sim_background(&self, args: &[&str]) -> (Proc, PathBuf) {
-        let report = std::env::temp_dir().join(format!("{}-sim-{}.json", self.prefix, unique("")));
-        let child = Command::new(bin_dir().join("locus-sim"))
-            .args(["--port", &mqtt_port().to_string(), "--quiet"])
-            .args([
-                "--topic-template",
-                &self.template,
-                "--id-prefix",
-                &format!("{}-", self.prefix),
-            ])
-            .arg("--report")
-            .arg(&report)
-            .args(args)
-            .spawn()
-            .expect("start locus-sim");
+        let (mut cmd, report) = self.sim_command(args);
+        let child = cmd.spawn().expect("start locus-sim");
         (
             Proc {
                 child,

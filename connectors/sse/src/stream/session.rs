@@ -64,6 +64,8 @@ pub(super) struct Session {
 }
 
 const MAX_EVENTS_PER_WRITE: usize = 256;
+const EXPIRED: &[u8] = br#"{"error":"the token expired; reconnect with a fresh one"}"#;
+const OVERFLOW: &[u8] = br#"{"error":"this stream fell too far behind; reconnect to resume"}"#;
 
 fn event(buf: &mut BytesMut, kind: &str, id: Option<&str>, data: &[u8]) {
     buf.put_slice(b"event: ");
@@ -93,6 +95,11 @@ impl Session {
             return None;
         }
         let mut buf = BytesMut::new();
+        // Checked at every write, not only while idle: a stream that always has fixes
+        // waiting (a slow reader) must still end when its token does.
+        if Instant::now() >= self.expires_at {
+            return Some(self.end(buf, "expired", EXPIRED));
+        }
         if !self.sent_retry {
             self.sent_retry = true;
             buf.put_slice(format!("retry: {}\n\n", self.api().config.retry_ms).as_bytes());
@@ -112,17 +119,9 @@ impl Session {
             None => {}
         }
         if self.replay.is_some() {
-            if Instant::now() >= self.expires_at {
-                return Some(self.expire(buf));
-            }
             return Some(Box::pin(self.replay_chunk(buf)).await);
         }
         loop {
-            // Checked at every write, not only while idle: a stream that always has fixes
-            // waiting (a slow reader) must still end when its token does.
-            if Instant::now() >= self.expires_at {
-                return Some(self.expire(buf));
-            }
             let client = self.guard.client.clone();
             let batch = client.take(&self.guard.api.hub, MAX_EVENTS_PER_WRITE);
             if !batch.events.is_empty() {
@@ -140,16 +139,7 @@ impl Session {
                 return Some(self.wrote(buf));
             }
             if batch.overflow {
-                M.closed.with_label_values(&["overflow"]).inc();
-                M.events.with_label_values(&["overflow"]).inc();
-                event(
-                    &mut buf,
-                    "overflow",
-                    None,
-                    br#"{"error":"this stream fell too far behind; reconnect to resume"}"#,
-                );
-                self.done = true;
-                return Some(buf.freeze());
+                return Some(self.end(buf, "overflow", OVERFLOW));
             }
             if !buf.is_empty() {
                 return Some(self.wrote(buf));
@@ -162,7 +152,9 @@ impl Session {
                 _ = tokio::time::sleep_until(heartbeat_at) => {
                     return Some(self.wrote(Bytes::from_static(b":\n\n").into()));
                 }
-                _ = tokio::time::sleep_until(self.expires_at) => return Some(self.expire(buf)),
+                _ = tokio::time::sleep_until(self.expires_at) => {
+                    return Some(self.end(buf, "expired", EXPIRED));
+                }
                 _ = self.guard.api.cancel.cancelled() => {
                     M.closed.with_label_values(&["shutdown"]).inc();
                     return None;
@@ -171,16 +163,11 @@ impl Session {
         }
     }
 
-    /// The token ran out: the `expired` event, and the stream ends.
-    fn expire(&mut self, mut buf: BytesMut) -> Bytes {
-        M.closed.with_label_values(&["expired"]).inc();
-        M.events.with_label_values(&["expired"]).inc();
-        event(
-            &mut buf,
-            "expired",
-            None,
-            br#"{"error":"the token expired; reconnect with a fresh one"}"#,
-        );
+    /// The last event of a stream the server ends (`expired`, `overflow`), counted by reason.
+    fn end(&mut self, mut buf: BytesMut, reason: &str, data: &[u8]) -> Bytes {
+        M.closed.with_label_values(&[reason]).inc();
+        M.events.with_label_values(&[reason]).inc();
+        event(&mut buf, reason, None, data);
         self.done = true;
         buf.freeze()
     }
