@@ -69,6 +69,9 @@ struct Args {
     /// Centre of the fleet, "lat,lon".
     #[arg(long, default_value = "52.5200,13.4050")]
     center: String,
+    /// First sequence number of every device (a second run that goes on from the first).
+    #[arg(long, default_value_t = 0)]
+    seq_start: u64,
     /// Random seed (paths, jitter, offline spells).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -219,7 +222,7 @@ async fn connection(
         if deadline.is_some_and(|d| due > d) {
             continue;
         }
-        if args.fixes_per_device > 0 && devices[i].seq >= args.fixes_per_device {
+        if args.fixes_per_device > 0 && devices[i].seq - args.seq_start >= args.fixes_per_device {
             // Flush what an offline device still holds, then retire it.
             if devices[i].buffered.is_empty() {
                 continue;
@@ -233,7 +236,7 @@ async fn connection(
         let d = &mut devices[i];
         let now = now_ms();
         let mut fixes: Vec<serde_json::Value> = vec![];
-        if args.fixes_per_device == 0 || d.seq < args.fixes_per_device {
+        if args.fixes_per_device == 0 || d.seq - args.seq_start < args.fixes_per_device {
             fixes.push(d.step(now, &mut rng));
         }
         if d.offline_left == 0 && rng.random_bool(args.offline_rate.clamp(0.0, 1.0)) {
@@ -338,7 +341,7 @@ async fn main() -> anyhow::Result<()> {
             device_id: format!("{}dev-{i:05}", args.id_prefix),
             user_id,
             topic,
-            seq: 0,
+            seq: args.seq_start,
             lat: clat + rng.random_range(-0.05..0.05),
             lon: clon + rng.random_range(-0.08..0.08),
             speed: rng.random_range(0.0..15.0),

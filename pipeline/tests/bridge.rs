@@ -356,17 +356,41 @@ async fn the_bridge_speaks_tls_to_the_broker() {
 
     let s = Scope::new("bridge-tls");
     s.create_topics().await;
-    let (_bridge, hport) = s.bridge(
-        &unique("b-"),
-        &[
-            ("LOCUS_BRIDGE__MQTT_PORT", port.to_string()),
-            ("LOCUS_BRIDGE__TLS_CA_FILE", path("ca.pem")),
-            ("LOCUS_BRIDGE__PAUSE_READS", "false".into()),
-        ],
-    );
-    wait_ready(hport, Duration::from_secs(30)).await;
+    // Directly (rumqttc's TLS), then through the pausing relay (the relay's TLS); each in
+    // a share group of its own, the first stopped before the second starts.
+    for (seq, pause_reads) in [(7, false), (8, true)] {
+        let (mut bridge, hport) = s.bridge(
+            &unique("b-"),
+            &[
+                ("LOCUS_BRIDGE__MQTT_PORT", port.to_string()),
+                ("LOCUS_BRIDGE__TLS_CA_FILE", path("ca.pem")),
+                ("LOCUS_BRIDGE__PAUSE_READS", pause_reads.to_string()),
+                (
+                    "LOCUS_BRIDGE__SHARE_GROUP",
+                    format!("{}-{seq}", s.share_group),
+                ),
+            ],
+        );
+        wait_ready(hport, Duration::from_secs(30)).await;
+        publish_over_tls(port, &path("ca.pem"), &s.topic("acme", "u1"), seq);
+        let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(30), |r| {
+            r.len() >= (seq - 6) as usize
+        });
+        let fixes = decode_all(&s.locations, &records).await;
+        assert_eq!(
+            fixes.len(),
+            (seq - 6) as usize,
+            "pause_reads = {pause_reads}"
+        );
+        let last = fixes.last().unwrap();
+        assert_eq!((last.user_id.as_str(), last.seq), ("u1", seq));
+        assert!(bridge.term().success());
+    }
+}
+
+fn publish_over_tls(port: u16, ca: &str, topic: &str, seq: i64) {
     let fix = format!(
-        r#"{{"device_id":"d1","seq":7,"ts":{},"lat":52.5,"lon":13.4}}"#,
+        r#"{{"device_id":"d1","seq":{seq},"ts":{},"lat":52.5,"lon":13.4}}"#,
         now_ms()
     );
     let ok = Command::new("mosquitto_pub")
@@ -380,24 +404,11 @@ async fn the_bridge_speaks_tls_to_the_broker() {
             "-V",
             "mqttv5",
         ])
-        .args([
-            "--cafile",
-            &path("ca.pem"),
-            "-t",
-            &s.topic("acme", "u1"),
-            "-m",
-            &fix,
-        ])
+        .args(["--cafile", ca, "-t", topic, "-m", &fix])
         .status()
         .expect("mosquitto_pub")
         .success();
     assert!(ok, "publishing over TLS");
-    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(30), |r| {
-        !r.is_empty()
-    });
-    let fixes = decode_all(&s.locations, &records).await;
-    assert_eq!(fixes.len(), 1);
-    assert_eq!((fixes[0].user_id.as_str(), fixes[0].seq), ("u1", 7));
 }
 
 /// Scale-down: a removed replica's persistent session keeps its share of the traffic while
@@ -545,65 +556,173 @@ async fn a_message_too_large_for_kafka_does_not_stop_the_bridge() {
     assert_eq!(metric(port, "locus_bridge_messages_acked_total").await, 2.0);
 }
 
+/// Kafka is down for 30 s: nothing is acknowledged to the broker meanwhile (counted where
+/// the broker receives it); the bridge stops reading (its read gate closes: the broker sends
+/// beyond the receive maximum) yet keeps its one
+/// connection (keep-alive 5 s: the relay answers the pings whose answers wait behind the
+/// held messages); once Kafka is back every fix arrives and every message is acknowledged.
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_down_for_30s_loses_nothing() {
     let mut kafka = Private::kafka();
+    // A broker that sends beyond the bridge's receive maximum, as Mosquitto can for shared
+    // subscriptions: the bridge must stop reading.
+    let tap = MqttTap::ignoring_receive_maximum(mqtt_port()).await;
     let mut s = Scope::new("bridge-outage");
     s.brokers = kafka.addr();
     s.create_topics().await;
-    // A receive maximum below what the devices publish during the outage (1,500 fixes), so
-    // that the broker has to keep the rest.
-    let (_bridge, port) = s.bridge(
-        &unique("b-"),
-        &[("LOCUS_BRIDGE__MAX_IN_FLIGHT", "1000".to_string())],
-    );
+    let client_id = unique("b-");
+    let env = [
+        ("LOCUS_BRIDGE__MQTT_PORT", tap.port.to_string()),
+        ("LOCUS_BRIDGE__MAX_IN_FLIGHT", "100".to_string()),
+        ("LOCUS_BRIDGE__MAX_HELD_MESSAGES", "50".to_string()),
+        ("LOCUS_BRIDGE__KEEP_ALIVE_S", "5".to_string()),
+    ];
+    // The session exists; a backlog of 1,000 fixes waits in it.
+    let (mut bridge, port) = s.bridge(&client_id, &env);
     wait_ready(port, Duration::from_secs(30)).await;
-
-    // 10 devices, one fix every 200 ms each, for ~40 s.
+    bridge.term();
+    let backlog = s.sim(&[
+        "--devices",
+        "10",
+        "--fixes-per-device",
+        "100",
+        "--interval-ms",
+        "1",
+        "--jitter-ms",
+        "0",
+    ]);
+    kafka.stop();
+    let acked_before = tap.pubacks();
+    let (_bridge, port) = s.bridge(&client_id, &env);
+    // Kafka is down, so the bridge is not ready: wait until it has received messages.
+    wait_metric(
+        port,
+        "locus_bridge_messages_received_total",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
+    // And 10 devices go on publishing, one fix every 200 ms each, for ~20 s.
     let (mut sim, report_path) = s.sim_background(&[
         "--devices",
         "10",
         "--fixes-per-device",
-        "200",
+        "100",
         "--interval-ms",
         "200",
         "--jitter-ms",
         "0",
+        "--seq-start",
+        "1000",
     ]);
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    kafka.stop();
-    let produced_before = metric(port, "locus_bridge_fixes_produced_total").await;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let produced_during = metric(port, "locus_bridge_fixes_produced_total").await;
-    let in_flight = metric(port, "locus_bridge_in_flight_messages").await;
     assert_eq!(
-        produced_before, produced_during,
-        "nothing is acknowledged while Kafka is down"
+        metric(port, "locus_bridge_fixes_produced_total").await,
+        0.0,
+        "nothing is produced while Kafka is down"
     );
-    assert!(in_flight <= 1000.0, "bounded in flight: {in_flight}");
+    assert_eq!(
+        tap.pubacks(),
+        acked_before,
+        "the broker received no PUBACK while Kafka was down"
+    );
+    let in_flight = metric(port, "locus_bridge_in_flight_messages").await;
+    println!(
+        "during the outage: received {}, in flight {in_flight}, held {}, read pauses {}",
+        metric(port, "locus_bridge_messages_received_total").await,
+        metric(port, "locus_bridge_overflow_messages").await,
+        metric(port, "locus_bridge_read_pauses_total").await
+    );
+    assert!(in_flight <= 600.0, "bounded in flight: {in_flight}");
+    assert!(
+        metric(port, "locus_bridge_read_pauses_total").await >= 1.0,
+        "the read gate closed"
+    );
+    assert_eq!(
+        (
+            metric(port, "locus_bridge_mqtt_connection_errors_total").await,
+            tap.connections()
+        ),
+        (0.0, 2),
+        "one connection per process: no keep-alive timeout behind the closed gate"
+    );
     kafka.resume();
-    let status = sim.child.wait().unwrap();
-    assert!(status.success());
+    assert!(sim.child.wait().unwrap().success());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_path).unwrap()).unwrap();
+    let mut expected = expected_fixes(&backlog);
+    expected.extend(expected_fixes(&report));
+    assert_eq!(expected.len(), 2000);
+    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(60), |r| {
+        distinct_fixes(r) >= 2000
+    });
+    let got = identities(&decode_all(&s.locations, &records).await);
+    assert_none_lost(&expected, &got);
+    // Every message the bridge received is acknowledged at the broker.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let received = metric(port, "locus_bridge_messages_received_total").await;
+        if tap.pubacks() - acked_before == received as u64 && received >= 2000.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker received {} PUBACKs for {received} messages",
+            tap.pubacks() - acked_before
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(tap.connections(), 2);
+}
+
+/// SIGTERM under load: the bridge acknowledges everything Kafka took and disconnects
+/// cleanly, so the next process with the same client id is sent only what was not produced:
+/// no fix is written twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_sends_nothing_twice() {
+    let s = Scope::new("bridge-term");
+    s.create_topics().await;
+    let client_id = unique("b-");
+    let (mut bridge, port) = s.bridge(&client_id, &[]);
+    wait_ready(port, Duration::from_secs(30)).await;
+    // 20 devices, one fix every 10 ms each: ~2,000 messages a second, for ~3 s.
+    let (mut sim, report_path) = s.sim_background(&[
+        "--devices",
+        "20",
+        "--connections",
+        "4",
+        "--fixes-per-device",
+        "300",
+        "--interval-ms",
+        "10",
+        "--jitter-ms",
+        "0",
+    ]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = bridge.term();
+    assert!(status.success(), "the bridge ended cleanly: {status}");
+    let (_bridge, port) = s.bridge(&client_id, &[]);
+    wait_ready(port, Duration::from_secs(30)).await;
+    assert!(sim.child.wait().unwrap().success());
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(report_path).unwrap()).unwrap();
     let expected = expected_fixes(&report);
-    assert_eq!(expected.len(), 2000);
+    assert_eq!(expected.len(), 6000);
     let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(60), |r| {
-        r.len() >= 2000
+        distinct_fixes(r) >= 6000
     });
-    let fixes = decode_all(&s.locations, &records).await;
-    let got = identities(&fixes);
-    let missing: Vec<_> = expected.iter().filter(|e| !got.contains(*e)).collect();
-    assert!(
-        missing.is_empty(),
-        "lost {} of {} fixes ({} records read), e.g. {:?} .. {:?}; produced {}, retries {}",
-        missing.len(),
-        expected.len(),
+    // Allow a moment for anything sent again to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(10), |r| {
+        r.len() >= records.len()
+    });
+    let got = identities(&decode_all(&s.locations, &records).await);
+    assert_none_lost(&expected, &got);
+    assert_eq!(
         records.len(),
-        missing.first(),
-        missing.last(),
-        metric(port, "locus_bridge_fixes_produced_total").await,
-        metric(port, "locus_bridge_produce_retries_total").await
+        got.len(),
+        "{} fixes written twice after the SIGTERM",
+        records.len() - got.len()
     );
 }
 

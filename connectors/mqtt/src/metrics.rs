@@ -20,6 +20,7 @@ pub struct Metrics {
     pub mqtt_connected: IntGauge,
     pub mqtt_errors: IntCounter,
     pub registry_retries: IntCounter,
+    pub stale_acks: IntCounter,
 }
 
 pub static M: LazyLock<Metrics> = LazyLock::new(|| {
@@ -79,6 +80,11 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| {
         registry_retries: counter(
             "locus_bridge_registry_retries_total",
             "Avro encodes retried because the Schema Registry did not answer",
+        ),
+        stale_acks: counter(
+            "locus_bridge_stale_acks_dropped_total",
+            "PUBACKs not sent because the broker started a new session since the message came \
+             (its packet ids name new messages; the old message is sent again)",
         ),
         dlq_dropped: counter(
             "locus_bridge_dlq_dropped_total",

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use super::*;
+use std::time::{Duration, Instant};
 
 /// The text of a process's `/metrics`.
 pub async fn metrics_text(port: u16) -> String {
@@ -20,6 +21,28 @@ pub async fn metric(port: u16, name: &str) -> f64 {
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Waits until the process on `port` answers `/metrics` with `name` at least `value`
+/// (before it listens, or while the metric is lower, it polls again).
+pub async fn wait_metric(port: u16, name: &str, value: f64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await
+            && let Ok(text) = r.text().await
+        {
+            let got: f64 = text
+                .lines()
+                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if got >= value {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{name} did not reach {value}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The HS256 secret of `dev/locus.dev.toml`, which the tests' `locus` processes use.

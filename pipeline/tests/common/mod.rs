@@ -1,14 +1,15 @@
 //! Helpers for end-to-end tests against the local stack, by concern: where the stack is and
 //! unique names (`env`), child processes (`process`), a test's own topics, bridge and
-//! simulator (`scope`), reading and producing records (`kafka`), HTTP (`http`), and the one
-//! fix builder (`fixes`). Every
-//! test file starts with `mod common; use common::*;`.
+//! simulator (`scope`), reading and producing records (`kafka`), HTTP (`http`), a proxy
+//! before Mosquitto that counts PUBACKs (`mqtt_tap`), and the one fix builder (`fixes`).
+//! Every test file starts with `mod common; use common::*;`.
 #![allow(dead_code)]
 
 mod env;
 mod fixes;
 mod http;
 mod kafka;
+mod mqtt_tap;
 mod process;
 mod scope;
 
@@ -21,6 +22,8 @@ pub use fixes::*;
 pub use http::*;
 #[allow(unused_imports)]
 pub use kafka::*;
+#[allow(unused_imports)]
+pub use mqtt_tap::*;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]

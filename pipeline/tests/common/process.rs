@@ -37,7 +37,12 @@ impl Drop for Proc {
 pub fn log_file(name: &str) -> Stdio {
     let dir = repo().join("target/test-logs");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::File::create(dir.join(format!("{name}.log")))
+    // Appended: a process started again under the same name (a restart) keeps the first
+    // one's log.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
         .unwrap()
         .into()
 }

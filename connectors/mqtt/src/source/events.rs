@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{BridgeHealth, DrainWatch, now_ms};
+use super::{BridgeHealth, DrainWatch, Received, Session, now_ms};
 use crate::metrics::M;
 use crate::relay::Relay;
 
@@ -23,7 +23,7 @@ pub(super) struct EventLoop {
     pub(super) eventloop: MqttEventLoop,
     pub(super) client: AsyncClient,
     pub(super) subscription: String,
-    pub(super) publish_tx: mpsc::Sender<Publish>,
+    pub(super) publish_tx: mpsc::Sender<Received>,
     /// The pausing relay (`bridge.pause_reads`): kept alive here, its gate closed while the
     /// bridge holds `max_held` messages.
     pub(super) relay: Option<Relay>,
@@ -31,6 +31,9 @@ pub(super) struct EventLoop {
     pub(super) drain: Option<Arc<DrainWatch>>,
     pub(super) receive_maximum: usize,
     pub(super) max_held: usize,
+    /// The MQTT session messages arrive in (a new one at every CONNACK without
+    /// `session_present`): a PUBACK is only sent in the session of its message.
+    pub(super) session: Session,
 }
 
 /// Messages the pipeline has no room for yet. The broker should never send more than the
@@ -40,7 +43,7 @@ pub(super) struct EventLoop {
 /// pings): stopping it would stall the acks.
 #[derive(Default)]
 struct Held {
-    queue: VecDeque<Publish>,
+    queue: VecDeque<Received>,
     paused: bool,
     warned: bool,
 }
@@ -53,6 +56,21 @@ enum Next {
 
 impl EventLoop {
     pub(super) async fn run(mut self, stop: CancellationToken) {
+        self.serve(stop).await;
+        self.health.mqtt_connected.store(false, Ordering::Relaxed);
+        M.mqtt_connected.set(0);
+        // Close the client's connection, then let the relay forward what it still has (the
+        // last PUBACKs and the DISCONNECT) before the process may exit.
+        let EventLoop {
+            eventloop, relay, ..
+        } = self;
+        drop(eventloop);
+        if let Some(relay) = relay {
+            relay.finish(std::time::Duration::from_secs(2)).await;
+        }
+    }
+
+    async fn serve(&mut self, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         let mut held = Held::default();
         // Registered once, not per event: this loop runs for every MQTT packet.
@@ -63,9 +81,18 @@ impl EventLoop {
                 biased;
                 _ = &mut stopped => break,
                 permit = self.publish_tx.reserve(), if !held.queue.is_empty() => {
-                    match (permit, held.queue.pop_front()) {
-                        (Ok(permit), Some(p)) => permit.send(p),
-                        _ => break,
+                    match permit {
+                        Ok(permit) => {
+                            if let Some(p) = held.queue.pop_front() {
+                                permit.send(p);
+                            }
+                        }
+                        Err(_) => {
+                            // Stopping: the worker takes nothing more. What is held stays
+                            // unacknowledged (the broker sends it again).
+                            M.in_flight.sub(held.queue.len() as i64);
+                            held.queue.clear();
+                        }
                     }
                     self.released(&mut held);
                     continue;
@@ -110,14 +137,23 @@ impl EventLoop {
                 break;
             }
         }
-        self.health.mqtt_connected.store(false, Ordering::Relaxed);
-        M.mqtt_connected.set(0);
     }
 
     /// Connected: subscribe (a no-op if the session kept it), or, when draining, unsubscribe
     /// so that only what the session holds arrives.
     fn connected(&self, ack: &ConnAck) {
-        info!(session_present = ack.session_present, "MQTT connected");
+        let session = if ack.session_present {
+            self.session.current()
+        } else {
+            self.session.start_new()
+        };
+        if let Some(r) = &self.relay {
+            r.connected(session);
+        }
+        info!(
+            session_present = ack.session_present,
+            session, "MQTT connected"
+        );
         if let Some(w) = &self.drain {
             if !ack.session_present {
                 warn!("the broker holds no session for this client id: nothing to drain");
@@ -138,7 +174,11 @@ impl EventLoop {
     }
 
     /// A publish: to the worker, or held (in order) while the worker has no room.
-    fn received(&self, p: Publish, held: &mut Held) -> Next {
+    fn received(&self, publish: Publish, held: &mut Held) -> Next {
+        let p = Received {
+            publish,
+            session: self.session.current(),
+        };
         M.received.inc();
         M.in_flight.inc();
         if let Some(w) = &self.drain {
@@ -150,7 +190,12 @@ impl EventLoop {
             match self.publish_tx.try_send(p) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(p)) => held.queue.push_back(p),
-                Err(mpsc::error::TrySendError::Closed(_)) => return Next::Stop,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    // Stopping: the worker takes nothing more. Left unacknowledged (the
+                    // broker sends it again), while the loop goes on to send the DISCONNECT.
+                    M.in_flight.dec();
+                    return Next::Continue;
+                }
             }
         }
         if !held.paused && held.queue.len() >= self.max_held {

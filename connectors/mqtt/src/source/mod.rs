@@ -12,7 +12,7 @@
 //! broker: back-pressure, never loss and never unbounded memory.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use locus_kafka::{Backoff, DeliveryError, KafkaConfig, Pending, Producer};
@@ -31,7 +31,7 @@ use events::EventLoop;
 
 use crate::metrics::M;
 use crate::payload::{Rejection, TopicTemplate, check_fix, parse_payload};
-use crate::relay::{Relay, RelayAcks};
+use crate::relay::{Relay, RelayAcks, RelayTls};
 use crate::{BridgeConfig, BridgeError};
 
 /// Liveness of the bridge's MQTT side, for `/readyz`.
@@ -66,6 +66,8 @@ pub struct Bridge {
     drain: Option<Arc<DrainWatch>>,
     /// TLS to the broker (`bridge.tls_*`), read at build.
     tls: Option<rumqttc::TlsConfiguration>,
+    /// The same, for the relay's connections (`bridge.pause_reads`).
+    relay_tls: Option<RelayTls>,
 }
 
 /// What a draining bridge has seen: whether the broker confirmed the unsubscription, and
@@ -76,9 +78,31 @@ struct DrainWatch {
     last_message_ms: std::sync::atomic::AtomicI64,
 }
 
+/// The number of the MQTT session messages arrive in: the broker's packet ids only mean
+/// something within one session. A CONNACK without `session_present` starts a new one.
+#[derive(Debug, Clone, Default)]
+struct Session(Arc<AtomicU64>);
+
+impl Session {
+    fn current(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn start_new(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+/// A message as received: the publish, and the session it came in on.
+struct Received {
+    publish: Publish,
+    session: u64,
+}
+
 /// One MQTT message on its way to being acknowledged.
 struct InFlight {
     publish: Publish,
+    session: u64,
     received: Instant,
     deliveries: Vec<(Pending, Outgoing)>,
 }
@@ -88,20 +112,30 @@ struct InFlight {
 struct Acks {
     client: AsyncClient,
     relay: Option<RelayAcks>,
+    session: Session,
 }
 
 impl Acks {
-    async fn ack(&self, p: &Publish) {
+    async fn ack(&self, p: &Publish, session: u64) {
         if let Some(relay) = &self.relay
             && p.qos == QoS::AtLeastOnce
         {
-            if relay.ack(p.pkid) {
+            // The relay holds it until the connection is in a known session, and drops it
+            // if that is not `session`.
+            if relay.ack(p.pkid, session) {
                 M.acked.inc();
             } else {
                 // Between connections: every PUBACK due until the next one lands here, and
                 // the reconnect is already logged.
                 debug!("no broker connection for the PUBACK; the broker will redeliver");
             }
+            return;
+        }
+        if p.qos == QoS::AtLeastOnce && session != self.session.current() {
+            // A new session since the message came: its packet id names another message
+            // now. (Without the relay an ack already queued in rumqttc when the connection
+            // drops can still go out on the next one; the relay is exact.)
+            M.stale_acks.inc();
             return;
         }
         match self.client.ack(p).await {
@@ -155,6 +189,22 @@ impl Bridge {
     ) -> Result<(Bridge, BridgeHealth), BridgeError> {
         cfg.validate()?;
         let health = BridgeHealth::default();
+        let tls = cfg.tls()?;
+        let relay_tls = match &tls {
+            Some(rumqttc::TlsConfiguration::Simple {
+                ca, client_auth, ..
+            }) => Some(
+                RelayTls::new(
+                    &cfg.mqtt_host,
+                    ca,
+                    client_auth
+                        .as_ref()
+                        .map(|(c, k)| (c.as_slice(), k.as_slice())),
+                )
+                .map_err(|e| BridgeError::Config(format!("bridge.tls_*: {e}")))?,
+            ),
+            _ => None,
+        };
         let bridge = Bridge {
             template: cfg.template()?,
             limits: cfg.limits(),
@@ -166,7 +216,8 @@ impl Bridge {
             health: health.clone(),
             shutdown_grace,
             drain: None,
-            tls: cfg.tls()?,
+            tls,
+            relay_tls,
         };
         Ok((bridge, health))
     }
@@ -268,7 +319,7 @@ impl Bridge {
         let cap = usize::from(me.cfg.max_in_flight);
         let relay = if me.cfg.pause_reads {
             let broker = format!("{}:{}", me.cfg.mqtt_host, me.cfg.mqtt_port);
-            Some(Relay::start(broker).map_err(BridgeError::Relay)?)
+            Some(Relay::start(broker, me.relay_tls.clone()).map_err(BridgeError::Relay)?)
         } else {
             None
         };
@@ -284,7 +335,8 @@ impl Bridge {
             "bridge starting"
         );
 
-        let (publish_tx, publish_rx) = mpsc::channel::<Publish>(cap);
+        let (publish_tx, publish_rx) = mpsc::channel::<Received>(cap);
+        let session = Session::default();
         let (ack_tx, ack_rx) = mpsc::channel::<InFlight>(cap);
         let loop_stop = CancellationToken::new();
 
@@ -300,6 +352,7 @@ impl Bridge {
                 drain: me.drain.clone(),
                 receive_maximum: cap,
                 max_held: me.cfg.max_held_messages,
+                session: session.clone(),
             }
             .run(loop_stop.clone()),
         );
@@ -309,6 +362,7 @@ impl Bridge {
         let acks = Acks {
             client: client.clone(),
             relay: relay_acks,
+            session,
         };
         let acker = tokio::spawn(me.clone().acknowledge(ack_rx, acks));
 
@@ -337,7 +391,7 @@ impl Bridge {
     /// unacknowledged: the broker redelivers them.
     async fn work(
         self: Arc<Self>,
-        mut publish_rx: mpsc::Receiver<Publish>,
+        mut publish_rx: mpsc::Receiver<Received>,
         ack_tx: mpsc::Sender<InFlight>,
         cancel: CancellationToken,
     ) {
@@ -417,7 +471,7 @@ impl Bridge {
         M.produce_latency
             .observe(m.received.elapsed().as_secs_f64());
         M.in_flight.dec();
-        acks.ack(&m.publish).await;
+        acks.ack(&m.publish, m.session).await;
     }
 
     /// Enqueues `out` (to the DLQ topic or the locations topic), retrying until librdkafka
@@ -524,12 +578,13 @@ impl Bridge {
     }
 
     /// Turns one MQTT message into pending Kafka deliveries (fixes and/or a DLQ record).
-    async fn process(&self, p: Publish, cancel: &CancellationToken) -> InFlight {
+    async fn process(&self, r: Received, cancel: &CancellationToken) -> InFlight {
         let now = now_ms();
         let mut m = InFlight {
             received: Instant::now(),
             deliveries: vec![],
-            publish: p,
+            publish: r.publish,
+            session: r.session,
         };
         let p = &m.publish;
         let rejection = |r: Rejection| (vec![], vec![], Some(r));
