@@ -114,12 +114,7 @@ pub async fn cache_rebuild(config: &Config) -> anyhow::Result<()> {
 }
 
 /// `locus push token`: an HS256 dashboard token for development and tests.
-pub fn push_token(
-    config: &Config,
-    tenant: String,
-    users: Option<Vec<String>>,
-    ttl_s: u64,
-) -> anyhow::Result<()> {
+pub fn push_token(config: &Config, claims: locus_sse::Claims, ttl_s: u64) -> anyhow::Result<()> {
     let secret = config.push.jwt_hs256_secret.expose();
     if secret.is_empty() {
         anyhow::bail!("push.jwt_hs256_secret is not set: no key to sign with");
@@ -128,12 +123,11 @@ pub fn push_token(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let claims = locus_sse::Claims {
-        tenant,
-        users,
         exp: now + ttl_s,
         sub: Some("locus-cli".into()),
         iss: (!config.push.jwt_issuer.is_empty()).then(|| config.push.jwt_issuer.clone()),
         aud: (!config.push.jwt_audience.is_empty()).then(|| config.push.jwt_audience.clone()),
+        ..claims
     };
     println!("{}", locus_sse::mint_hs256(secret, &claims)?);
     Ok(())

@@ -57,6 +57,9 @@ pub struct TopicsSection {
     /// Topic of rejected input (dead letters).
     #[serde(default = "default_dlq")]
     pub dlq: String,
+    /// Compacted topic of the groups tokens may name (key `tenant/group`).
+    #[serde(default = "default_groups")]
+    pub groups: String,
     /// Cap on replication factor and min.insync.replicas (e.g. 1 for a single broker);
     /// unset: as declared.
     #[serde(default)]
@@ -72,6 +75,9 @@ fn default_locations() -> String {
 fn default_dlq() -> String {
     "locations.dlq".into()
 }
+fn default_groups() -> String {
+    "groups".into()
+}
 
 impl Default for TopicsSection {
     fn default() -> Self {
@@ -79,6 +85,7 @@ impl Default for TopicsSection {
             file: default_topics_file(),
             locations: default_locations(),
             dlq: default_dlq(),
+            groups: default_groups(),
             max_replication_factor: None,
         }
     }
@@ -267,9 +274,10 @@ impl Config {
         self.replay
             .validate(self.bridge.max_age_ms)
             .map_err(ConfigError::Invalid)?;
-        if self.topics.locations == self.topics.dlq {
+        let t = &self.topics;
+        if t.locations == t.dlq || t.groups == t.locations || t.groups == t.dlq {
             return Err(ConfigError::Invalid(
-                "topics.locations and topics.dlq must be different topics".into(),
+                "topics.locations, topics.dlq and topics.groups must be different topics".into(),
             ));
         }
         if self.topics.max_replication_factor == Some(0) {

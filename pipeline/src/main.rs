@@ -118,9 +118,16 @@ enum PushAction {
         /// Tenant the token is for.
         #[arg(long)]
         tenant: String,
-        /// Users the holder may see (comma-separated; default: all of the tenant's).
+        /// Users the holder may see (comma-separated; default, with no --groups: all of the
+        /// tenant's).
         #[arg(long, value_delimiter = ',')]
         users: Option<Vec<String>>,
+        /// Groups whose members the holder may see (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        groups: Option<Vec<String>>,
+        /// Extra rights, space-separated (`groups:write` manages the tenant's groups).
+        #[arg(long)]
+        scope: Option<String>,
         /// Lifetime, s.
         #[arg(long, default_value_t = 3600)]
         ttl_s: u64,
@@ -203,9 +210,20 @@ fn main() -> ExitCode {
                     Some(PushAction::Token {
                         tenant,
                         users,
+                        groups,
+                        scope,
                         ttl_s,
                     }),
-            } => admin::push_token(&config, tenant, users, ttl_s),
+            } => {
+                let claims = locus_sse::Claims {
+                    tenant,
+                    users,
+                    groups,
+                    scope,
+                    ..Default::default()
+                };
+                admin::push_token(&config, claims, ttl_s)
+            }
             Command::Replay { action } => replay::run(&config, action).await,
             Command::Config {
                 action: ConfigAction::Check,

@@ -108,8 +108,7 @@ async fn push_auth_filters_snapshot_then_live_heartbeat_and_expiry() {
             users: None,
             exp: (now_ms() / 1000 + 3600) as u64,
             sub: None,
-            iss: None,
-            aud: None,
+            ..Default::default()
         },
     )
     .unwrap();

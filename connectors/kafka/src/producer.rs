@@ -168,6 +168,22 @@ impl Producer {
         }
     }
 
+    /// Enqueues a tombstone (a record with no value: on a compacted topic, deletes `key`).
+    pub async fn send_tombstone(&self, topic: &str, key: &[u8]) -> Result<Pending, DeliveryError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
+        loop {
+            let (generation, producer) = self.current();
+            match producer.send_result(record) {
+                Ok(f) => return Ok(Pending(f, generation)),
+                Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(DeliveryError(e)),
+            }
+        }
+    }
+
     /// Waits up to `timeout` for every enqueued record to be delivered.
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         let (_, p) = self.current();

@@ -1,12 +1,22 @@
-//! Dashboard tokens: a JWT names the tenant and, optionally, the users its holder may see.
+//! Dashboard tokens: a JWT names the tenant and, optionally, the users its holder may see —
+//! listed (`users`), or as groups the server resolves (`groups`, see [`crate::groups`]):
 //!
 //! ```json
 //! { "tenant": "acme", "users": ["u-1", "u-2"], "exp": 1795000000, "sub": "dispatcher-7" }
+//! { "tenant": "acme", "groups": ["north-depot"], "exp": 1795000000 }
+//! { "tenant": "acme", "scope": "groups:write", "exp": 1795000000 }
 //! ```
+//!
+//! A token with neither `users` nor `groups` sees every user of its tenant; with either, the
+//! users listed plus the members of the groups named. `scope` (space-separated) grants
+//! extra rights: `groups:write` manages the tenant's groups.
 //!
 //! Signed with HS256 (shared secret) or RS256 / ES256 (public keys from config).
 
 use std::collections::HashSet;
+use std::sync::Arc;
+
+use locus_api::ApiError;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -14,12 +24,18 @@ use serde::{Deserialize, Serialize};
 use crate::{PushConfig, PushError};
 
 /// What a valid token grants.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Claims {
     pub tenant: String,
-    /// The users the holder may see (absent: all of the tenant's).
+    /// The users the holder may see (absent, and no `groups`: all of the tenant's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub users: Option<Vec<String>>,
+    /// Groups of the tenant whose members the holder may see (with `users`, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    /// Extra rights, space-separated (`groups:write`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     /// Expiry, s since the epoch (required).
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -31,10 +47,56 @@ pub struct Claims {
 }
 
 impl Claims {
-    pub fn allowed_users(&self) -> Option<HashSet<&str>> {
-        self.users
-            .as_ref()
-            .map(|u| u.iter().map(String::as_str).collect())
+    /// Whether the token grants `scope` (one of the space-separated words of `scope`).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scope
+            .as_deref()
+            .is_some_and(|s| s.split(' ').any(|w| w == scope))
+    }
+}
+
+/// Most groups one token may name.
+pub const MAX_TOKEN_GROUPS: usize = 64;
+
+/// Which users of its tenant a token may see, groups resolved.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Every user of the tenant.
+    All,
+    /// The users listed in the token, and the members of its groups (as they were when the
+    /// access was resolved).
+    Some {
+        users: HashSet<String>,
+        groups: Vec<Arc<HashSet<String>>>,
+    },
+}
+
+impl Access {
+    pub fn is_all(&self) -> bool {
+        matches!(self, Access::All)
+    }
+
+    pub fn allows(&self, user: &str) -> bool {
+        match self {
+            Access::All => true,
+            Access::Some { users, groups } => {
+                users.contains(user) || groups.iter().any(|g| g.contains(user))
+            }
+        }
+    }
+
+    /// Every user allowed, as one set (`None`: all of them).
+    pub fn users(&self) -> Option<HashSet<String>> {
+        match self {
+            Access::All => None,
+            Access::Some { users, groups } => {
+                let mut all = users.clone();
+                for g in groups {
+                    all.extend(g.iter().cloned());
+                }
+                Some(all)
+            }
+        }
     }
 }
 
@@ -48,6 +110,8 @@ pub struct Authenticator {
     issuer: String,
     audience: String,
     leeway_s: u64,
+    /// Resolves the `groups` claim; without it, a token naming groups is refused.
+    groups: Option<Arc<crate::groups::Groups>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -97,7 +161,56 @@ impl Authenticator {
             issuer: cfg.jwt_issuer.clone(),
             audience: cfg.jwt_audience.clone(),
             leeway_s: cfg.jwt_leeway_s,
+            groups: None,
         })
+    }
+
+    /// Resolves the `groups` claim with `groups`.
+    pub fn with_groups(mut self, groups: Arc<crate::groups::Groups>) -> Authenticator {
+        self.groups = Some(groups);
+        self
+    }
+
+    /// The groups directory, if this authenticator resolves groups.
+    pub fn groups(&self) -> Option<&Arc<crate::groups::Groups>> {
+        self.groups.as_ref()
+    }
+
+    /// Which users of its tenant `claims` may see. A token naming groups needs the groups
+    /// loaded (503 until then); a group that does not exist adds nobody.
+    pub fn access(&self, claims: &Claims) -> Result<Access, ApiError> {
+        if claims.users.is_none() && claims.groups.is_none() {
+            return Ok(Access::All);
+        }
+        let users: HashSet<String> = claims.users.iter().flatten().cloned().collect();
+        let names = claims.groups.as_deref().unwrap_or_default();
+        if names.is_empty() {
+            return Ok(Access::Some {
+                users,
+                groups: vec![],
+            });
+        }
+        if names.len() > MAX_TOKEN_GROUPS {
+            return Err(ApiError::unauthorized(format!(
+                "bad token: it names more than {MAX_TOKEN_GROUPS} groups"
+            )));
+        }
+        let Some(dir) = &self.groups else {
+            return Err(ApiError::forbidden(
+                "this server does not resolve groups: name users in the token",
+            ));
+        };
+        if !dir.is_loaded() {
+            return Err(ApiError::unavailable(
+                "the groups are still loading; retry",
+                2,
+            ));
+        }
+        let groups = names
+            .iter()
+            .filter_map(|g| dir.members(&claims.tenant, g))
+            .collect();
+        Ok(Access::Some { users, groups })
     }
 
     /// The claims of a valid token, or why it is not valid (safe to show the client).
@@ -170,9 +283,7 @@ mod tests {
             tenant: "acme".into(),
             users: Some(vec!["u1".into()]),
             exp: (now + exp_in) as u64,
-            sub: None,
-            iss: None,
-            aud: None,
+            ..Claims::default()
         }
     }
 
@@ -285,6 +396,66 @@ mod tests {
         };
         let e = Authenticator::from_config(&cfg).unwrap_err();
         assert!(e.to_string().contains("neither an RSA nor an EC"), "{e}");
+    }
+
+    #[test]
+    fn groups_resolve_to_their_members_with_the_listed_users() {
+        let dir = crate::groups::Groups::new("groups");
+        let a = auth().with_groups(dir.clone());
+        let token = |users: Option<&[&str]>, groups: Option<&[&str]>| Claims {
+            tenant: "acme".into(),
+            users: users.map(|u| u.iter().map(|s| s.to_string()).collect()),
+            groups: groups.map(|g| g.iter().map(|s| s.to_string()).collect()),
+            exp: claims(60).exp,
+            ..Claims::default()
+        };
+        assert!(a.access(&token(None, None)).unwrap().is_all());
+        // Not loaded yet: 503, never a guess.
+        let e = a.access(&token(None, Some(&["north"]))).unwrap_err();
+        assert_eq!(e.status().as_u16(), 503);
+        dir.apply(Some(b"acme/north"), Some(br#"{"users":["n1","n2"]}"#), 0, 0);
+        dir.apply(Some(b"other/north"), Some(br#"{"users":["x1"]}"#), 0, 1);
+        dir.apply(Some(b"acme/west"), Some(br#"{"users":["w1"]}"#), 0, 2);
+        dir.set_loaded_for_test();
+        let access = a
+            .access(&token(Some(&["u1"]), Some(&["north", "nosuch"])))
+            .unwrap();
+        for (user, allowed) in [
+            ("u1", true),
+            ("n1", true),
+            ("n2", true),
+            ("x1", false),
+            ("w1", false),
+        ] {
+            assert_eq!(access.allows(user), allowed, "{user}");
+        }
+        assert_eq!(access.users().unwrap().len(), 3);
+        // Only unknown groups: nobody.
+        let none = a.access(&token(None, Some(&["nosuch"]))).unwrap();
+        assert!(!none.is_all() && !none.allows("n1"));
+        // Too many groups; groups where nothing resolves them.
+        let many: Vec<String> = (0..65).map(|i| format!("g{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(
+            a.access(&token(None, Some(&many)))
+                .unwrap_err()
+                .status()
+                .as_u16(),
+            401
+        );
+        let e = auth().access(&token(None, Some(&["north"]))).unwrap_err();
+        assert_eq!(e.status().as_u16(), 403);
+    }
+
+    #[test]
+    fn scopes_are_whole_words() {
+        let c = |s: &str| Claims {
+            scope: Some(s.into()),
+            ..Claims::default()
+        };
+        assert!(c("read groups:write").has_scope("groups:write"));
+        assert!(!c("groups:writer").has_scope("groups:write"));
+        assert!(!Claims::default().has_scope("groups:write"));
     }
 
     #[test]

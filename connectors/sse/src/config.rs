@@ -22,6 +22,9 @@ pub struct PushConfig {
     /// Clock skew allowed on `exp` / `nbf`, s.
     #[serde(default = "default_leeway_s")]
     pub jwt_leeway_s: u64,
+    /// Most users in one group (`PUT /v1/tenants/{t}/groups/{g}`); a larger one is a 413.
+    #[serde(default = "default_groups_max_users")]
+    pub groups_max_users: usize,
     /// Most concurrent streams per process; beyond it 503 with `Retry-After`.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -68,6 +71,9 @@ pub struct PushConfig {
 fn default_leeway_s() -> u64 {
     30
 }
+fn default_groups_max_users() -> usize {
+    20_000
+}
 fn default_max_connections() -> usize {
     25_000
 }
@@ -104,6 +110,7 @@ impl Default for PushConfig {
             jwt_issuer: String::new(),
             jwt_audience: String::new(),
             jwt_leeway_s: default_leeway_s(),
+            groups_max_users: default_groups_max_users(),
             max_connections: default_max_connections(),
             max_connections_per_tenant: 0,
             user_rate_per_s: default_user_rate_per_s(),

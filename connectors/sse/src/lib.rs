@@ -6,6 +6,7 @@
 //! - [`stream`]: `GET /v1/stream` (JWT auth, filters, snapshot, resume, heartbeats).
 //! - [`cursor`]: event ids that encode Kafka positions.
 //! - [`dashboard`]: the built dashboard page, served at `/`.
+//! - [`groups`]: named sets of users a token may name, kept in a compacted topic, and their API.
 //! - [`Snapshots`]: where a stream's opening snapshot comes from (supplied by the pipeline).
 
 pub mod auth;
@@ -13,6 +14,7 @@ mod config;
 pub mod cursor;
 mod dashboard;
 mod error;
+pub mod groups;
 pub mod hub;
 mod metrics;
 mod snapshot;
@@ -24,7 +26,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 
-pub use auth::{Authenticator, Claims, mint_hs256};
+pub use auth::{Access, Authenticator, Claims, mint_hs256};
 pub use config::PushConfig;
 pub use error::PushError;
 pub use hub::Hub;

@@ -18,6 +18,10 @@ pub struct Metrics {
     pub gaps: IntCounterVec,
     pub closed: IntCounterVec,
     pub latency: Histogram,
+    pub groups: IntGauge,
+    pub groups_loaded: IntGauge,
+    pub groups_skipped: IntCounter,
+    pub group_writes: IntCounterVec,
 }
 
 pub static STAGE: LazyLock<StageMetrics> =
@@ -62,6 +66,23 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "From the bridge receiving a fix to a stream writing it",
         buckets(0.001, 2.0, 16),
     ),
+    groups: gauge(
+        "locus_groups",
+        "Groups this process knows (every tenant's), as read from the groups topic",
+    ),
+    groups_loaded: gauge(
+        "locus_groups_loaded",
+        "1 once this process has read the groups topic up to where it ended at start (tokens naming groups get 503 before)",
+    ),
+    groups_skipped: counter(
+        "locus_groups_records_skipped_total",
+        "Records of the groups topic that are not a group (bad key or value), skipped",
+    ),
+    group_writes: counter_vec(
+        "locus_groups_writes_total",
+        "Group changes through the API, by kind (put, delete)",
+        &["kind"],
+    ),
 });
 
 /// Registers every metric now, with every known label value at zero, so `/metrics` lists
@@ -87,5 +108,8 @@ pub fn init() {
     }
     for r in ["expired", "overflow", "replay_failed", "shutdown"] {
         m.closed.with_label_values(&[r]);
+    }
+    for k in ["put", "delete"] {
+        m.group_writes.with_label_values(&[k]);
     }
 }

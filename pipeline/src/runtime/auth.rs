@@ -2,7 +2,9 @@
 //! positions and nearby APIs): the same JWT as the live stream, from `Authorization: Bearer …`
 //! or, for browsers, an `access_token` query parameter (removed before the route sees the
 //! query). No token or an invalid one → 401; a token of another tenant → 403; a token limited
-//! to some users may ask only for those users, one by one (`…/users/{user}/…`) → else 403.
+//! to some users (listed, or as groups) may ask only for those users, one by one
+//! (`…/users/{user}/…`) → else 403; a token naming groups before they are loaded → 503. The
+//! claims go on to the route in the request's extensions.
 //! `/healthz`, `/readyz` and `/metrics` are not behind it. The stream checks the same tokens
 //! itself (it filters what it sends by the token's users).
 
@@ -45,12 +47,16 @@ async fn check(State(auth): State<Arc<Authenticator>>, mut req: Request, next: N
     if segments.get(3) != Some(&claims.tenant) {
         return ApiError::forbidden("this token is not for this tenant").into_response();
     }
-    if let Some(users) = claims.allowed_users() {
+    let access = match auth.access(&claims) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    if !access.is_all() {
         let user = match (segments.get(4).map(String::as_str), segments.get(5)) {
             (Some("users"), Some(user)) => Some(user.as_str()),
             _ => None,
         };
-        if !user.is_some_and(|u| users.contains(u)) {
+        if !user.is_some_and(|u| access.allows(u)) {
             return ApiError::forbidden(
                 "this token may see only some users of the tenant: ask for each of them \
                  (/v1/tenants/{tenant}/users/{user}/…)",
@@ -58,6 +64,8 @@ async fn check(State(auth): State<Arc<Authenticator>>, mut req: Request, next: N
             .into_response();
         }
     }
+    // The routes that need more than the tenant (changing groups) read the claims.
+    req.extensions_mut().insert(claims);
     *req.uri_mut() = uri;
     next.run(req).await
 }
@@ -125,11 +133,22 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn app() -> Router {
+        app_with(locus_sse::groups::Groups::preloaded(
+            "groups",
+            &[("acme", "north", &["n1"]), ("other", "north", &["x1"])],
+        ))
+    }
+
+    fn app_with(groups: Arc<locus_sse::groups::Groups>) -> Router {
         let cfg = PushConfig {
             jwt_hs256_secret: Secret::new(SECRET),
             ..PushConfig::default()
         };
-        let auth = Arc::new(Authenticator::from_config(&cfg).unwrap());
+        let auth = Arc::new(
+            Authenticator::from_config(&cfg)
+                .unwrap()
+                .with_groups(groups),
+        );
         let inner = Router::new()
             .route(
                 "/v1/tenants/{tenant}/users/{user}/track",
@@ -143,31 +162,36 @@ mod tests {
     }
 
     fn token(tenant: &str, users: Option<&[&str]>) -> String {
+        token_with(tenant, users, None)
+    }
+
+    fn token_with(tenant: &str, users: Option<&[&str]>, groups: Option<&[&str]>) -> String {
         let exp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs()
             + 600;
+        let list = |l: Option<&[&str]>| l.map(|u| u.iter().map(|s| s.to_string()).collect());
         let claims = Claims {
             tenant: tenant.into(),
-            users: users.map(|u| u.iter().map(|s| s.to_string()).collect()),
+            users: list(users),
+            groups: list(groups),
             exp,
-            sub: None,
-            iss: None,
-            aud: None,
+            ..Default::default()
         };
         mint_hs256(SECRET, &claims).unwrap()
     }
 
     async fn call(uri: &str, bearer: Option<&str>) -> (StatusCode, String) {
+        call_on(app(), uri, bearer).await
+    }
+
+    async fn call_on(app: Router, uri: &str, bearer: Option<&str>) -> (StatusCode, String) {
         let mut req = Request::get(uri);
         if let Some(t) = bearer {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let resp = app()
-            .oneshot(req.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let resp = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
         let status = resp.status();
         let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
@@ -209,6 +233,26 @@ mod tests {
             StatusCode::FORBIDDEN,
             "a multi-user answer needs a tenant-wide token"
         );
+    }
+
+    #[tokio::test]
+    async fn a_token_naming_a_group_sees_its_members_once_loaded() {
+        let t = token_with("acme", Some(&["u1"]), Some(&["north"]));
+        for (user, want) in [
+            ("u1", StatusCode::OK),
+            ("n1", StatusCode::OK),
+            ("x1", StatusCode::FORBIDDEN),
+            ("n2", StatusCode::FORBIDDEN),
+        ] {
+            let (s, _) = call(&format!("/v1/tenants/acme/users/{user}/track"), Some(&t)).await;
+            assert_eq!(s, want, "{user}");
+        }
+        let (s, _) = call("/v1/tenants/acme/positions", Some(&t)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "a group is not the whole tenant");
+        // Not loaded yet: 503 rather than a guess.
+        let loading = app_with(locus_sse::groups::Groups::new("groups"));
+        let (s, _) = call_on(loading, "/v1/tenants/acme/users/n1/track", Some(&t)).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ pub fn build(config: &Config, ctx: StageContext) -> anyhow::Result<StageParts> {
     let store: Arc<OnceLock<CacheStore>> = Arc::new(OnceLock::new());
     let routes = data_auth(
         config,
+        &ctx,
         locus_redis::router(locus_redis::PositionsApi {
             store: store.clone(),
             config: config.cache.clone(),

@@ -14,6 +14,7 @@ pub fn build(config: &Config, ctx: StageContext) -> anyhow::Result<StageParts> {
     let store: Arc<OnceLock<HistoryStore>> = Arc::new(OnceLock::new());
     let routes = data_auth(
         config,
+        &ctx,
         locus_scylla::router(locus_scylla::TrackApi {
             store: store.clone(),
             config: config.history.clone(),

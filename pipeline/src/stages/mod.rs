@@ -59,6 +59,8 @@ pub struct StageContext {
     pub cancel: CancellationToken,
     /// How long a stage has to drain after `cancel`.
     pub grace: Duration,
+    /// The groups tokens may name (one directory per process, followed by `run`).
+    pub groups: Arc<locus_sse::groups::Groups>,
 }
 
 /// The runner of a stage.
@@ -132,11 +134,31 @@ impl StageParts {
     }
 }
 
-/// The data routes take the same tokens as the live stream (runtime/auth.rs).
-pub fn data_auth(config: &Config, routes: axum::Router) -> anyhow::Result<axum::Router> {
+/// The data routes take the same tokens as the live stream (runtime/auth.rs), groups
+/// resolved with the process's directory.
+pub fn data_auth(
+    config: &Config,
+    ctx: &StageContext,
+    routes: axum::Router,
+) -> anyhow::Result<axum::Router> {
     let auth = locus_sse::Authenticator::from_config(&config.push)
-        .context("the data routes check tokens with the push.jwt_* keys")?;
+        .context("the data routes check tokens with the push.jwt_* keys")?
+        .with_groups(ctx.groups.clone());
     Ok(crate::runtime::auth::require_token(routes, Arc::new(auth)))
+}
+
+/// The groups API (`/v1/tenants/{tenant}/groups…`), once per process that serves data.
+fn groups_api(
+    config: &Config,
+    ctx: &StageContext,
+    groups: Arc<locus_sse::groups::Groups>,
+) -> anyhow::Result<axum::Router> {
+    let api = locus_sse::groups::api::GroupsApi {
+        groups,
+        producer: locus_kafka::Producer::new(&config.kafka, "groups")?,
+        max_users: config.push.groups_max_users,
+    };
+    data_auth(config, ctx, locus_sse::groups::api::router(Arc::new(api)))
 }
 
 pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
@@ -151,10 +173,29 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
     let grace = Duration::from_millis(config.http.shutdown_grace_ms);
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let mut router = axum::Router::new();
+    // Groups: followed from the topic and managed through the API wherever data is served.
+    let groups = locus_sse::groups::Groups::new(&config.topics.groups);
+    if stages.iter().any(|s| *s != Stage::Bridge) {
+        locus_sse::init_metrics();
+        let ctx = StageContext {
+            cancel: cancel.child_token(),
+            grace,
+            groups: groups.clone(),
+        };
+        router = router.merge(groups_api(config, &ctx, groups.clone())?);
+        let follow = groups
+            .clone()
+            .follow(config.kafka.clone(), ctx.cancel.clone());
+        tasks.spawn(async move {
+            follow.await;
+            ("groups", Ok(()))
+        });
+    }
     for stage in stages {
         let ctx = StageContext {
             cancel: cancel.child_token(),
             grace,
+            groups: groups.clone(),
         };
         let parts = match stage {
             Stage::Bridge => bridge::build(config, ctx),

@@ -14,8 +14,9 @@ use crate::config::Config;
 pub fn build(config: &Config, ctx: StageContext) -> anyhow::Result<StageParts> {
     locus_sse::init_metrics();
     warn_if_fd_limit_below(config.push.max_connections);
-    let auth =
-        locus_sse::Authenticator::from_config(&config.push).context("starting the push stage")?;
+    let auth = locus_sse::Authenticator::from_config(&config.push)
+        .context("starting the push stage")?
+        .with_groups(ctx.groups.clone());
     let hub = Arc::new(locus_sse::Hub::default());
     let snapshots: Arc<OnceLock<Arc<dyn Snapshots>>> = Arc::new(OnceLock::new());
     let api = Arc::new(locus_sse::PushApi::new(
@@ -31,6 +32,7 @@ pub fn build(config: &Config, ctx: StageContext) -> anyhow::Result<StageParts> {
     // The dashboard's playback: a window of the tenant's fixes, paced.
     let replay = data_auth(
         config,
+        &ctx,
         locus_replay::router(Arc::new(locus_replay::ReplayApi::new(
             config.kafka.clone(),
             config.topics.locations.clone(),

@@ -58,8 +58,7 @@ pub fn token(tenant: &str, users: Option<&[&str]>, ttl_s: i64) -> String {
             users: users.map(|u| u.iter().map(|s| s.to_string()).collect()),
             exp: (now_s + ttl_s).max(0) as u64,
             sub: None,
-            iss: None,
-            aud: None,
+            ..Default::default()
         },
     )
     .unwrap()

@@ -204,6 +204,7 @@ pub fn locus(
         .env("LOCUS_REGISTRY__URL", registry_url())
         .env("LOCUS_TOPICS__LOCATIONS", &scope.locations)
         .env("LOCUS_TOPICS__DLQ", &scope.dlq)
+        .env("LOCUS_TOPICS__GROUPS", &scope.groups)
         .env("LOCUS_HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("LOCUS_LOG__FORMAT", "json")
         .stdout(Stdio::null())

@@ -14,6 +14,7 @@ pub struct Scope {
     pub prefix: String,
     pub locations: String,
     pub dlq: String,
+    pub groups: String,
     pub template: String,
     pub share_group: String,
     pub brokers: String,
@@ -25,6 +26,7 @@ impl Scope {
         Scope {
             locations: format!("{prefix}.locations"),
             dlq: format!("{prefix}.dlq"),
+            groups: format!("{prefix}.groups"),
             template: format!("{prefix}/{{tenant}}/{{user_id}}/location"),
             share_group: prefix.clone(),
             brokers: brokers(),
@@ -48,8 +50,9 @@ impl Scope {
         let yaml = format!(
             "topics:\n\
              - {{name: {}, partitions: 4, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3600000, cleanup_policy: delete, compression: producer}}\n\
-             - {{name: {}, partitions: 1, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3600000, cleanup_policy: delete, compression: producer}}\n",
-            self.locations, self.dlq
+             - {{name: {}, partitions: 1, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3600000, cleanup_policy: delete, compression: producer}}\n\
+             - {{name: {}, partitions: 1, replication_factor: 1, min_insync_replicas: 1, retention_ms: -1, cleanup_policy: compact, compression: producer}}\n",
+            self.locations, self.dlq, self.groups
         );
         let file = locus_topics::TopicsFile::parse(&yaml, "test").unwrap();
         let k = self.kafka();
@@ -97,6 +100,7 @@ impl Scope {
             .env("LOCUS_REGISTRY__URL", registry_url())
             .env("LOCUS_TOPICS__LOCATIONS", &self.locations)
             .env("LOCUS_TOPICS__DLQ", &self.dlq)
+            .env("LOCUS_TOPICS__GROUPS", &self.groups)
             .env("LOCUS_BRIDGE__TOPIC_TEMPLATE", &self.template)
             .env("LOCUS_BRIDGE__SHARE_GROUP", &self.share_group)
             .env("LOCUS_BRIDGE__CLIENT_ID", client_id)

@@ -161,7 +161,17 @@ pub async fn stream(
             )),
         );
     }
-    let allowed = claims.allowed_users();
+    let access = match api.auth.access(&claims) {
+        Ok(a) => a,
+        Err(e) => {
+            let outcome = match e.status().as_u16() {
+                401 => "unauthorized",
+                503 => "not_ready",
+                _ => "forbidden",
+            };
+            return reject(outcome, e);
+        }
+    };
     let users: Option<HashSet<String>> = match &q.users {
         Some(list) => {
             let asked: HashSet<String> = locus_api::list(list).map(str::to_owned).collect();
@@ -171,9 +181,7 @@ pub async fn stream(
                     ApiError::bad_request("users must list at least one user id"),
                 );
             }
-            if let Some(a) = &allowed
-                && let Some(u) = asked.iter().find(|u| !a.contains(u.as_str()))
-            {
+            if let Some(u) = asked.iter().find(|u| !access.allows(u)) {
                 return reject(
                     "forbidden",
                     ApiError::forbidden(format!("this token does not allow user '{u}'")),
@@ -181,7 +189,7 @@ pub async fn stream(
             }
             Some(asked)
         }
-        None => allowed.map(|a| a.into_iter().map(String::from).collect()),
+        None => access.users(),
     };
     let bbox = match q.bbox.as_deref().map(parse_bbox) {
         None => None,
@@ -406,8 +414,7 @@ mod tests {
             users: users.map(|u| u.iter().map(|s| s.to_string()).collect()),
             exp,
             sub: None,
-            iss: None,
-            aud: None,
+            ..Default::default()
         };
         crate::mint_hs256(SECRET, &claims).unwrap()
     }
