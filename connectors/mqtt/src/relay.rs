@@ -69,7 +69,11 @@ const CLIENT_SNDBUF: usize = 16 * 1024;
 const BROKER_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a closing relay waits for the broker to close its side after the client's.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Longest TCP connect plus TLS handshake to the broker: under rumqttc's connection timeout
+/// (5 s), so a client that gave up never has its CONNECT forwarded late.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 
 const PINGREQ: u8 = 0xc0;
 const PINGRESP: [u8; 2] = [0xd0, 0x00];
@@ -392,11 +396,19 @@ struct Connection {
 
 impl Connection {
     async fn run(self, client: UnixStream, broker: String, tls: Option<RelayTls>) {
-        let upstream = match TcpStream::connect(&broker).await {
-            Ok(s) => s,
-            Err(error) => {
-                // Dropping the client's side ends its connection: it retries with its backoff.
+        // Dropping the client's side ends its connection: it retries with its backoff. A
+        // connection that took longer than the client waits for its CONNACK is given up too:
+        // forwarded late, its CONNECT would take the session over from the client's next one.
+        let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&broker))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(error)) => {
                 warn!(%error, broker, "cannot reach the MQTT broker");
+                return;
+            }
+            Err(_) => {
+                warn!(broker, timeout = ?CONNECT_TIMEOUT, "no TCP connection to the MQTT broker in time");
                 return;
             }
         };
@@ -407,10 +419,16 @@ impl Connection {
         let _ = socket2::SockRef::from(&client).set_send_buffer_size(CLIENT_SNDBUF);
         match tls {
             None => self.pipe(client, upstream.into_split()).await,
-            Some(tls) => match tls.connector.connect(tls.server_name, upstream).await {
-                Ok(stream) => self.pipe(client, tokio::io::split(stream)).await,
-                Err(error) => warn!(%error, broker, "TLS handshake with the MQTT broker failed"),
-            },
+            Some(tls) => {
+                let handshake = tls.connector.connect(tls.server_name, upstream);
+                match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+                    Ok(Ok(stream)) => self.pipe(client, tokio::io::split(stream)).await,
+                    Ok(Err(error)) => {
+                        warn!(%error, broker, "TLS handshake with the MQTT broker failed");
+                    }
+                    Err(_) => warn!(broker, "no TLS handshake with the MQTT broker in time"),
+                }
+            }
         }
     }
 
@@ -425,18 +443,25 @@ impl Connection {
     {
         let (from_client, to_client) = client.into_split();
         let (pings_tx, pings_rx) = mpsc::unbounded_channel();
-        let up = up(
-            from_client,
-            &mut to_broker,
-            self.acks,
-            self.session.subscribe(),
-            self.open.clone(),
-            pings_tx,
-        );
-        let down = down(&mut from_broker, to_client, self.open, pings_rx);
-        let client_closed = tokio::select! {
-            closed = up => closed,
-            _ = down => false,
+        let client_closed = {
+            let up = up(
+                from_client,
+                &mut to_broker,
+                self.acks,
+                self.session.subscribe(),
+                pings_tx,
+            );
+            let down = down(&mut from_broker, to_client, self.open, pings_rx);
+            tokio::pin!(up, down);
+            tokio::select! {
+                closed = &mut up => closed,
+                end = &mut down => match end {
+                    // The client stopped reading (it closed its socket after its
+                    // DISCONNECT): forward what it wrote to the end, then close cleanly.
+                    DownEnd::ClientGone => up.await,
+                    DownEnd::BrokerClosed => false,
+                },
+            }
         };
         if client_closed {
             let _ = to_broker.shutdown().await;
@@ -462,7 +487,6 @@ async fn up(
     to_broker: &mut (impl AsyncWrite + Unpin),
     mut acks: mpsc::UnboundedReceiver<Ack>,
     mut session: watch::Receiver<Option<u64>>,
-    open: watch::Receiver<bool>,
     pings: mpsc::UnboundedSender<()>,
 ) -> bool {
     let mut buf = vec![0u8; 64 * 1024];
@@ -494,25 +518,26 @@ async fn up(
     loop {
         let known = session.borrow_and_update().is_some();
         let mut closed_by_client = false;
+        // The client's bytes first: a steady stream of acks must not delay its packets (a
+        // PINGREQ waits for its answer); the acks that came meanwhile go out before them.
         tokio::select! {
             biased;
-            Some(ack) = acks.recv() => held.push(ack),
-            _ = session.changed(), if !known => {}
             r = from_client.read(&mut buf) => match r {
                 Ok(0) => closed_by_client = true,
                 Err(_) => return false,
                 Ok(n) => {
                     let current = *session.borrow();
                     take_acks(&mut acks, &mut held, current, frames, &mut out);
-                    let closed = !*open.borrow();
                     frames.feed(&buf[..n], |first| {
-                        if closed && first == PINGREQ {
+                        if first == PINGREQ {
                             let _ = pings.send(());
                         }
                     });
                     out.extend_from_slice(&buf[..n]);
                 }
             },
+            Some(ack) = acks.recv() => held.push(ack),
+            _ = session.changed(), if !known => {}
         }
         let current = *session.borrow();
         take_acks(&mut acks, &mut held, current, frames, &mut out);
@@ -531,23 +556,42 @@ async fn up(
     }
 }
 
+/// Why `down` ended.
+enum DownEnd {
+    /// The broker closed the connection (or reading from it failed).
+    BrokerClosed,
+    /// Writing to the client failed: it closed its side.
+    ClientGone,
+}
+
 /// Broker → client: everything while the gate is open; while it is closed, the rest of a
-/// packet already started and the connection's first packet (the CONNACK), and the relay's
-/// own PINGRESPs (asked for by `up`), between packets. A read made while the gate was open
-/// can bring more than may pass once it closed: the rest waits in `buf` (at most `CHUNK`).
+/// packet already started and the connection's first packet (the CONNACK). A read made
+/// while the gate was open can bring more than may pass once it closed: the rest waits in
+/// `buf` (at most `CHUNK`). `up` reports every PINGREQ the client sent; while the gate is
+/// closed, those the broker has not answered yet are answered here, between packets (the
+/// broker's own PINGRESP waits behind the held messages; when it comes, it is one more).
 async fn down(
     from_broker: &mut (impl AsyncRead + Unpin),
     mut to_client: OwnedWriteHalf,
     mut open: watch::Receiver<bool>,
     mut pings: mpsc::UnboundedReceiver<()>,
-) {
+) -> DownEnd {
     let mut buf = vec![0u8; CHUNK];
     // Read from the broker, not yet forwarded.
     let (mut start, mut end) = (0, 0);
     let mut frames = Frames::default();
     let mut first_done = false;
+    // PINGREQs neither the broker nor the relay has answered yet.
+    let mut owed: u32 = 0;
     loop {
         let gate_open = *open.borrow_and_update();
+        if !gate_open && owed > 0 && frames == Frames::Boundary {
+            owed -= 1;
+            if to_client.write_all(&PINGRESP).await.is_err() {
+                return DownEnd::ClientGone;
+            }
+            continue;
+        }
         let may_pass = |bytes: &[u8]| match frames {
             _ if gate_open => bytes.len(),
             Frames::Boundary if first_done => 0,
@@ -556,10 +600,14 @@ async fn down(
         let pass = may_pass(&buf[start..end]);
         if pass > 0 {
             let bytes = &buf[start..start + pass];
-            frames.feed(bytes, |_| {});
+            frames.feed(bytes, |first| {
+                if first == PINGRESP[0] {
+                    owed = owed.saturating_sub(1);
+                }
+            });
             first_done |= frames == Frames::Boundary;
             if to_client.write_all(bytes).await.is_err() {
-                break;
+                return DownEnd::ClientGone;
             }
             start += pass;
             continue;
@@ -573,16 +621,14 @@ async fn down(
         };
         tokio::select! {
             biased;
-            Some(()) = pings.recv(), if frames == Frames::Boundary => {
-                if to_client.write_all(&PINGRESP).await.is_err() {
-                    break;
-                }
-            }
-            r = open.changed(), if budget == 0 => if r.is_err() {
-                break;
+            Some(()) = pings.recv() => owed = owed.saturating_add(1),
+            // Always watched: a read waiting while the gate closes is given up (reads are
+            // cancel-safe), so pings owed are answered at once.
+            r = open.changed() => if r.is_err() {
+                return DownEnd::BrokerClosed;
             },
             r = from_broker.read(&mut buf[..budget.max(1)]), if budget > 0 => match r {
-                Ok(0) | Err(_) => break,
+                Ok(0) | Err(_) => return DownEnd::BrokerClosed,
                 Ok(n) => (start, end) = (0, n),
             },
         }
@@ -699,6 +745,56 @@ mod tests {
             read_some(&mut client, Duration::from_millis(300)).await,
             None
         );
+    }
+
+    #[tokio::test]
+    async fn a_ping_sent_while_open_is_answered_when_the_gate_closes_before_the_broker_does() {
+        let (relay, _broker, mut client, mut upstream) = connected().await;
+        client.write_all(&CONNECT).await.unwrap();
+        assert_eq!(read_at_least(&mut upstream, 4).await, CONNECT);
+        upstream.write_all(&CONNACK).await.unwrap();
+        assert_eq!(read_at_least(&mut client, 5).await, CONNACK);
+        // Open: the PINGREQ is the broker's to answer...
+        client.write_all(&[PINGREQ, 0]).await.unwrap();
+        assert_eq!(read_at_least(&mut upstream, 2).await, [PINGREQ, 0]);
+        assert_eq!(
+            read_some(&mut client, Duration::from_millis(200)).await,
+            None
+        );
+        // ...but the gate closes first, with its answer behind held messages.
+        relay.set_reading(false);
+        assert_eq!(read_at_least(&mut client, 2).await, PINGRESP);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_while_the_broker_sends_gets_a_clean_close_not_a_reset() {
+        let (relay, _broker, mut client, upstream) = connected().await;
+        let (mut from_relay, mut to_relay) = upstream.into_split();
+        client.write_all(&CONNECT).await.unwrap();
+        relay.connected(1);
+        // The broker keeps sending PUBLISHes the client will never read.
+        let sender = tokio::spawn(async move {
+            let publish = [0x30u8, 3, 0, 1, 7];
+            while to_relay.write_all(&publish).await.is_ok() {}
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(relay.acks().ack(5, 1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.write_all(&[0xe0, 0]).await.unwrap();
+        drop(client);
+        let mut got = vec![];
+        let mut buf = [0u8; 64];
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(5), from_relay.read(&mut buf)).await {
+                Ok(Ok(0)) => break Ok(()),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => break Err(e.kind()),
+                Err(_) => panic!("the relay did not close"),
+            }
+        };
+        sender.abort();
+        assert_eq!(got, [0x10, 2, 0xaa, 0xbb, 0x40, 2, 0, 5, 0xe0, 0]);
+        assert_eq!(end, Ok(()), "a FIN after the DISCONNECT, not a reset");
     }
 
     #[test]

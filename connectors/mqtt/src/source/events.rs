@@ -66,7 +66,9 @@ impl EventLoop {
         } = self;
         drop(eventloop);
         if let Some(relay) = relay {
-            relay.finish(std::time::Duration::from_secs(2)).await;
+            relay
+                .finish(crate::relay::CLOSE_WAIT + std::time::Duration::from_secs(2))
+                .await;
         }
     }
 

@@ -376,10 +376,9 @@ impl Bridge {
             warn!(grace = ?me.shutdown_grace, "deliveries still pending at the end of the grace period; those messages stay unacknowledged");
         }
         let _ = client.try_disconnect();
-        if tokio::time::timeout(Duration::from_secs(2), event_loop)
-            .await
-            .is_err()
-        {
+        // The event loop ends once the DISCONNECT is out and the relay closed cleanly.
+        let close = crate::relay::CLOSE_WAIT + Duration::from_secs(3);
+        if tokio::time::timeout(close, event_loop).await.is_err() {
             loop_stop.cancel();
         }
         info!("bridge stopped");
