@@ -107,6 +107,17 @@ pub struct HttpSection {
     /// How often `/readyz` re-checks dependencies, ms.
     #[serde(default = "default_readiness_interval_ms")]
     pub readiness_interval_ms: u64,
+    /// How long a connection may take to send a request head, ms; then it is closed.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Most new connections still sending their first request head at once (before any
+    /// token is checked); beyond it a new connection is closed at once.
+    #[serde(default = "default_max_pending_heads")]
+    pub max_pending_heads: usize,
+    /// A streaming response (the SSE stream) whose client has taken nothing for this long
+    /// while there was something to send is closed, freeing its slot, ms.
+    #[serde(default = "default_stall_timeout_ms")]
+    pub stall_timeout_ms: u64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -118,6 +129,15 @@ fn default_shutdown_grace_ms() -> u64 {
 fn default_readiness_interval_ms() -> u64 {
     2_000
 }
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_pending_heads() -> usize {
+    1_024
+}
+fn default_stall_timeout_ms() -> u64 {
+    30_000
+}
 
 impl Default for HttpSection {
     fn default() -> Self {
@@ -126,6 +146,9 @@ impl Default for HttpSection {
             admin_listen: None,
             shutdown_grace_ms: default_shutdown_grace_ms(),
             readiness_interval_ms: default_readiness_interval_ms(),
+            header_timeout_ms: default_header_timeout_ms(),
+            max_pending_heads: default_max_pending_heads(),
+            stall_timeout_ms: default_stall_timeout_ms(),
         }
     }
 }

@@ -480,6 +480,8 @@ async fn push_a_slow_client_gets_conflated_fixes_and_the_others_are_unaffected()
             &[
                 ("LOCUS_PUSH__USER_RATE_PER_S", "0"),
                 ("LOCUS_PUSH__MAX_CONNECTIONS", "3"),
+                // Slow, not stalled: it reads again once publishing is over.
+                ("LOCUS_HTTP__STALL_TIMEOUT_MS", "120000"),
             ],
         ),
     );
@@ -813,4 +815,70 @@ async fn push_one_tenant_cannot_take_every_slot() {
     }
     assert!(metric(port, "locus_push_requests_total{outcome=\"tenant_full\"}").await >= 1.0);
     drop((a2, b1));
+}
+
+/// A client that stops reading (its receive window fills and stays at zero) is closed after
+/// `http.stall_timeout_ms` and its slot is free again; before, it held the slot for as long
+/// as its TCP connection lived.
+#[tokio::test(flavor = "multi_thread")]
+async fn push_a_client_that_stops_reading_is_closed_and_frees_its_slot() {
+    let s = Scope::new("push-stall");
+    s.create_topics().await;
+    let t = "stall";
+    let (_push, port) = locus(
+        &s,
+        "push",
+        &["push"],
+        &env(
+            &s,
+            &[
+                ("LOCUS_PUSH__USER_RATE_PER_S", "0"),
+                ("LOCUS_PUSH__MAX_CONNECTIONS", "1"),
+                ("LOCUS_HTTP__STALL_TIMEOUT_MS", "2000"),
+            ],
+        ),
+    );
+    wait_ready(port, Duration::from_secs(60)).await;
+    let q = format!("access_token={}", token(t, None, 3600));
+    // A tiny receive buffer, and never a read after the head.
+    let stalled = SseClient::open(port, &format!("/v1/stream?{q}"), &[], Some(2048)).await;
+    assert_eq!(stalled.status, 200);
+    assert_eq!(
+        stream(port, &q, None).await.status,
+        503,
+        "the one slot is taken"
+    );
+    // ~1 KiB events for 1,000 users: far more than the socket buffers hold.
+    let fixes: Vec<LocationFix> = (0..1000)
+        .map(|u| {
+            let mut f = fix(t, &format!("u{u}"), 1, 40.0, 20.0);
+            f.activity = Some("walking ".repeat(100));
+            f
+        })
+        .collect();
+    FixProducer::new(&s).send(&fixes).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(port, "locus_http_streams_stalled_total").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled stream was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its slot is free: a new stream gets in.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fresh = loop {
+        let c = stream(port, &q, None).await;
+        if c.status == 200 {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot was not freed ({})",
+            c.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(metric(port, "locus_push_connections").await, 1.0);
+    drop((stalled, fresh));
 }

@@ -17,10 +17,29 @@ use serde_json::json;
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::HTTP;
 use super::streaming::{self, Opening};
 
-/// How long a client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// What one connection may cost before and while it is served (`[http]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a connection may take to send a request head.
+    pub header_timeout: Duration,
+    /// Most connections still sending their first request head at once.
+    pub max_pending_heads: usize,
+    /// How long a streaming response may wait for its client to take a write.
+    pub stall_timeout: Duration,
+}
+
+impl Limits {
+    pub fn from_config(http: &crate::config::HttpSection) -> Limits {
+        Limits {
+            header_timeout: Duration::from_millis(http.header_timeout_ms),
+            max_pending_heads: http.max_pending_heads.max(1),
+            stall_timeout: Duration::from_millis(http.stall_timeout_ms),
+        }
+    }
+}
 
 /// A readiness check: `Ok` when the dependency answers, `Err(why)` when not.
 pub type CheckFn =
@@ -153,6 +172,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     streaming_paths: &'static [&'static str],
+    limits: Limits,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     if let Ok(listen) = listener.local_addr() {
@@ -161,7 +181,10 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_timeout);
+    // Connections still sending their first request head: bounded in number (here) and in
+    // time (the timeout below), before anything about them is known.
+    let heads = Arc::new(tokio::sync::Semaphore::new(limits.max_pending_heads));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -175,25 +198,35 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Ok(head_slot) = heads.clone().try_acquire_owned() else {
+                    HTTP.refused.with_label_values(&["pending_heads"]).inc();
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let router = router.clone();
                 let http = http.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let opening = tokio::time::timeout(
-                        HEADER_READ_TIMEOUT,
+                        limits.header_timeout,
                         streaming::open(&mut stream, streaming_paths),
                     )
                     .await;
+                    drop(head_slot);
                     let prefix = match opening {
                         Ok(Ok(Opening::Stream(req))) => {
-                            return streaming::respond(stream, router, *req).await;
+                            return streaming::respond(stream, router, *req, limits.stall_timeout)
+                                .await;
                         }
                         Ok(Ok(Opening::Refused(status))) => {
                             return streaming::refuse(stream, status).await;
                         }
                         Ok(Ok(Opening::Other(prefix))) => prefix,
-                        Ok(Ok(Opening::Closed)) | Ok(Err(_)) | Err(_) => return,
+                        Err(_) => {
+                            HTTP.refused.with_label_values(&["head_timeout"]).inc();
+                            return;
+                        }
+                        Ok(Ok(Opening::Closed)) | Ok(Err(_)) => return,
                     };
                     let service = hyper_util::service::TowerToHyperService::new(router);
                     let io = hyper_util::rt::TokioIo::new(streaming::Rewind::new(prefix, stream));
@@ -212,4 +245,75 @@ pub async fn serve(
         tracing::warn!("HTTP connections still open 10 s after shutdown; closing them");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Reads until the server closes (Ok(0)) or `wait` passes; true if it closed.
+    async fn closed_within(c: &mut TcpStream, wait: Duration) -> bool {
+        let mut buf = [0u8; 256];
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, c.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Connections that never finish their head are bounded in number (more are closed at
+    /// accept) and in time (then closed, their slots free again).
+    #[tokio::test]
+    async fn silent_connections_are_bounded_in_number_and_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            header_timeout: Duration::from_millis(800),
+            max_pending_heads: 2,
+            stall_timeout: Duration::from_secs(5),
+        };
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            base_router(Readiness::default()),
+            &["/v1/stream"],
+            limits,
+            cancel.clone(),
+        ));
+        let before = HTTP.refused.with_label_values(&["pending_heads"]).get();
+        let mut silent = vec![];
+        for _ in 0..2 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // One dripping a streaming head, one byte a while: it holds a slot too.
+        silent[1].write_all(b"GET /v1/str").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_within(&mut third, Duration::from_millis(300)).await,
+            "a third pending head is closed at once"
+        );
+        assert!(HTTP.refused.with_label_values(&["pending_heads"]).get() > before);
+        for c in &mut silent {
+            assert!(
+                closed_within(c, Duration::from_secs(2)).await,
+                "closed after the head timeout"
+            );
+        }
+        // The slots are free again: a real request is served.
+        let mut ok = TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        ok.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        cancel.cancel();
+        let _ = server.await;
+    }
 }

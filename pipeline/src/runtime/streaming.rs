@@ -15,6 +15,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -23,6 +24,8 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
+
+use super::metrics::HTTP;
 
 /// The largest request head the streaming path reads (a token in the query string and a
 /// browser's headers fit easily); a larger one is refused with 431.
@@ -45,49 +48,83 @@ pub enum Opening {
 /// and if it is, until its head is complete.
 pub async fn open(stream: &mut TcpStream, paths: &[&str]) -> io::Result<Opening> {
     use tokio::io::AsyncReadExt;
-    let mut buf = Vec::with_capacity(1024);
-    let mut is_stream = false;
+    let mut head = Head::default();
     loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(buf.len());
+        if head.buf.len() == head.buf.capacity() {
+            head.buf.reserve(head.buf.len().max(1024));
         }
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Ok(if buf.is_empty() {
+        if stream.read_buf(&mut head.buf).await? == 0 {
+            return Ok(if head.buf.is_empty() {
                 Opening::Closed
             } else {
-                Opening::Other(buf)
+                Opening::Other(head.buf)
             });
         }
-        if !is_stream {
-            let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
-                if buf.len() > MAX_HEAD {
-                    return Ok(Opening::Other(buf));
+        if let Some(opening) = head.advance(paths) {
+            return Ok(opening);
+        }
+    }
+}
+
+/// A request head as it arrives. Each call of [`Head::advance`] looks only at the bytes that
+/// came since the last one (and three before, for a `\r\n\r\n` across reads), so a client
+/// sending one byte at a time costs linear work, not a fresh scan of the whole head per byte.
+#[derive(Default)]
+struct Head {
+    buf: Vec<u8>,
+    /// How far the buffer has been searched.
+    scanned: usize,
+    /// Whether the request line named a streaming path.
+    is_stream: bool,
+    /// Bytes examined so far (tests check it stays linear).
+    work: usize,
+}
+
+impl Head {
+    fn advance(&mut self, paths: &[&str]) -> Option<Opening> {
+        if !self.is_stream {
+            let from = self.scanned.saturating_sub(1);
+            let found = self.buf[from..].windows(2).position(|w| w == b"\r\n");
+            self.work += self.buf.len() - from;
+            self.scanned = self.buf.len();
+            let Some(at) = found else {
+                if self.buf.len() > MAX_HEAD {
+                    return Some(Opening::Other(std::mem::take(&mut self.buf)));
                 }
-                continue;
+                return None;
             };
-            if !wants_stream(&buf[..line_end], paths) {
-                return Ok(Opening::Other(buf));
+            if !wants_stream(&self.buf[..from + at], paths) {
+                return Some(Opening::Other(std::mem::take(&mut self.buf)));
             }
-            is_stream = true;
+            self.is_stream = true;
+            self.scanned = from + at;
+        }
+        // The head ends at the first empty line: parse it once that has arrived.
+        let from = self.scanned.saturating_sub(3);
+        let end = self.buf[from..].windows(4).position(|w| w == b"\r\n\r\n");
+        self.work += self.buf.len() - from;
+        self.scanned = self.buf.len();
+        let Some(end) = end else {
+            return (self.buf.len() >= MAX_HEAD)
+                .then_some(Opening::Refused("431 Request Header Fields Too Large"));
+        };
+        let head = &self.buf[..from + end + 4];
+        if head.len() > MAX_HEAD {
+            return Some(Opening::Refused("431 Request Header Fields Too Large"));
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                return Ok(match to_request(&req) {
-                    Some(r) => Opening::Stream(Box::new(r)),
-                    None => Opening::Refused("400 Bad Request"),
-                });
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
-            Ok(httparse::Status::Partial) => {
-                return Ok(Opening::Refused("431 Request Header Fields Too Large"));
-            }
+        self.work += head.len();
+        Some(match req.parse(head) {
+            Ok(httparse::Status::Complete(_)) => match to_request(&req) {
+                Some(r) => Opening::Stream(Box::new(r)),
+                None => Opening::Refused("400 Bad Request"),
+            },
             Err(httparse::Error::TooManyHeaders) => {
-                return Ok(Opening::Refused("431 Request Header Fields Too Large"));
+                Opening::Refused("431 Request Header Fields Too Large")
             }
-            Err(_) => return Ok(Opening::Refused("400 Bad Request")),
-        }
+            Ok(httparse::Status::Partial) | Err(_) => Opening::Refused("400 Bad Request"),
+        })
     }
 }
 
@@ -132,9 +169,19 @@ pub async fn refuse(mut stream: TcpStream, status: &str) {
     let _ = stream.shutdown().await;
 }
 
+/// The send buffer of a streaming connection: a client that stops reading blocks the
+/// server's writes once about this much waits for it (Linux doubles it), so a stall shows.
+const STREAM_SNDBUF: usize = 64 * 1024;
+
 /// Lets the router answer `req` and writes the response to `stream` as its body produces
-/// it, until the body ends or the client goes away.
-pub async fn respond(mut stream: TcpStream, router: Router, req: Request<Body>) {
+/// it, until the body ends or the client goes away. A client that takes nothing for `stall`
+/// while a write waits (a zero receive window: it stopped reading) is closed: its slot must
+/// not be held by a reader that is not there. The kernel enforces the same bound on data
+/// already written (TCP user timeout), for streams that only send heartbeats.
+pub async fn respond(mut stream: TcpStream, router: Router, req: Request<Body>, stall: Duration) {
+    let sock = socket2::SockRef::from(&stream);
+    let _ = sock.set_send_buffer_size(STREAM_SNDBUF);
+    let _ = sock.set_tcp_user_timeout(Some(stall));
     // HTTP/1.0 has no chunked encoding: its body ends where the connection does.
     let chunked = req.version() != Version::HTTP_10;
     let Ok(response) = router.oneshot(req).await;
@@ -167,7 +214,7 @@ pub async fn respond(mut stream: TcpStream, router: Router, req: Request<Body>) 
         None => {}
     }
     head.extend_from_slice(b"connection: close\r\n\r\n");
-    if stream.write_all(&head).await.is_err() {
+    if write_within(&mut stream, &head, stall).await.is_err() {
         return;
     }
     drop(head);
@@ -188,13 +235,13 @@ pub async fn respond(mut stream: TcpStream, router: Router, req: Request<Body>) 
             },
         };
         let written = if length.is_some() || !chunked {
-            stream.write_all(&data).await
+            write_within(&mut stream, &data, stall).await
         } else {
             let mut chunk = Vec::with_capacity(data.len() + 12);
             chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
             chunk.extend_from_slice(&data);
             chunk.extend_from_slice(b"\r\n");
-            stream.write_all(&chunk).await
+            write_within(&mut stream, &chunk, stall).await
         };
         if written.is_err() {
             return;
@@ -204,6 +251,27 @@ pub async fn respond(mut stream: TcpStream, router: Router, req: Request<Body>) 
         let _ = stream.write_all(b"0\r\n\r\n").await;
     }
     let _ = stream.shutdown().await;
+}
+
+/// Writes `bytes`, or fails if the client takes none of them for `stall`.
+async fn write_within(stream: &mut TcpStream, bytes: &[u8], stall: Duration) -> io::Result<()> {
+    let mut left = bytes;
+    while !left.is_empty() {
+        match tokio::time::timeout(stall, stream.write(left)).await {
+            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => left = &left[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                HTTP.stalled.inc();
+                tracing::info!(
+                    ?stall,
+                    "a streaming client took nothing; closing its stream"
+                );
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Resolves when the client closed its side (or the socket failed). Whatever else it sends
@@ -309,5 +377,75 @@ mod tests {
         assert!(!wants_stream(b"POST /v1/stream HTTP/1.1", &paths));
         assert!(!wants_stream(b"GET / HTTP/1.1", &paths));
         assert!(!wants_stream(b"GET", &paths));
+    }
+
+    /// Feeds `bytes` to a head reader `step` bytes at a time; what it decided, and the work.
+    fn feed(bytes: &[u8], step: usize) -> (Option<Opening>, usize) {
+        let mut head = Head::default();
+        for piece in bytes.chunks(step) {
+            head.buf.extend_from_slice(piece);
+            if let Some(o) = head.advance(&["/v1/stream"]) {
+                return (Some(o), head.work);
+            }
+        }
+        (None, head.work)
+    }
+
+    #[test]
+    fn a_head_is_read_whole_in_any_pieces() {
+        let req = b"GET /v1/stream?x=1 HTTP/1.1\r\nhost: a\r\naccept: text/event-stream\r\n\r\n";
+        for step in [1, 2, 3, 5, 1000] {
+            match feed(req, step).0 {
+                Some(Opening::Stream(r)) => {
+                    assert_eq!(r.uri(), "/v1/stream?x=1", "step {step}");
+                    assert_eq!(r.headers()["accept"], "text/event-stream");
+                }
+                _ => panic!("step {step}: not a stream"),
+            }
+        }
+        assert!(matches!(
+            feed(b"GET /metrics HTTP/1.1\r\n", 1).0,
+            Some(Opening::Other(_))
+        ));
+        assert!(
+            feed(b"GET /v1/stream HTTP/1.1\r\nhost: a\r\n", 1)
+                .0
+                .is_none()
+        );
+        assert!(matches!(
+            feed(b"GET /v1/stream HTTP/1.1\r\nbad header\r\n\r\n", 1).0,
+            Some(Opening::Refused("400 Bad Request"))
+        ));
+    }
+
+    /// A client dripping a 16 KiB head one byte at a time costs linear work (before, each
+    /// byte re-scanned and re-parsed the whole head: ~n²/2 = 130 M bytes examined).
+    #[test]
+    fn a_dripped_head_costs_linear_work() {
+        let mut req = b"GET /v1/stream HTTP/1.1\r\n".to_vec();
+        while req.len() < MAX_HEAD - 100 {
+            req.extend_from_slice(b"x-filler: 0123456789abcdef0123456789abcdef\r\n");
+        }
+        let (opening, work) = feed(&req, 1);
+        assert!(opening.is_none(), "not complete yet");
+        assert!(
+            work < 8 * req.len(),
+            "{work} bytes examined for {}",
+            req.len()
+        );
+        req.extend_from_slice(b"\r\n");
+        let (opening, work) = feed(&req, 1);
+        assert!(
+            matches!(opening, Some(Opening::Refused(_))),
+            "64 headers at most"
+        );
+        assert!(work < 8 * req.len(), "{work}");
+        // Past the limit without an end: refused, not read on.
+        let mut long = b"GET /v1/stream HTTP/1.1\r\nx: ".to_vec();
+        long.resize(MAX_HEAD + 10, b'a');
+        assert!(matches!(
+            feed(&long, 1).0,
+            Some(Opening::Refused("431 Request Header Fields Too Large"))
+        ));
     }
 }

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::runtime::http::{CheckFn, Readiness, base_router, bind, serve};
+use crate::runtime::http::{CheckFn, Limits, Readiness, base_router, bind, serve};
 use crate::runtime::shutdown;
 
 /// Routes whose responses are long-lived streams (see `runtime::streaming`).
@@ -228,16 +228,24 @@ pub async fn run(config: &Config, stages: &[Stage]) -> anyhow::Result<()> {
         None => None,
     };
     let http_stop = http_cancel.clone();
+    let limits = Limits::from_config(&config.http);
+    crate::runtime::metrics::init();
     let http = tokio::spawn(async move {
         let admin = async {
             match admin {
                 Some((listener, admin_router)) => {
-                    serve(listener, admin_router, &[], http_stop.clone()).await
+                    serve(listener, admin_router, &[], limits, http_stop.clone()).await
                 }
                 None => Ok(()),
             }
         };
-        let public = serve(public_listener, router, STREAMING_PATHS, http_stop.clone());
+        let public = serve(
+            public_listener,
+            router,
+            STREAMING_PATHS,
+            limits,
+            http_stop.clone(),
+        );
         tokio::try_join!(public, admin).map(|_| ())
     });
 
