@@ -102,6 +102,7 @@ async fn groups_are_managed_resolved_and_loaded_from_their_topic() {
         (path, json!({ "users": ["ok", "<img src=x>"] }), 400),
         (path, json!({ "users": "u1" }), 400),
         (path, json!({ "users": ["u1"], "admin": true }), 400),
+        (path, json!({ "users": [] }), 400),
         (
             path,
             json!({ "users": (0..6001).map(|i| format!("u{i}")).collect::<Vec<_>>() }),

@@ -85,6 +85,16 @@ impl Access {
         }
     }
 
+    /// At least as many as the users allowed (the sizes of the sets, added up; `None`: all).
+    pub fn size_bound(&self) -> Option<usize> {
+        match self {
+            Access::All => None,
+            Access::Some { users, groups } => {
+                Some(users.len() + groups.iter().map(|g| g.len()).sum::<usize>())
+            }
+        }
+    }
+
     /// Every user allowed, as one set (`None`: all of them).
     pub fn users(&self) -> Option<HashSet<String>> {
         match self {
@@ -206,8 +216,10 @@ impl Authenticator {
                 2,
             ));
         }
+        // Each group once, however often the token names it.
+        let names: HashSet<&String> = names.iter().collect();
         let groups = names
-            .iter()
+            .into_iter()
             .filter_map(|g| dir.members(&claims.tenant, g))
             .collect();
         Ok(Access::Some { users, groups })

@@ -35,6 +35,10 @@ const MAX_VALUE_BYTES: usize = 900_000;
 /// How long a write waits to see itself applied here.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
+/// The groups API's producer gives up on a record after this long (`message.timeout.ms`):
+/// a change the API answered as failed can not be written later over a newer one.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
+
 #[derive(Debug)]
 pub struct GroupsApi {
     pub groups: Arc<Groups>,
@@ -76,20 +80,35 @@ fn may_write(claims: &Claims) -> Result<(), ApiError> {
     }
 }
 
-fn group_name(group: &str) -> Result<(), ApiError> {
-    if valid_id(group) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            "a group name is 1 to 128 characters of A-Z a-z 0-9 . _ ~ @ -",
-        ))
+/// The request's tenant and group are ids of the safe set, and the token is for the tenant.
+/// (The data routes' token check has done that last part already; this does not depend on
+/// it: without the token check there are no claims, and every request is refused.)
+fn checked(claims: Option<&Claims>, tenant: &str, group: Option<&str>) -> Result<(), ApiError> {
+    let Some(claims) = claims else {
+        return Err(ApiError::unauthorized("a token is required"));
+    };
+    if claims.tenant != tenant {
+        return Err(ApiError::forbidden("this token is not for this tenant"));
     }
+    if !valid_id(tenant) {
+        return Err(ApiError::bad_request(
+            "a tenant id is 1 to 128 characters of A-Z a-z 0-9 . _ ~ @ -",
+        ));
+    }
+    if group.is_some_and(|g| !valid_id(g)) {
+        return Err(ApiError::bad_request(
+            "a group name is 1 to 128 characters of A-Z a-z 0-9 . _ ~ @ -",
+        ));
+    }
+    Ok(())
 }
 
 async fn list(
     State(api): State<Arc<GroupsApi>>,
+    claims: Option<Extension<Claims>>,
     Path(tenant): Path<String>,
 ) -> Result<Response, ApiError> {
+    checked(claims.as_deref(), &tenant, None)?;
     loaded(&api)?;
     let groups: Vec<_> = api
         .groups
@@ -102,10 +121,11 @@ async fn list(
 
 async fn read(
     State(api): State<Arc<GroupsApi>>,
+    claims: Option<Extension<Claims>>,
     Path((tenant, group)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    checked(claims.as_deref(), &tenant, Some(&group))?;
     loaded(&api)?;
-    group_name(&group)?;
     let members = api
         .groups
         .members(&tenant, &group)
@@ -116,14 +136,24 @@ async fn read(
 
 async fn replace(
     State(api): State<Arc<GroupsApi>>,
-    Extension(claims): Extension<Claims>,
+    claims: Option<Extension<Claims>>,
     Path((tenant, group)): Path<(String, String)>,
-    body: Result<Json<Members>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    checked(claims.as_deref(), &tenant, Some(&group))?;
+    let Some(Extension(claims)) = claims else {
+        return Err(ApiError::unauthorized("a token is required"));
+    };
     may_write(&claims)?;
-    group_name(&group)?;
-    let Json(members) =
-        body.map_err(|e| ApiError::bad_request(format!("bad body: {}", e.body_text())))?;
+    // Parsed only once the writer is known.
+    let members: Members = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("bad body: {e} (expected {{\"users\": [...]}})"))
+    })?;
+    if members.users.is_empty() {
+        return Err(ApiError::bad_request(
+            "a group has at least one user (DELETE removes a group)",
+        ));
+    }
     if let Some(bad) = members.users.iter().find(|u| !valid_id(u)) {
         return Err(ApiError::bad_request(format!(
             "user id {bad:?} is not 1 to 128 characters of A-Z a-z 0-9 . _ ~ @ -"
@@ -168,11 +198,14 @@ async fn replace(
 
 async fn remove(
     State(api): State<Arc<GroupsApi>>,
-    Extension(claims): Extension<Claims>,
+    claims: Option<Extension<Claims>>,
     Path((tenant, group)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    checked(claims.as_deref(), &tenant, Some(&group))?;
+    let Some(Extension(claims)) = claims else {
+        return Err(ApiError::unauthorized("a token is required"));
+    };
     may_write(&claims)?;
-    group_name(&group)?;
     let k = key(&tenant, &group);
     let sent = api
         .producer
@@ -181,24 +214,33 @@ async fn remove(
     let at = delivered(sent).await?;
     M.group_writes.with_label_values(&["delete"]).inc();
     info!(tenant, group, sub = claims.sub, "group deleted");
-    applied(&api, at).await;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(match applied(&api, at).await {
+        StatusCode::OK => StatusCode::NO_CONTENT,
+        other => other,
+    }
+    .into_response())
 }
 
 /// Waits for Kafka's acknowledgement (acks=all): the change is durable once this returns.
+/// The producer gives up on a record after [`DELIVERY_TIMEOUT`] (it is built so), so a
+/// change refused here can not land later over a newer one; but a record timed out may have
+/// been written all the same: the answer says the outcome is unknown.
 async fn delivered(
     sent: Result<locus_kafka::Pending, locus_kafka::DeliveryError>,
 ) -> Result<Delivered, ApiError> {
     let outcome = match sent {
-        Ok(pending) => tokio::time::timeout(Duration::from_secs(30), pending.delivered())
-            .await
-            .map_err(|_| "no acknowledgement within 30 s".to_string())
-            .and_then(|r| r.map_err(|e| e.to_string())),
+        Ok(pending) => pending.delivered().await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     outcome.map_err(|error| {
-        warn!(%error, "a group change was not stored");
-        ApiError::unavailable(format!("the change was not stored: {error}"), 5)
+        warn!(%error, "a group change was not acknowledged");
+        ApiError::unavailable(
+            format!(
+                "Kafka did not acknowledge the change ({error}): it may or may not be stored; \
+                 read the group back, or send the change again"
+            ),
+            5,
+        )
     })
 }
 

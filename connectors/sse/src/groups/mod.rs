@@ -7,7 +7,8 @@
 //! with no other store to run; compaction keeps the latest value of each group.
 //!
 //! **How they are read.** Every serving process follows the topic from the beginning and
-//! keeps the table in memory ([`Groups::follow`]). Until it has read up to the end offsets
+//! keeps the table in memory ([`Groups::follow`]). The topic has one partition (a group's
+//! records must stay on one partition, and the table is small); do not add partitions. Until it has read up to the end offsets
 //! it found at start, a token naming groups gets 503 (tokens without groups never wait).
 //! A change reaches every process within the fetch latency (milliseconds); it applies to
 //! requests and streams opened after it (an open stream keeps the users it was opened with
@@ -104,43 +105,52 @@ impl Groups {
         out
     }
 
-    /// Applies one record of the topic (read at `offset` of `partition`). A record that is
-    /// not a group (bad key or value) is skipped with a warning: it cannot widen anyone's
-    /// access, and it must not stop the others from loading.
+    /// Applies one record of the topic (read at `offset` of `partition`). A record without a
+    /// `tenant/group` key is skipped with a warning; one whose value is not a group deletes
+    /// that group (a change this process cannot read must not leave the old, possibly wider,
+    /// membership in force).
     pub fn apply(&self, key: Option<&[u8]>, value: Option<&[u8]>, partition: i32, offset: i64) {
         let parsed = key.and_then(|k| std::str::from_utf8(k).ok()).filter(|k| {
             k.split_once('/')
                 .is_some_and(|(t, g)| valid_id(t) && valid_id(g))
         });
-        match (parsed, value) {
+        let members = match (parsed, value) {
             (None, _) => {
                 M.groups_skipped.inc();
                 warn!(
                     partition,
                     offset, "a groups record without a tenant/group key; skipped"
                 );
+                None
             }
-            (Some(k), None) => {
-                let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-                table.remove(k);
-            }
+            (Some(_), None) => None,
             (Some(k), Some(v)) => match serde_json::from_slice::<Members>(v) {
-                Ok(m) => {
-                    let users: HashSet<String> =
-                        m.users.into_iter().filter(|u| valid_id(u)).collect();
-                    let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-                    table.insert(k.to_string(), Arc::new(users));
-                }
+                Ok(m) => Some(m.users.into_iter().filter(|u| valid_id(u)).collect()),
                 Err(error) => {
                     M.groups_skipped.inc();
-                    warn!(partition, offset, %error, "a groups record that is not {{\"users\": [...]}}; skipped");
+                    warn!(partition, offset, key = k, %error, "a groups record that is not {{\"users\": [...]}}; the group is removed");
+                    None
                 }
             },
+        };
+        if let Some(k) = parsed {
+            let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+            match members {
+                Some(users) => table.insert(k.to_string(), Arc::new(users)),
+                None => table.remove(k),
+            };
+            M.groups.set(table.len() as i64);
         }
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         applied.insert(partition, offset + 1);
         drop(applied);
         self.changed.notify_waiters();
+    }
+
+    /// Whether the record at `offset` of `partition` is applied.
+    fn is_applied(&self, partition: i32, offset: i64) -> bool {
+        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        applied.get(&partition).is_some_and(|&next| next > offset)
     }
 
     /// Waits (up to `timeout`) until the record at `offset` of `partition` is applied.
@@ -150,11 +160,7 @@ impl Groups {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let done = {
-                let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-                applied.get(&partition).is_some_and(|&next| next > offset)
-            };
-            if done {
+            if self.is_applied(partition, offset) {
                 return true;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
@@ -188,8 +194,11 @@ impl Groups {
         cancel: &CancellationToken,
     ) -> Result<(), String> {
         let mut cfg = kafka.consumer_config("groups", &format!("{}-groups", kafka.client_id));
-        // Assigned, never subscribed: nothing is committed, no group is joined.
-        cfg.set("enable.auto.commit", "false");
+        // Assigned, never subscribed: nothing is committed, no group is joined. The end of
+        // each partition is reported, so loading ends there even when the last offsets hold
+        // no record to read (compacted away, transaction markers).
+        cfg.set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true");
         let topic = self.topic.clone();
         let timeout = Duration::from_millis(kafka.request_timeout_ms);
         let (consumer, ends) = tokio::task::spawn_blocking(move || {
@@ -230,12 +239,9 @@ impl Groups {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        let caught_up = |applied: &HashMap<i32, i64>| {
-            ends.iter()
-                .all(|(p, end)| applied.get(p).is_some_and(|next| next >= end))
-        };
-        let mut loaded = ends.is_empty();
-        self.set_loaded(loaded);
+        // Partitions not yet read to the end they had at start.
+        let mut loading: HashSet<i32> = ends.keys().copied().collect();
+        self.set_loaded(loading.is_empty());
         let mut stream = consumer.stream();
         loop {
             let m = tokio::select! {
@@ -245,15 +251,24 @@ impl Groups {
             match m {
                 Some(Ok(m)) => {
                     self.apply(m.key(), m.payload(), m.partition(), m.offset());
-                    if !loaded {
-                        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-                        loaded = caught_up(&applied);
-                        drop(applied);
-                        self.set_loaded(loaded);
+                    if ends
+                        .get(&m.partition())
+                        .is_some_and(|end| m.offset() + 1 >= *end)
+                    {
+                        loading.remove(&m.partition());
                     }
                 }
-                Some(Err(error)) => warn!(%error, topic = self.topic, "reading the groups topic"),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    loading.remove(&p);
+                }
+                Some(Err(error)) => {
+                    warn!(%error, topic = self.topic, "reading the groups topic");
+                    continue;
+                }
                 None => return Err("the groups consumer ended".into()),
+            }
+            if !self.is_loaded() && loading.is_empty() {
+                self.set_loaded(true);
             }
         }
     }

@@ -34,6 +34,10 @@ use crate::source::replay;
 use crate::{PushConfig, cursor};
 use session::{Guard, Opening, Session};
 
+/// Most users a stream opened with a token of groups may follow (its filter is a set of
+/// them, copied per stream).
+pub const MAX_STREAM_USERS: usize = 100_000;
+
 /// Everything the stream route needs.
 #[derive(Debug)]
 pub struct PushApi {
@@ -188,6 +192,15 @@ pub async fn stream(
                 );
             }
             Some(asked)
+        }
+        None if access.size_bound().is_some_and(|n| n > MAX_STREAM_USERS) => {
+            return reject(
+                "forbidden",
+                ApiError::forbidden(format!(
+                    "this token's groups hold more than {MAX_STREAM_USERS} users: name fewer \
+                     groups, or pick users with users="
+                )),
+            );
         }
         None => access.users(),
     };
@@ -377,6 +390,15 @@ mod tests {
         max_connections: usize,
         tune: impl FnOnce(&mut PushConfig),
     ) -> Arc<PushApi> {
+        api_full(ready, max_connections, tune, None)
+    }
+
+    fn api_full(
+        ready: bool,
+        max_connections: usize,
+        tune: impl FnOnce(&mut PushConfig),
+        groups: Option<Arc<crate::groups::Groups>>,
+    ) -> Arc<PushApi> {
         let mut config = PushConfig {
             jwt_hs256_secret: Secret::new(SECRET),
             max_connections,
@@ -387,9 +409,13 @@ mod tests {
         if ready {
             hub.start_at(&[0, 0]);
         }
+        let mut auth = Authenticator::from_config(&config).unwrap();
+        if let Some(g) = groups {
+            auth = auth.with_groups(g);
+        }
         Arc::new(PushApi::new(
             hub,
-            Authenticator::from_config(&config).unwrap(),
+            auth,
             config,
             KafkaConfig::default(),
             "locations".into(),
@@ -484,6 +510,62 @@ mod tests {
             assert!(body.contains(says), "{query}: {body}");
             assert!(body.starts_with("{\"error\":"), "{query}: {body}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_token_of_groups_opens_a_stream_of_their_members_only() {
+        let big: Vec<String> = (0..=MAX_STREAM_USERS).map(|i| format!("b{i}")).collect();
+        let big: Vec<&str> = big.iter().map(String::as_str).collect();
+        let groups = crate::groups::Groups::preloaded(
+            "groups",
+            &[
+                ("acme", "north", &["n1", "n2"][..]),
+                ("other", "north", &["x1"][..]),
+                ("acme", "everyone", &big[..]),
+            ],
+        );
+        let api = || api_full(true, 10, |_| {}, Some(groups.clone()));
+        let of = |names: &[&str]| {
+            let claims = Claims {
+                tenant: "acme".into(),
+                groups: Some(names.iter().map(|s| s.to_string()).collect()),
+                exp: claims_exp(),
+                ..Default::default()
+            };
+            crate::mint_hs256(SECRET, &claims).unwrap()
+        };
+        let north = of(&["north", "north", "nosuch"]);
+        let (status, body) = open(api(), &format!("access_token={north}&users=n1,n2")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for other in ["x1", "u1", "b1"] {
+            let (status, body) = open(api(), &format!("access_token={north}&users={other}")).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{other}: {body}");
+        }
+        let (status, body) = open(api(), &format!("access_token={north}")).await;
+        assert_eq!(status, StatusCode::OK, "the whole group: {body}");
+        // Groups holding more users than one stream may follow: name some of them.
+        let everyone = of(&["everyone"]);
+        let (status, body) = open(api(), &format!("access_token={everyone}")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("more than 100000 users"), "{body}");
+        let (status, _) = open(api(), &format!("access_token={everyone}&users=b7")).await;
+        assert_eq!(status, StatusCode::OK);
+        // Before the groups are loaded: 503, to retry.
+        let loading = api_full(true, 10, |_| {}, Some(crate::groups::Groups::new("groups")));
+        let (status, body) = open(loading, &format!("access_token={north}")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        // A server that does not resolve groups refuses such a token.
+        let (status, body) =
+            open(api_with(true, 10, |_| {}), &format!("access_token={north}")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+
+    fn claims_exp() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600
     }
 
     #[tokio::test]
