@@ -353,3 +353,67 @@ async fn cassandra_away_for_30s_and_writer_killed_lose_nothing() {
     assert_eq!(rows, 1000, "every fix written once the store is back");
     assert!(metric(port2, "locus_history_rows_written_total").await > 0.0);
 }
+
+/// TLS to the nodes: a session trusting the test's CA reaches Cassandra through a TLS
+/// listener (a terminator with a certificate from that CA, in front of the local CQL
+/// adapter), one trusting another CA is refused, and the history stage writes and serves its
+/// track API through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_history_stage_speaks_tls_to_the_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let other = TestCa::other(dir.path());
+    let plain_port: u16 = cql_addr().rsplit(':').next().unwrap().parse().unwrap();
+    let node = format!("127.0.0.1:{}", tls_terminator(&ca, plain_port).await);
+    let tls = |ca_file: &std::path::Path| ScyllaConfig {
+        nodes: vec![node.clone()],
+        fetch_schema_metadata: false,
+        connect_timeout_ms: 5_000,
+        tls_ca_file: ca_file.display().to_string(),
+        ..Default::default()
+    };
+    let refused = locus_scylla::connect(&tls(&other)).await;
+    assert!(
+        refused.is_err(),
+        "a node certified by another CA is refused"
+    );
+    let plain = locus_scylla::connect(&ScyllaConfig {
+        nodes: vec![node.clone()],
+        fetch_schema_metadata: false,
+        connect_timeout_ms: 3_000,
+        ..Default::default()
+    })
+    .await;
+    assert!(plain.is_err(), "plaintext to a TLS listener fails");
+    let session = locus_scylla::connect(&tls(&ca.ca)).await.unwrap();
+    session
+        .query_unpaged("SELECT release_version FROM system.local", ())
+        .await
+        .unwrap();
+
+    let s = Scope::new("hist-tls");
+    s.create_topics().await;
+    let ks = unique("ht_");
+    let base = now_ms() - HOUR;
+    let fixes: Vec<LocationFix> = (0..10).map(|i| fix("u1", i, base + i * 1000)).collect();
+    produce(&s, &fixes).await;
+    let mut env = history_env(&s, &ks, &unique("g-"));
+    env.retain(|(k, _)| *k != "LOCUS_SCYLLA__NODES");
+    env.push(("LOCUS_SCYLLA__NODES", format!("[\"{node}\"]")));
+    env.push(("LOCUS_SCYLLA__TLS_CA_FILE", ca.ca.display().to_string()));
+    let (_w, port) = locus(&s, "history", &["history"], &env);
+    wait_ready(port, Duration::from_secs(60)).await;
+    assert_eq!(wait_rows(&ks, 10, Duration::from_secs(60)).await, 10);
+    let (status, body, _) = get(
+        port,
+        &format!(
+            "/v1/tenants/acme/users/u1/track?from={}&to={}",
+            base - 1,
+            base + HOUR
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["fixes"].as_array().unwrap().len(), 10);
+}

@@ -1,11 +1,13 @@
 //! The Locus data contract: `location.avsc`, the [`LocationFix`] type, its validation, and
 //! the Avro codec in the Confluent wire format (magic byte, 4-byte schema id, Avro datum)
-//! backed by a Schema Registry.
+//! backed by a Schema Registry; and the config primitives every connector shares ([`Secret`],
+//! [`tls`] client settings).
 
 mod codec;
 mod error;
 mod fix;
 mod secret;
+pub mod tls;
 pub mod wire;
 
 pub use codec::{

@@ -112,34 +112,11 @@ impl RelayTls {
         ca: &[u8],
         client_auth: Option<(&[u8], &[u8])>,
     ) -> Result<RelayTls, String> {
-        use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
-        let mut roots = RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut &ca[..]) {
-            let cert = cert.map_err(|e| format!("the CA file: {e}"))?;
-            roots.add(cert).map_err(|e| format!("the CA file: {e}"))?;
-        }
-        if roots.is_empty() {
-            return Err("the CA file holds no certificate".into());
-        }
-        let provider = Arc::new(crypto::aws_lc_rs::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots);
-        let config = match client_auth {
-            None => builder.with_no_client_auth(),
-            Some((chain, key)) => {
-                let chain = rustls_pemfile::certs(&mut &chain[..])
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("the client certificate file: {e}"))?;
-                let key = rustls_pemfile::private_key(&mut &key[..])
-                    .map_err(|e| format!("the client key file: {e}"))?
-                    .ok_or("the client key file holds no private key")?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| format!("the client certificate: {e}"))?
-            }
-        };
+        let config = locus_schemas::tls::client_config(locus_schemas::tls::TlsFiles {
+            ca,
+            client_auth,
+            verify_hostname: true,
+        })?;
         let server_name = ServerName::try_from(host.to_string())
             .map_err(|e| format!("{host} is not a valid TLS server name: {e}"))?;
         Ok(RelayTls {

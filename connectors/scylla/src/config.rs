@@ -29,6 +29,23 @@ pub struct ScyllaConfig {
     /// Password for password authentication.
     #[serde(default)]
     pub password: Secret,
+    /// TLS to the nodes: the CA (PEM) that signs their certificates; empty: plaintext.
+    #[serde(default)]
+    pub tls_ca_file: String,
+    /// Client certificate (PEM) for nodes that require one; with `tls_client_key_file`.
+    #[serde(default)]
+    pub tls_client_cert_file: String,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub tls_client_key_file: String,
+    /// Whether a node's certificate must carry the IP address the driver connects to
+    /// (the driver names nodes by address). Off: only the chain to the CA is checked.
+    #[serde(default = "default_tls_verify_hostname")]
+    pub tls_verify_hostname: bool,
+}
+
+fn default_tls_verify_hostname() -> bool {
+    true
 }
 
 fn default_nodes() -> Vec<String> {
@@ -53,6 +70,10 @@ impl Default for ScyllaConfig {
             connect_timeout_ms: default_connect_timeout_ms(),
             username: String::new(),
             password: Secret::default(),
+            tls_ca_file: String::new(),
+            tls_client_cert_file: String::new(),
+            tls_client_key_file: String::new(),
+            tls_verify_hostname: default_tls_verify_hostname(),
         }
     }
 }
@@ -94,7 +115,33 @@ impl ScyllaConfig {
                 "scylla.password is required when scylla.username is set".into(),
             ));
         }
+        if self.tls_ca_file.is_empty() && !self.tls_client_cert_file.is_empty() {
+            return Err(ScyllaError::Config(
+                "scylla.tls_client_cert_file needs scylla.tls_ca_file (a client certificate \
+                 is not sent in clear)"
+                    .into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The TLS configuration of the session, read from the files; `None`: plaintext.
+    pub fn tls(
+        &self,
+    ) -> Result<Option<std::sync::Arc<locus_schemas::tls::rustls::ClientConfig>>, ScyllaError> {
+        if self.tls_ca_file.is_empty() {
+            return Ok(None);
+        }
+        let files = locus_schemas::tls::PemFiles::read(
+            "scylla",
+            &self.tls_ca_file,
+            &self.tls_client_cert_file,
+            &self.tls_client_key_file,
+        )
+        .map_err(ScyllaError::Config)?;
+        let config = locus_schemas::tls::client_config(files.as_files(self.tls_verify_hostname))
+            .map_err(|e| ScyllaError::Config(format!("scylla.tls_*: {e}")))?;
+        Ok(Some(std::sync::Arc::new(config)))
     }
 }
 
@@ -111,6 +158,40 @@ mod tests {
         };
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!serde_json::to_string(&c).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let c = ScyllaConfig {
+            tls_client_cert_file: "c.pem".into(),
+            tls_client_key_file: "k.pem".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("in clear"));
+        assert!(
+            ScyllaConfig::default().tls().unwrap().is_none(),
+            "plaintext by default"
+        );
+        let c = ScyllaConfig {
+            tls_ca_file: "/nonexistent/ca.pem".into(),
+            ..Default::default()
+        };
+        let e = c.tls().unwrap_err().to_string();
+        assert!(
+            e.contains("scylla.tls_ca_file") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
+        let c = ScyllaConfig {
+            tls_ca_file: concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml").into(),
+            tls_client_cert_file: "c.pem".into(),
+            ..Default::default()
+        };
+        assert!(c.tls().unwrap_err().to_string().contains("go together"));
+        let c = ScyllaConfig {
+            tls_ca_file: concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml").into(),
+            ..Default::default()
+        };
+        assert!(c.tls().unwrap_err().to_string().contains("no certificate"));
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub async fn connect(cfg: &ScyllaConfig) -> Result<Session, ScyllaError> {
     if !cfg.username.is_empty() {
         builder = builder.user(&cfg.username, cfg.password.expose());
     }
+    if let Some(tls) = cfg.tls()? {
+        builder = builder.tls_context(Some(tls));
+    }
     let fut = builder.build();
     match tokio::time::timeout(cfg.connect_timeout(), fut).await {
         Ok(Ok(session)) => Ok(session),

@@ -1,7 +1,8 @@
 //! Helpers for end-to-end tests against the local stack, by concern: where the stack is and
 //! unique names (`env`), child processes (`process`), a test's own topics, bridge and
 //! simulator (`scope`), reading and producing records (`kafka`), HTTP (`http`), a proxy
-//! before Mosquitto that counts PUBACKs (`mqtt_tap`), and the one fix builder (`fixes`).
+//! before Mosquitto that counts PUBACKs (`mqtt_tap`), a test CA and TLS terminator (`tls`),
+//! and the one fix builder (`fixes`).
 //! Every test file starts with `mod common; use common::*;`.
 #![allow(dead_code)]
 
@@ -12,6 +13,7 @@ mod kafka;
 mod mqtt_tap;
 mod process;
 mod scope;
+mod tls;
 
 // Each test binary uses a part of them.
 #[allow(unused_imports)]
@@ -28,3 +30,5 @@ pub use mqtt_tap::*;
 pub use process::*;
 #[allow(unused_imports)]
 pub use scope::*;
+#[allow(unused_imports)]
+pub use tls::*;
