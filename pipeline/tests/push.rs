@@ -442,9 +442,11 @@ async fn push_resume_with_last_event_id_is_exact_and_a_lost_position_gives_a_gap
     );
     // an id ahead of the log (another topic or cluster, a recreated topic) → gap + snapshot:
     // resuming from it would silently skip live fixes
-    let mut ahead = locus_sse::cursor::decode(&last_id).unwrap();
+    let (log, positions) = locus_sse::cursor::decode(&last_id).unwrap();
+    let log = log.expect("ids name their log");
+    let mut ahead = positions.clone();
     ahead[0] += 1_000_000;
-    let ahead = locus_sse::cursor::encode(&ahead);
+    let ahead = locus_sse::cursor::encode(log, &ahead);
     let mut g = stream(port2, &format!("access_token={tok}"), Some(&ahead)).await;
     let gap = next_event(&mut g, Duration::from_secs(10)).await.unwrap();
     assert_eq!(gap.kind, "gap");
@@ -463,7 +465,29 @@ async fn push_resume_with_last_event_id_is_exact_and_a_lost_position_gives_a_gap
             .kind,
         "snapshot"
     );
-    assert!(metric(port2, "locus_push_gaps_total").await >= 3.0);
+    // an id of another log (another cluster or topic) with positions this log also has →
+    // gap + snapshot: the same offsets here are other fixes
+    let other = locus_sse::cursor::encode(log.wrapping_add(1), &positions);
+    let mut g = stream(port2, &format!("access_token={tok}"), Some(&other)).await;
+    let gap = next_event(&mut g, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(gap.kind, "gap");
+    assert!(
+        gap.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("another topic or cluster"),
+        "{:?}",
+        gap.json()
+    );
+    assert_eq!(
+        next_event(&mut g, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .kind,
+        "snapshot"
+    );
+    assert!(metric(port2, "locus_push_gaps_total{reason=\"other_log\"}").await >= 1.0);
+    assert!(metric(port2, "locus_push_gaps_total").await >= 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

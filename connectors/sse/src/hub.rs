@@ -88,6 +88,8 @@ pub struct Client {
     max_pending: usize,
     queue: Mutex<Queue>,
     pub notify: Notify,
+    /// The log its event ids name (see [`crate::cursor`]).
+    pub log: u32,
 }
 
 /// What a stream takes from its queue in one go.
@@ -119,7 +121,14 @@ impl Client {
             max_pending,
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
+            log: 0,
         }
+    }
+
+    /// Its event ids name log `log`.
+    pub fn with_log(mut self, log: u32) -> Client {
+        self.log = log;
+        self
     }
 
     fn skips(&self, f: &FixEvent) -> bool {
@@ -235,7 +244,7 @@ impl Client {
         let mut ids = vec![String::new(); out.len()];
         let mut cur = base;
         for (k, f) in out.iter().enumerate().rev() {
-            ids[k] = crate::cursor::encode(&cur);
+            ids[k] = crate::cursor::encode(self.log, &cur);
             if let Some(b) = cur.get_mut(f.partition as usize) {
                 *b = (*b).min(f.offset);
             }
@@ -263,12 +272,23 @@ type Streams = HashMap<u64, Arc<Client>>;
 /// Every stream of this process, by tenant, and how far the reader has routed each partition.
 #[derive(Debug, Default)]
 pub struct Hub {
+    /// The log the reader reads (see [`crate::cursor::log_id`]); 0 until it started.
+    log: std::sync::atomic::AtomicU32,
     tenants: RwLock<HashMap<Arc<str>, Streams>>,
     /// Per partition, the next offset the hub will route (empty until the reader started).
     next: RwLock<Vec<i64>>,
 }
 
 impl Hub {
+    /// The log the reader reads.
+    pub fn log(&self) -> u32 {
+        self.log.load(Ordering::Acquire)
+    }
+
+    pub fn set_log(&self, log: u32) {
+        self.log.store(log, Ordering::Release);
+    }
+
     /// Ready once the reader has its starting positions.
     pub fn is_ready(&self) -> bool {
         self.next.read().map(|n| !n.is_empty()).unwrap_or(false)
@@ -376,7 +396,7 @@ mod tests {
     fn ids(b: &Batch) -> Vec<Vec<i64>> {
         b.events
             .iter()
-            .map(|(_, id)| crate::cursor::decode(id).expect("own id"))
+            .map(|(_, id)| crate::cursor::decode(id).expect("own id").1)
             .collect()
     }
 

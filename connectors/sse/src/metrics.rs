@@ -103,7 +103,13 @@ pub fn init() {
     for k in ["fix", "replay", "snapshot", "gap", "expired", "overflow"] {
         m.events.with_label_values(&[k]);
     }
-    for r in ["too_far_behind", "retention", "unknown_id", "ahead_of_log"] {
+    for r in [
+        "too_far_behind",
+        "retention",
+        "unknown_id",
+        "ahead_of_log",
+        "other_log",
+    ] {
         m.gaps.with_label_values(&[r]);
     }
     for r in ["expired", "overflow", "replay_failed", "shutdown"] {

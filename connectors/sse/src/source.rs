@@ -94,6 +94,27 @@ pub async fn run_live(
 ) -> Result<(), PushError> {
     let consumer = Arc::new(reader(&kafka, "push")?);
     let timeout = Duration::from_millis(kafka.request_timeout_ms);
+    // The log's id goes into every event id: asked once, from a reachable cluster, before
+    // the first assignment (a broker that names no cluster id: the topic's name alone).
+    let cluster = loop {
+        let c = consumer.clone();
+        let asked = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(None, timeout)
+                .map(|_| c.client().fetch_cluster_id(timeout).unwrap_or_default())
+        })
+        .await;
+        match asked {
+            Ok(Ok(cluster)) => break cluster,
+            Ok(Err(e)) => tracing::warn!(error = %e, "push reader cannot reach Kafka yet"),
+            Err(e) => tracing::warn!(error = %e, "push reader: asking for the cluster id failed"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    };
+    hub.set_log(cursor::log_id(&cluster, &topic));
+    tracing::info!(cluster, topic, log = hub.log(), "push reader's log");
     let mut known = 0usize;
     let mut check = tokio::time::interval(Duration::from_secs(30));
     loop {
@@ -307,7 +328,7 @@ async fn replay_inner(
                 && ev.tenant == client.tenant
                 && client.filter.matches(&ev)
             {
-                let id = cursor::encode(&next);
+                let id = cursor::encode(client.log, &next);
                 if tx.send(ReplayItem::Fix(Arc::new(ev), id)).await.is_err() {
                     return Ok(None); // the stream is gone
                 }

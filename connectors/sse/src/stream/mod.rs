@@ -259,18 +259,23 @@ pub async fn stream(
         .or(q.last_event_id)
         .filter(|s| !s.trim().is_empty());
     let resume_from = last_id.as_deref().map(cursor::decode);
+    let log = api.hub.log();
+    // Positions of this log only: another log's say nothing about what was delivered.
     let skip_below = match &resume_from {
-        Some(Ok(from)) => Some(from.clone()),
+        Some(Ok((l, from))) if l.is_none_or(|l| l == log) => Some(from.clone()),
         _ => None,
     };
     let filter = Filter { users, bbox };
-    let client = Arc::new(Client::new(
-        &claims.tenant,
-        filter,
-        skip_below,
-        api.config.user_rate_per_s,
-        api.config.max_pending_users,
-    ));
+    let client = Arc::new(
+        Client::new(
+            &claims.tenant,
+            filter,
+            skip_below,
+            api.config.user_rate_per_s,
+            api.config.max_pending_users,
+        )
+        .with_log(log),
+    );
     let live_from = api.hub.subscribe(&client);
     let now_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -287,7 +292,16 @@ pub async fn stream(
                 gap: Some(format!("Last-Event-ID not understood: {e}")),
             }
         }
-        Some(Ok(from)) if from.len() > live_from.len() => {
+        Some(Ok((Some(log), _))) if log != client.log => {
+            M.resumes.inc();
+            Opening::Snapshot {
+                gap: Some(
+                    "Last-Event-ID belongs to another topic or cluster: nothing to resume from"
+                        .into(),
+                ),
+            }
+        }
+        Some(Ok((_, from))) if from.len() > live_from.len() => {
             M.resumes.inc();
             Opening::Snapshot {
                 gap: Some(format!(
@@ -297,7 +311,7 @@ pub async fn stream(
                 )),
             }
         }
-        Some(Ok(mut from)) => {
+        Some(Ok((_, mut from))) => {
             M.resumes.inc();
             // Partitions the id does not know (added since) are replayed from the start.
             from.resize(live_from.len(), 0);

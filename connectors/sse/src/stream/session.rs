@@ -184,6 +184,8 @@ impl Session {
             "retention"
         } else if reason.contains("ahead of the log") {
             "ahead_of_log"
+        } else if reason.contains("another topic or cluster") {
+            "other_log"
         } else {
             "unknown_id"
         };
@@ -236,7 +238,12 @@ impl Session {
         c.raise_to_skip(&mut id);
         let data = json!({ "positions": positions, "complete": complete }).to_string();
         M.events.with_label_values(&["snapshot"]).inc();
-        event(buf, "snapshot", Some(&cursor::encode(&id)), data.as_bytes());
+        event(
+            buf,
+            "snapshot",
+            Some(&cursor::encode(c.log, &id)),
+            data.as_bytes(),
+        );
     }
 
     async fn replay_chunk(&mut self, mut buf: BytesMut) -> Bytes {
