@@ -906,3 +906,66 @@ async fn push_a_client_that_stops_reading_is_closed_and_frees_its_slot() {
     assert_eq!(metric(port, "locus_push_connections").await, 1.0);
     drop((stalled, fresh));
 }
+
+/// Replays are cancelled when their client leaves: 100 resumes from the start of a 10,000-fix
+/// log, each abandoned after its first bytes, leave no replay running and no reader threads
+/// behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn push_100_abandoned_resumes_leave_nothing_behind() {
+    let s = Scope::new("push-abandon");
+    s.create_topics().await;
+    let t = "abandon";
+    let (push, port) = locus(&s, "push", &["push"], &env(&s, &[]));
+    wait_ready(port, Duration::from_secs(60)).await;
+    let p = FixProducer::new(&s);
+    for round in 0..10 {
+        let fixes: Vec<LocationFix> = (0..1000)
+            .map(|u| fix(t, &format!("u{u}"), round, 40.0, 20.0))
+            .collect();
+        p.send(&fixes).await;
+    }
+    let q = format!("access_token={}", token(t, None, 3600));
+    // The log's id, from a first stream's snapshot; a resume from offset 0 of every partition.
+    let mut first = stream(port, &q, None).await;
+    let snapshot = next_event(&mut first, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (log, positions) = locus_sse::cursor::decode(snapshot.id.as_deref().unwrap()).unwrap();
+    drop(first);
+    let from_start = locus_sse::cursor::encode(log.unwrap(), &vec![0; positions.len()]);
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", push.child.id()))
+            .unwrap()
+            .count()
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = threads();
+    let mut most_running = 0.0f64;
+    for _ in 0..100 {
+        let mut c = stream(port, &q, Some(&from_start)).await;
+        assert_eq!(c.status, 200);
+        // Its first event (a replayed fix), then gone.
+        let e = next_event(&mut c, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(e.kind, "fix", "{e:?}");
+        drop(c);
+        most_running = most_running.max(metric(port, "locus_push_resumes_running").await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = metric(port, "locus_push_resumes_running").await;
+        let connections = metric(port, "locus_push_connections").await;
+        let now = threads();
+        if running == 0.0 && connections == 0.0 && now <= before + 2 {
+            println!(
+                "threads {before} before, {now} after; at most {most_running} replays at once"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {running} replays, {connections} streams, {now} threads ({before} before)"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(metric(port, "locus_push_resumes_total").await, 100.0);
+}

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub conflated: IntCounter,
     pub unwatched: IntCounter,
     pub resumes: IntCounter,
+    pub resumes_running: IntGauge,
     pub gaps: IntCounterVec,
     pub closed: IntCounterVec,
     pub latency: Histogram,
@@ -50,6 +51,10 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     resumes: counter(
         "locus_push_resumes_total",
         "Streams that resumed from a Last-Event-ID",
+    ),
+    resumes_running: gauge(
+        "locus_push_resumes_running",
+        "Resumes replaying from Kafka now (each with a reader of its own)",
     ),
     gaps: counter_vec(
         "locus_push_gaps_total",

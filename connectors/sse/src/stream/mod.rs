@@ -338,9 +338,16 @@ pub async fn stream(
                 let c2 = client.clone();
                 let until = live_from.clone();
                 tokio::spawn(async move {
-                    let Ok(_permit) = api2.resumes.acquire().await else {
-                        return;
+                    // A client that leaves while its resume waits for a reader never gets one.
+                    let _permit = tokio::select! {
+                        p = api2.resumes.acquire() => match p {
+                            Ok(p) => p,
+                            Err(_) => return,
+                        },
+                        _ = tx.closed() => return,
                     };
+                    M.resumes_running.inc();
+                    let _running = scopeguard(|| M.resumes_running.dec());
                     replay(
                         api2.kafka.clone(),
                         api2.topic.clone(),
@@ -382,6 +389,19 @@ pub async fn stream(
         .header("x-accel-buffering", "no")
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Runs `f` when dropped (however the task ends: done, client gone, or aborted).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 #[cfg(test)]
