@@ -969,3 +969,48 @@ async fn push_100_abandoned_resumes_leave_nothing_behind() {
     }
     assert_eq!(metric(port, "locus_push_resumes_total").await, 100.0);
 }
+
+/// A record the live reader cannot decode because the registry fails is retried, not
+/// skipped: the registry answers 500 to the push process's first three schema lookups, and
+/// every fix still reaches the stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn push_waits_out_a_registry_failure_and_skips_no_fix() {
+    let s = Scope::new("push-registry");
+    s.create_topics().await;
+    let t = "reg";
+    let registry = FailingRegistry::start("/schemas/ids/", 3).await;
+    let mut e = env(&s, &[]);
+    e.push(("LOCUS_REGISTRY__URL", registry.url.clone()));
+    let (_push, port) = locus(&s, "push", &["push"], &e);
+    wait_ready(port, Duration::from_secs(60)).await;
+    let mut c = stream(port, &format!("access_token={}", token(t, None, 600)), None).await;
+    assert_eq!(
+        next_event(&mut c, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .kind,
+        "snapshot"
+    );
+    let fixes: Vec<LocationFix> = (0..5)
+        .map(|u| fix(t, &format!("u{u}"), 1, 40.0, 20.0))
+        .collect();
+    FixProducer::new(&s).send(&fixes).await;
+    let mut got = BTreeSet::new();
+    while got.len() < 5 {
+        let Some(e) = next_event(&mut c, Duration::from_secs(30)).await else {
+            panic!("only {got:?} arrived");
+        };
+        if e.kind == "fix" {
+            got.insert(e.json()["user_id"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(registry.seen() >= 4, "{} lookups", registry.seen());
+    assert!(
+        metric(
+            port,
+            "locus_stage_errors_total{kind=\"registry\",stage=\"push\"}"
+        )
+        .await
+            >= 3.0
+    );
+}

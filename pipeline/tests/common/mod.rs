@@ -2,7 +2,7 @@
 //! unique names (`env`), child processes (`process`), a test's own topics, bridge and
 //! simulator (`scope`), reading and producing records (`kafka`), HTTP (`http`), a proxy
 //! before Mosquitto that counts PUBACKs (`mqtt_tap`), a test CA and TLS terminator (`tls`),
-//! and the one fix builder (`fixes`).
+//! a registry that fails on purpose (`registry`), and the one fix builder (`fixes`).
 //! Every test file starts with `mod common; use common::*;`.
 #![allow(dead_code)]
 
@@ -12,6 +12,7 @@ mod http;
 mod kafka;
 mod mqtt_tap;
 mod process;
+mod registry;
 mod scope;
 mod tls;
 
@@ -28,6 +29,8 @@ pub use kafka::*;
 pub use mqtt_tap::*;
 #[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use registry::*;
 #[allow(unused_imports)]
 pub use scope::*;
 #[allow(unused_imports)]

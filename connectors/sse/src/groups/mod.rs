@@ -56,6 +56,22 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_GROUP_LEN && id.chars().all(locus_schemas::is_id_char)
 }
 
+/// librdkafka reports the end of a partition (asked for: it ends the loading) as an error
+/// too; only real errors are logged.
+struct EofIsNoError;
+
+impl rdkafka::ClientContext for EofIsNoError {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let eof = matches!(error, rdkafka::error::KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if !eof {
+            warn!(%error, reason, "the groups reader");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EofIsNoError {}
+
 /// The groups this process knows, as read from the topic.
 #[derive(Debug)]
 pub struct Groups {
@@ -224,7 +240,9 @@ impl Groups {
                 tpl.add_partition_offset(&topic, p, Offset::Beginning)
                     .map_err(|e| e.to_string())?;
             }
-            let consumer: StreamConsumer = cfg.create().map_err(|e| e.to_string())?;
+            let consumer: StreamConsumer<EofIsNoError> = cfg
+                .create_with_context(EofIsNoError)
+                .map_err(|e| e.to_string())?;
             consumer.assign(&tpl).map_err(|e| e.to_string())?;
             Ok::<_, String>((consumer, ends))
         })
