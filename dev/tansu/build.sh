@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local Kafka broker: tansu 0.6.0 (sqlite storage) from crates.io, with
-# every dev/tansu/*.patch applied to tansu-storage in name order. Idempotent: the
+# every dev/tansu/*.patch applied in name order: `NN-broker-*.patch` to tansu-broker (the
+# group coordinator), the others to tansu-storage. Idempotent: the
 # binary is cached outside the repo ($LOCUS_CACHE, default ~/.cache/locus) under a
 # name that includes a hash of the patches, so a changed patch means a new binary;
 # the build folder is shared by every patch set, so that rebuild is incremental
@@ -38,6 +39,7 @@ edition = "2021"
 publish = false
 [dependencies]
 tansu = "=$VERSION"
+tansu-broker = "=$VERSION"
 tansu-storage = "=$VERSION"
 TOML
 echo 'fn main() {}' > "$BUILD/fetch/src/main.rs"
@@ -46,19 +48,26 @@ echo 'fn main() {}' > "$BUILD/fetch/src/main.rs"
 CARGO_HOME_DIR="${CARGO_HOME:-$HOME/.cargo}"
 SRC_TANSU="$(ls -d "$CARGO_HOME_DIR"/registry/src/*/tansu-$VERSION | head -n1)"
 SRC_STORAGE="$(ls -d "$CARGO_HOME_DIR"/registry/src/*/tansu-storage-$VERSION | head -n1)"
+SRC_BROKER="$(ls -d "$CARGO_HOME_DIR"/registry/src/*/tansu-broker-$VERSION | head -n1)"
 
-rm -rf "$BUILD/tansu" "$BUILD/tansu-storage"
+rm -rf "$BUILD/tansu" "$BUILD/tansu-storage" "$BUILD/tansu-broker"
 cp -r "$SRC_TANSU" "$BUILD/tansu"
 cp -r "$SRC_STORAGE" "$BUILD/tansu-storage"
-chmod -R u+w "$BUILD/tansu" "$BUILD/tansu-storage"
+cp -r "$SRC_BROKER" "$BUILD/tansu-broker"
+chmod -R u+w "$BUILD/tansu" "$BUILD/tansu-storage" "$BUILD/tansu-broker"
 for p in "${PATCHES[@]}"; do
-  echo "tansu: applying $(basename "$p")"
-  patch -s -p1 -d "$BUILD/tansu-storage" < "$p"
+  case "$(basename "$p")" in
+    [0-9]*-broker-*) crate=tansu-broker ;;
+    *) crate=tansu-storage ;;
+  esac
+  echo "tansu: applying $(basename "$p") to $crate"
+  patch -s -p1 -d "$BUILD/$crate" < "$p"
 done
 cat >> "$BUILD/tansu/Cargo.toml" <<TOML
 
 [patch.crates-io]
 tansu-storage = { path = "../tansu-storage" }
+tansu-broker = { path = "../tansu-broker" }
 TOML
 
 (cd "$BUILD/tansu" && CARGO_TARGET_DIR="$BUILD/target" \

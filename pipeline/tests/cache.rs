@@ -710,6 +710,84 @@ async fn lag_is_reported_once_per_partition_across_replicas() {
     }
 }
 
+/// A replica killed with SIGKILL (no LeaveGroup) hands its partitions to the one left once
+/// its session expires, and every fix produced afterwards is applied. (On the local broker
+/// before its group-leader patch, the survivor's rejoin never completed when the dead
+/// replica had been the group's leader: the group stalled.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_with_sigkill_hands_its_partitions_over() {
+    let s = Scope::new("cache-kill");
+    s.create_topics().await;
+    let prefix = unique("lk");
+    let group = unique("g-");
+    let mut env = cache_env(&prefix, &group, &redis_url());
+    // A short session, so that the dead replica's expiry comes within the test.
+    env.push((
+        "LOCUS_KAFKA__PROPERTIES__SESSION.TIMEOUT.MS",
+        "\"6000\"".into(),
+    ));
+    env.push((
+        "LOCUS_KAFKA__PROPERTIES__HEARTBEAT.INTERVAL.MS",
+        "\"1000\"".into(),
+    ));
+    let all: std::collections::BTreeSet<String> = (0..4).map(|p| p.to_string()).collect();
+    // B first: it forms the group and leads it.
+    let (mut b, port_b) = locus(&s, "cache-b", &["cache"], &env);
+    wait_ready(port_b, Duration::from_secs(60)).await;
+    let (_a, port_a) = locus(&s, "cache-a", &["cache"], &env);
+    wait_ready(port_a, Duration::from_secs(60)).await;
+    let now = now_ms();
+    produce(
+        &s,
+        &(0..40)
+            .map(|i| fix(&format!("u{i}"), 1, now - 5_000, 52.0, 13.0))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (a, b) = (lag_partitions(port_a).await, lag_partitions(port_b).await);
+        if !a.is_empty() && !b.is_empty() && a.is_disjoint(&b) && a.union(&b).count() == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never shared: A {a:?}, B {b:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    b.kill9();
+    let killed = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lag_partitions(port_a).await != all {
+        assert!(
+            Instant::now() < deadline,
+            "A never took B's partitions: {:?}",
+            lag_partitions(port_a).await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "A holds every partition {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    let now = now_ms();
+    produce(
+        &s,
+        &(0..40)
+            .map(|i| fix(&format!("u{i}"), 2, now - 1_000, 52.0, 13.0))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let users: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = state(port_a, &users).await;
+        if got.len() == 40 && got.values().all(|(seq, _)| *seq == 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every fix applied: {got:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Boxes that cross the equator, and the whole world, return every user inside; a box
 /// holding more users than the limit answers `limit` of them with bounded work.
 #[tokio::test(flavor = "multi_thread")]
