@@ -297,6 +297,11 @@ impl Config {
         self.replay
             .validate(self.bridge.max_age_ms)
             .map_err(ConfigError::Invalid)?;
+        if self.http.header_timeout_ms == 0 || self.http.stall_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "http.header_timeout_ms and http.stall_timeout_ms must be > 0".into(),
+            ));
+        }
         let t = &self.topics;
         if t.locations == t.dlq || t.groups == t.locations || t.groups == t.dlq {
             return Err(ConfigError::Invalid(

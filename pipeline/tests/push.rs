@@ -908,8 +908,9 @@ async fn push_a_client_that_stops_reading_is_closed_and_frees_its_slot() {
 }
 
 /// Replays are cancelled when their client leaves: 100 resumes from the start of a 10,000-fix
-/// log, each abandoned after its first bytes, leave no replay running and no reader threads
-/// behind.
+/// log, each abandoned after its first replayed fix, leave no replay running and no reader
+/// threads behind. (This passed before the resume also stopped waiting for a reader once its
+/// client left: each of these had its reader already.)
 #[tokio::test(flavor = "multi_thread")]
 async fn push_100_abandoned_resumes_leave_nothing_behind() {
     let s = Scope::new("push-abandon");

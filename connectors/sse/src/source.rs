@@ -95,16 +95,26 @@ pub async fn run_live(
     let consumer = Arc::new(reader(&kafka, "push")?);
     let timeout = Duration::from_millis(kafka.request_timeout_ms);
     // The log's id goes into every event id: asked once, from a reachable cluster, before
-    // the first assignment (a broker that names no cluster id: the topic's name alone).
+    // the first assignment. A broker that names no cluster id gives the topic's name alone;
+    // "no answer in time" is not taken for "no id" (replicas would disagree): asked again.
+    let mut tries = 0u32;
     let cluster = loop {
         let c = consumer.clone();
+        let t = topic.clone();
         let asked = tokio::task::spawn_blocking(move || {
-            c.fetch_metadata(None, timeout)
-                .map(|_| c.client().fetch_cluster_id(timeout).unwrap_or_default())
-        })
-        .await;
+            c.fetch_metadata(Some(&t), timeout)
+                .map(|_| c.client().fetch_cluster_id(timeout))
+        });
+        let asked = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            a = asked => a,
+        };
+        tries += 1;
         match asked {
-            Ok(Ok(cluster)) => break cluster,
+            Ok(Ok(Some(cluster))) => break cluster,
+            // Reachable, yet no id three times in a row: a broker that has none.
+            Ok(Ok(None)) if tries >= 3 => break String::new(),
+            Ok(Ok(None)) => tracing::warn!("push reader: no cluster id from Kafka yet"),
             Ok(Err(e)) => tracing::warn!(error = %e, "push reader cannot reach Kafka yet"),
             Err(e) => tracing::warn!(error = %e, "push reader: asking for the cluster id failed"),
         }

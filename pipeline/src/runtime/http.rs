@@ -212,9 +212,9 @@ pub async fn serve(
                         streaming::open(&mut stream, streaming_paths),
                     )
                     .await;
-                    drop(head_slot);
                     let prefix = match opening {
                         Ok(Ok(Opening::Stream(req))) => {
+                            drop(head_slot);
                             return streaming::respond(stream, router, *req, limits.stall_timeout)
                                 .await;
                         }
@@ -228,8 +228,22 @@ pub async fn serve(
                         }
                         Ok(Ok(Opening::Closed)) | Ok(Err(_)) => return,
                     };
+                    // The slot is held until hyper has read the first request's head and
+                    // hands it to the router (or the connection ends).
+                    let head_slot = Arc::new(std::sync::Mutex::new(Some(head_slot)));
+                    let router = router.layer(axum::middleware::map_request(
+                        move |req: axum::extract::Request| {
+                            let slot = head_slot.lock().ok().and_then(|mut s| s.take());
+                            drop(slot);
+                            async move { req }
+                        },
+                    ));
                     let service = hyper_util::service::TowerToHyperService::new(router);
-                    let io = hyper_util::rt::TokioIo::new(streaming::Rewind::new(prefix, stream));
+                    let io = hyper_util::rt::TokioIo::new(streaming::Rewind::new(
+                        prefix,
+                        stream,
+                        limits.stall_timeout,
+                    ));
                     if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
                         tracing::debug!(error = %e, "HTTP connection ended with an error");
                     }
@@ -290,8 +304,12 @@ mod tests {
         for _ in 0..2 {
             silent.push(TcpStream::connect(addr).await.unwrap());
         }
-        // One dripping a streaming head, one byte a while: it holds a slot too.
-        silent[1].write_all(b"GET /v1/str").await.unwrap();
+        // One with a request line for another path but not the rest of its head: it holds a
+        // slot until hyper has the whole head, too.
+        silent[1]
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut third = TcpStream::connect(addr).await.unwrap();
         assert!(
@@ -313,6 +331,59 @@ mod tests {
         let mut answer = String::new();
         ok.read_to_string(&mut answer).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        cancel.cancel();
+        let _ = server.await;
+    }
+
+    /// A stream that reaches hyper (here: the second request of a kept-alive connection)
+    /// gets the stall bound too: its client stops reading and the connection is closed.
+    #[tokio::test]
+    async fn a_stream_served_by_hyper_is_closed_when_its_client_stops_reading() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let endless = || async {
+            let chunk = axum::body::Bytes::from(vec![b'x'; 8192]);
+            let body = futures::stream::repeat_with(move || {
+                Ok::<_, std::convert::Infallible>(chunk.clone())
+            });
+            axum::body::Body::from_stream(body)
+        };
+        let router = base_router(Readiness::default()).route("/v1/stream", get(endless));
+        let limits = Limits {
+            header_timeout: Duration::from_secs(5),
+            max_pending_heads: 16,
+            stall_timeout: Duration::from_millis(800),
+        };
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            &["/v1/stream"],
+            limits,
+            cancel.clone(),
+        ));
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut c = socket.connect(addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        let before = HTTP.stalled.get();
+        c.write_all(b"GET /v1/stream HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Never read again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while HTTP.stalled.get() == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stalled response was not given up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         cancel.cancel();
         let _ = server.await;
     }

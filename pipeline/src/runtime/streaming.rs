@@ -12,6 +12,7 @@
 //! - anything else goes to hyper, with the bytes already read put back in front
 //!   ([`Rewind`]), so keep-alive, bodies and every other route behave as before.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -176,12 +177,11 @@ const STREAM_SNDBUF: usize = 64 * 1024;
 /// Lets the router answer `req` and writes the response to `stream` as its body produces
 /// it, until the body ends or the client goes away. A client that takes nothing for `stall`
 /// while a write waits (a zero receive window: it stopped reading) is closed: its slot must
-/// not be held by a reader that is not there. The kernel enforces the same bound on data
-/// already written (TCP user timeout), for streams that only send heartbeats.
+/// not be held by a reader that is not there. (A client that reads slowly but steadily keeps
+/// its stream, with conflated fixes; one whose kernel still takes the heartbeats into its
+/// buffers is closed once those buffers are full.)
 pub async fn respond(mut stream: TcpStream, router: Router, req: Request<Body>, stall: Duration) {
-    let sock = socket2::SockRef::from(&stream);
-    let _ = sock.set_send_buffer_size(STREAM_SNDBUF);
-    let _ = sock.set_tcp_user_timeout(Some(stall));
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(STREAM_SNDBUF);
     // HTTP/1.0 has no chunked encoding: its body ends where the connection does.
     let chunked = req.version() != Version::HTTP_10;
     let Ok(response) = router.oneshot(req).await;
@@ -291,20 +291,53 @@ async fn client_gone(stream: &TcpStream) {
     }
 }
 
-/// A connection whose first bytes were already read: they are read again first.
+/// A connection whose first bytes were already read: they are read again first. Every
+/// response hyper writes on it gets the streaming path's stall bound too: a write the client
+/// takes nothing of for `stall` fails (a stream can also reach hyper — a later request on a
+/// kept-alive connection, an absolute-form target — and must not hold its slot forever).
 pub struct Rewind {
     prefix: Vec<u8>,
     at: usize,
     inner: TcpStream,
+    stall: Duration,
+    /// Set while a write waits for the client; it fails when this fires.
+    blocked: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Rewind {
-    pub fn new(prefix: Vec<u8>, inner: TcpStream) -> Rewind {
+    pub fn new(prefix: Vec<u8>, inner: TcpStream, stall: Duration) -> Rewind {
         Rewind {
             prefix,
             at: 0,
             inner,
+            stall,
+            blocked: None,
         }
+    }
+
+    /// What a write's `Pending` means: the client takes nothing; past `stall`, an error.
+    fn waited<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.blocked = None;
+            return polled;
+        }
+        let stall = self.stall;
+        let timer = self
+            .blocked
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        if timer.as_mut().poll(cx).is_ready() {
+            HTTP.stalled.inc();
+            tracing::info!(
+                ?stall,
+                "a client took nothing of a response; closing its connection"
+            );
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
     }
 }
 
@@ -335,7 +368,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.waited(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -343,7 +377,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.waited(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -351,7 +386,8 @@ impl AsyncWrite for Rewind {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.waited(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
