@@ -37,6 +37,6 @@ COPY topics/topics.yaml /usr/share/locus/topics.yaml
 COPY k8s/image/locus.toml /etc/locus/locus.toml
 ENV LOCUS_CONFIG=/etc/locus/locus.toml
 USER 10001:10001
-EXPOSE 8080
+EXPOSE 8080 9090
 ENTRYPOINT ["locus"]
 CMD ["run"]
