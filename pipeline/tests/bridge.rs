@@ -308,21 +308,7 @@ async fn the_bridge_speaks_tls_to_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let path = |f: &str| d.join(f).to_string_lossy().into_owned();
-    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    for args in [
-        "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=locus-test-ca",
-        "req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1",
-        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile ext.cnf",
-    ] {
-        let ok = Command::new("openssl")
-            .args(args.split(' '))
-            .current_dir(d)
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl")
-            .success();
-        assert!(ok, "openssl {args}");
-    }
+    TestCa::new(d);
     let port = free_port();
     std::fs::write(
         d.join("mosquitto.conf"),

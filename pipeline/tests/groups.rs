@@ -99,6 +99,12 @@ async fn groups_are_managed_resolved_and_loaded_from_their_topic() {
     // What a group may be.
     for (p, body, want) in [
         ("/v1/tenants/acme/groups/a:b", north.clone(), 400),
+        (
+            "/v1/tenants/acme/groups/%3Cimg%20src=x%3E",
+            north.clone(),
+            400,
+        ),
+        (path, json!({ "users": ["x".repeat(2_000_000)] }), 413),
         (path, json!({ "users": ["ok", "<img src=x>"] }), 400),
         (path, json!({ "users": "u1" }), 400),
         (path, json!({ "users": ["u1"], "admin": true }), 400),

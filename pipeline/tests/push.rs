@@ -408,84 +408,38 @@ async fn push_resume_with_last_event_id_is_exact_and_a_lost_position_gives_a_gap
         &env(&s, &[("LOCUS_PUSH__RESUME_MAX_RECORDS", "10")]),
     );
     wait_ready(port2, Duration::from_secs(60)).await;
-    let mut g = stream(port2, &format!("access_token={tok}"), Some(&start_id)).await;
-    let gap = next_event(&mut g, Duration::from_secs(10)).await.unwrap();
-    assert_eq!(gap.kind, "gap");
-    assert!(
-        gap.json()["reason"]
+    // A resume from `id` → a gap whose reason says `says`, then a fresh snapshot.
+    let gap_then_snapshot = async |id: &str, says: &str| {
+        let mut g = stream(port2, &format!("access_token={tok}"), Some(id)).await;
+        let gap = next_event(&mut g, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(gap.kind, "gap");
+        let reason = gap.json()["reason"]
             .as_str()
-            .unwrap()
-            .contains("resume_max_records")
-    );
-    assert_eq!(
-        next_event(&mut g, Duration::from_secs(10))
-            .await
-            .unwrap()
-            .kind,
-        "snapshot"
-    );
+            .unwrap_or_default()
+            .to_string();
+        assert!(reason.contains(says), "{reason:?} does not say {says:?}");
+        assert_eq!(
+            next_event(&mut g, Duration::from_secs(10))
+                .await
+                .unwrap()
+                .kind,
+            "snapshot"
+        );
+    };
+    gap_then_snapshot(&start_id, "resume_max_records").await;
     // an id that is not ours → gap + snapshot as well
-    let mut g = stream(port2, &format!("access_token={tok}"), Some("not-an-id")).await;
-    assert_eq!(
-        next_event(&mut g, Duration::from_secs(10))
-            .await
-            .unwrap()
-            .kind,
-        "gap"
-    );
-    assert_eq!(
-        next_event(&mut g, Duration::from_secs(10))
-            .await
-            .unwrap()
-            .kind,
-        "snapshot"
-    );
+    gap_then_snapshot("not-an-id", "").await;
     // an id ahead of the log (another topic or cluster, a recreated topic) → gap + snapshot:
     // resuming from it would silently skip live fixes
     let (log, positions) = locus_sse::cursor::decode(&last_id).unwrap();
     let log = log.expect("ids name their log");
     let mut ahead = positions.clone();
     ahead[0] += 1_000_000;
-    let ahead = locus_sse::cursor::encode(log, &ahead);
-    let mut g = stream(port2, &format!("access_token={tok}"), Some(&ahead)).await;
-    let gap = next_event(&mut g, Duration::from_secs(10)).await.unwrap();
-    assert_eq!(gap.kind, "gap");
-    assert!(
-        gap.json()["reason"]
-            .as_str()
-            .unwrap()
-            .contains("ahead of the log"),
-        "{:?}",
-        gap.json()
-    );
-    assert_eq!(
-        next_event(&mut g, Duration::from_secs(10))
-            .await
-            .unwrap()
-            .kind,
-        "snapshot"
-    );
+    gap_then_snapshot(&locus_sse::cursor::encode(log, &ahead), "ahead of the log").await;
     // an id of another log (another cluster or topic) with positions this log also has →
     // gap + snapshot: the same offsets here are other fixes
     let other = locus_sse::cursor::encode(log.wrapping_add(1), &positions);
-    let mut g = stream(port2, &format!("access_token={tok}"), Some(&other)).await;
-    let gap = next_event(&mut g, Duration::from_secs(10)).await.unwrap();
-    assert_eq!(gap.kind, "gap");
-    assert!(
-        gap.json()["reason"]
-            .as_str()
-            .unwrap()
-            .contains("another topic or cluster"),
-        "{:?}",
-        gap.json()
-    );
-    assert_eq!(
-        next_event(&mut g, Duration::from_secs(10))
-            .await
-            .unwrap()
-            .kind,
-        "snapshot"
-    );
+    gap_then_snapshot(&other, "another topic or cluster").await;
     assert!(metric(port2, "locus_push_gaps_total{reason=\"other_log\"}").await >= 1.0);
     assert!(metric(port2, "locus_push_gaps_total").await >= 4.0);
 }

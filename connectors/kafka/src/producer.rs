@@ -154,23 +154,20 @@ impl Producer {
                 value: Some(*v),
             });
         }
-        let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(h);
-        loop {
-            let (generation, producer) = self.current();
-            match producer.send_result(record) {
-                Ok(f) => return Ok(Pending(f, generation)),
-                Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => return Err(DeliveryError(e)),
-            }
-        }
+        self.enqueue(FutureRecord::to(topic).key(key).payload(payload).headers(h))
+            .await
     }
 
     /// Enqueues a tombstone (a record with no value: on a compacted topic, deletes `key`).
     pub async fn send_tombstone(&self, topic: &str, key: &[u8]) -> Result<Pending, DeliveryError> {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
+        self.enqueue(FutureRecord::to(topic).key(key)).await
+    }
+
+    /// Hands `record` to librdkafka, waiting while its local queue is full.
+    async fn enqueue(
+        &self,
+        mut record: FutureRecord<'_, [u8], [u8]>,
+    ) -> Result<Pending, DeliveryError> {
         loop {
             let (generation, producer) = self.current();
             match producer.send_result(record) {

@@ -1,3 +1,4 @@
+use locus_schemas::tls::PemFiles;
 use locus_schemas::{FixLimits, Secret};
 use serde::{Deserialize, Serialize};
 
@@ -139,35 +140,39 @@ fn default_max_id_len() -> usize {
 }
 
 impl BridgeConfig {
-    /// The TLS settings for the broker connection (files read now), or `None` for plaintext.
-    pub fn tls(&self) -> Result<Option<rumqttc::TlsConfiguration>, BridgeError> {
+    /// The TLS files for the broker connection (read now), or `None` for plaintext.
+    pub fn tls_files(&self) -> Result<Option<PemFiles>, BridgeError> {
         if self.tls_ca_file.is_empty() {
             return Ok(None);
         }
-        let read = |key: &str, path: &str| {
-            std::fs::read(path)
-                .map_err(|e| BridgeError::Config(format!("bridge.{key}: cannot read {path}: {e}")))
-        };
-        let ca = read("tls_ca_file", &self.tls_ca_file)?;
-        if !ca.windows(11).any(|w| w == b"-----BEGIN ") {
+        let files = PemFiles::read(
+            "bridge",
+            &self.tls_ca_file,
+            &self.tls_client_cert_file,
+            &self.tls_client_key_file,
+        )
+        .map_err(BridgeError::Config)?;
+        if !files.ca.windows(11).any(|w| w == b"-----BEGIN ") {
             return Err(BridgeError::Config(format!(
                 "bridge.tls_ca_file: {} is not a PEM certificate",
                 self.tls_ca_file
             )));
         }
-        let client_auth = if self.tls_client_cert_file.is_empty() {
-            None
-        } else {
-            Some((
-                read("tls_client_cert_file", &self.tls_client_cert_file)?,
-                read("tls_client_key_file", &self.tls_client_key_file)?,
-            ))
-        };
-        Ok(Some(rumqttc::TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth,
-        }))
+        Ok(Some(files))
+    }
+
+    /// The TLS settings of a direct rumqttc connection, or `None` for plaintext.
+    pub fn tls(&self) -> Result<Option<rumqttc::TlsConfiguration>, BridgeError> {
+        Ok(self.tls_files()?.map(rumqttc_tls))
+    }
+}
+
+/// rumqttc's TLS settings from the files' contents.
+pub fn rumqttc_tls(f: PemFiles) -> rumqttc::TlsConfiguration {
+    rumqttc::TlsConfiguration::Simple {
+        ca: f.ca,
+        alpn: None,
+        client_auth: f.client_auth,
     }
 }
 

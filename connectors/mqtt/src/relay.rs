@@ -107,16 +107,8 @@ impl std::fmt::Debug for RelayTls {
 impl RelayTls {
     /// From PEM files' contents: the CA that signs the broker's certificate, and
     /// optionally the bridge's client certificate chain and key.
-    pub fn new(
-        host: &str,
-        ca: &[u8],
-        client_auth: Option<(&[u8], &[u8])>,
-    ) -> Result<RelayTls, String> {
-        let config = locus_schemas::tls::client_config(locus_schemas::tls::TlsFiles {
-            ca,
-            client_auth,
-            verify_hostname: true,
-        })?;
+    pub fn new(host: &str, files: locus_schemas::tls::TlsFiles<'_>) -> Result<RelayTls, String> {
+        let config = locus_schemas::tls::client_config(files)?;
         let server_name = ServerName::try_from(host.to_string())
             .map_err(|e| format!("{host} is not a valid TLS server name: {e}"))?;
         Ok(RelayTls {

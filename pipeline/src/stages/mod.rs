@@ -153,14 +153,8 @@ fn groups_api(
     ctx: &StageContext,
     groups: Arc<locus_sse::groups::Groups>,
 ) -> anyhow::Result<axum::Router> {
-    // A bounded delivery time: a change answered as failed never lands later.
-    let mut kafka = config.kafka.clone();
-    kafka.producer.message_timeout_ms = locus_sse::groups::api::DELIVERY_TIMEOUT.as_millis() as u32;
-    let api = locus_sse::groups::api::GroupsApi {
-        groups,
-        producer: locus_kafka::Producer::new(&kafka, "groups")?,
-        max_users: config.push.groups_max_users,
-    };
+    let api =
+        locus_sse::groups::api::GroupsApi::new(groups, &config.kafka, config.push.groups_max_users);
     data_auth(config, ctx, locus_sse::groups::api::router(Arc::new(api)))
 }
 

@@ -15,9 +15,12 @@ pub async fn metrics_text(port: u16) -> String {
 }
 
 pub async fn metric(port: u16, name: &str) -> f64 {
-    metrics_text(port)
-        .await
-        .lines()
+    sum_of(&metrics_text(port).await, name)
+}
+
+/// The sum of the series of `name` (every label set) in Prometheus text.
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -30,15 +33,9 @@ pub async fn wait_metric(port: u16, name: &str, value: f64, timeout: Duration) {
     loop {
         if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await
             && let Ok(text) = r.text().await
+            && sum_of(&text, name) >= value
         {
-            let got: f64 = text
-                .lines()
-                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
-            if got >= value {
-                return;
-            }
+            return;
         }
         assert!(Instant::now() < deadline, "{name} did not reach {value}");
         tokio::time::sleep(Duration::from_millis(100)).await;

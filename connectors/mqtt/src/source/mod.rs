@@ -189,22 +189,13 @@ impl Bridge {
     ) -> Result<(Bridge, BridgeHealth), BridgeError> {
         cfg.validate()?;
         let health = BridgeHealth::default();
-        let tls = cfg.tls()?;
-        let relay_tls = match &tls {
-            Some(rumqttc::TlsConfiguration::Simple {
-                ca, client_auth, ..
-            }) => Some(
-                RelayTls::new(
-                    &cfg.mqtt_host,
-                    ca,
-                    client_auth
-                        .as_ref()
-                        .map(|(c, k)| (c.as_slice(), k.as_slice())),
-                )
-                .map_err(|e| BridgeError::Config(format!("bridge.tls_*: {e}")))?,
-            ),
-            _ => None,
-        };
+        let files = cfg.tls_files()?;
+        let relay_tls = files
+            .as_ref()
+            .map(|f| RelayTls::new(&cfg.mqtt_host, f.as_files(true)))
+            .transpose()
+            .map_err(|e| BridgeError::Config(format!("bridge.tls_*: {e}")))?;
+        let tls = files.map(crate::config::rumqttc_tls);
         let bridge = Bridge {
             template: cfg.template()?,
             limits: cfg.limits(),

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use locus_api::ApiError;
-use locus_kafka::{Delivered, Producer};
+use locus_kafka::{Delivered, KafkaConfig, Producer};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -41,9 +41,33 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug)]
 pub struct GroupsApi {
-    pub groups: Arc<Groups>,
-    pub producer: Producer,
-    pub max_users: usize,
+    groups: Arc<Groups>,
+    /// Kafka with a bounded delivery time ([`DELIVERY_TIMEOUT`]).
+    kafka: KafkaConfig,
+    /// Made at the first change: most processes never write a group.
+    producer: tokio::sync::OnceCell<Producer>,
+    max_users: usize,
+}
+
+impl GroupsApi {
+    pub fn new(groups: Arc<Groups>, kafka: &KafkaConfig, max_users: usize) -> GroupsApi {
+        let mut kafka = kafka.clone();
+        // A change answered as failed must never land later over a newer one.
+        kafka.producer.message_timeout_ms = DELIVERY_TIMEOUT.as_millis() as u32;
+        GroupsApi {
+            groups,
+            kafka,
+            producer: tokio::sync::OnceCell::new(),
+            max_users,
+        }
+    }
+
+    async fn producer(&self) -> Result<&Producer, ApiError> {
+        self.producer
+            .get_or_try_init(|| async { Producer::new(&self.kafka, "groups") })
+            .await
+            .map_err(|e| ApiError::unavailable(format!("no Kafka producer: {e}"), 5))
+    }
 }
 
 pub fn router(api: Arc<GroupsApi>) -> Router {
@@ -176,7 +200,8 @@ async fn replace(
     }
     let k = key(&tenant, &group);
     let sent = api
-        .producer
+        .producer()
+        .await?
         .send(api.groups.topic(), k.as_bytes(), &value, &[])
         .await;
     let at = delivered(sent).await?;
@@ -208,7 +233,8 @@ async fn remove(
     may_write(&claims)?;
     let k = key(&tenant, &group);
     let sent = api
-        .producer
+        .producer()
+        .await?
         .send_tombstone(api.groups.topic(), k.as_bytes())
         .await;
     let at = delivered(sent).await?;
