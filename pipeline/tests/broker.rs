@@ -46,10 +46,13 @@ fn a_full_broker_serves_caught_up_and_catching_up_consumers_like_an_empty_one() 
     let fill = bench(&full, topic, &["fill", "--count", &records.to_string()]);
     eprintln!("fill: {fill}");
 
-    // Catching up from offset 0 reads at a steady rate: the median rate of the last five
-    // tenths of the log is at least two thirds of the median of tenths two to five (the first
-    // includes connecting; medians keep one scheduling hiccup from deciding). Before the
-    // patch, every fetch summed the whole remaining log: nothing was read in two minutes.
+    // Catching up from offset 0 reads at a steady rate: the second-fastest tenth of the last
+    // five tenths of the log reads at least two thirds as fast as the second-fastest of tenths
+    // two to five (the first includes connecting). A tenth's rate swings 30× with how the
+    // fetches fall and what else the machine runs (a CI run saw 34k and 1.4M records/s side by
+    // side), so medians of four or five could flip on one hiccup; a broker that slows as it
+    // reads slows every tenth. Before the patch, every fetch summed the whole remaining log:
+    // nothing was read in two minutes.
     let c = bench(&full, topic, &["catchup", "--max-seconds", "600"]);
     assert_eq!(c["records"].as_u64(), Some(records), "catch-up read: {c}");
     let tenths: Vec<f64> = c["rate_per_tenth"]
@@ -59,9 +62,13 @@ fn a_full_broker_serves_caught_up_and_catching_up_consumers_like_an_empty_one() 
         .map(|v| v.as_f64().unwrap())
         .collect();
     assert!(tenths.len() >= 10, "{c}");
+    let second_fastest = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| b.total_cmp(a));
+        v[1]
+    };
     let (early, late) = (
-        median(tenths[1..5].to_vec()),
-        median(tenths[5..10].to_vec()),
+        second_fastest(tenths[1..5].to_vec()),
+        second_fastest(tenths[5..10].to_vec()),
     );
     eprintln!("catch-up: {tenths:?} records/s per tenth");
     assert!(
