@@ -177,11 +177,20 @@ async fn open_scan(
     let now = now_ms();
     let (window, filter) = window_of(config, a, now)?;
     let topic = &config.topics.locations;
-    let retention = locus_topics::live_config(&config.kafka, topic, "retention.ms")
-        .await
-        .with_context(|| format!("reading {topic}'s retention"))?
-        .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(-1);
+    // On a task of its own: the admin client's metadata call blocks its thread, and the
+    // read's planning runs meanwhile.
+    let (kafka, name) = (config.kafka.clone(), topic.clone());
+    let retention = tokio::spawn(async move {
+        let value = locus_topics::live_config(&kafka, &name, "retention.ms")
+            .await
+            .map_err(|e| ReplayError::Invalid(format!("reading {name}'s retention: {e}")))?;
+        Ok::<_, ReplayError>(value.and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1))
+    });
+    let retention = async {
+        retention
+            .await
+            .map_err(|e| ReplayError::Internal(format!("reading the retention: {e}")))?
+    };
     let codec = std::sync::Arc::new(locus_schemas::Codec::new(&config.registry, topic)?);
     let scan = Scan::open(
         &config.kafka,
@@ -270,20 +279,30 @@ async fn export(
     let (output, w) = Output::open(out)?;
     let result = async {
         let mut meter = Meter::new("read");
-        let fixes = locus_replay::collect_fixes(&mut scan, config.replay.max_fixes, |p| {
+        let fixes = locus_replay::collect_sorted(&mut scan, config.replay.max_fixes, |p| {
             meter.show(p.records, p.total)
         })
         .await?;
-        let mut writer =
-            locus_replay::format::writer(format, w, config.replay.parquet_row_group_rows)?;
-        for (i, f) in fixes.iter().enumerate() {
-            if i % 65_536 == 0 && cancel.is_cancelled() {
-                return Err(ReplayError::Interrupted);
+        let n = fixes.len();
+        let mut meter = Meter::new("write");
+        let write = || {
+            let mut writer =
+                locus_replay::format::writer(format, w, config.replay.parquet_row_group_rows)?;
+            for (i, f) in fixes.enumerate() {
+                if i % 65_536 == 0 {
+                    if cancel.is_cancelled() {
+                        return Err(ReplayError::Interrupted);
+                    }
+                    meter.show(i as u64, n as u64);
+                }
+                writer.write(f)?;
             }
-            writer.write(f)?;
-        }
-        output.commit(writer.finish()?)?;
-        Ok::<_, ReplayError>(fixes.len())
+            output.commit(writer.finish()?)?;
+            meter.show(n as u64, n as u64);
+            Ok::<_, ReplayError>(n)
+        };
+        // Merging and encoding are CPU work: off the async workers.
+        tokio::task::block_in_place(write)
     }
     .await;
     match result {

@@ -171,7 +171,7 @@ async fn replay(
         &api.topic,
         window,
         filter,
-        -1,
+        std::future::ready(Ok(-1)),
         now,
         cancel.clone(),
     )

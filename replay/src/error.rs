@@ -18,6 +18,9 @@ pub enum ReplayError {
         "the window holds more than {max} fixes (replay.max_fixes): narrow it by time, tenant, users or bbox"
     )]
     TooLarge { max: usize },
+    /// A bug: a worker thread of the export failed.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("interrupted before the end of the window (an export file is not left behind)")]
     Interrupted,
 }

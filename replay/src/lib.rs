@@ -9,13 +9,15 @@ pub mod copy;
 mod error;
 pub mod format;
 pub mod group;
+mod sort;
 pub mod time;
 mod window;
 
 pub use api::{ReplayApi, router};
 pub use config::ReplayConfig;
 pub use error::ReplayError;
+pub use sort::{Merge, Sorter};
 pub use window::{
     BBox, Filter, Kept, PartitionRead, Report, Scan, Window, by_user_then_time, collect,
-    collect_fixes,
+    collect_fixes, collect_sorted,
 };

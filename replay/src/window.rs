@@ -17,7 +17,7 @@
 //! latest kept fix was, so a run near the bound is visible).
 
 use std::collections::HashSet;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::ReplayError;
+use crate::sort::{Merge, RUN, Sorter};
 use crate::time::format_time;
 
 /// An event-time window and how far around it the log is read.
@@ -248,13 +249,34 @@ pub struct Scan {
     codec: Arc<Codec>,
     window: Window,
     filter: Filter,
-    seen: HashSet<u128>,
+    seen: HashSet<u128, BuildHasherDefault<Prehashed>>,
     hasher: (std::hash::RandomState, std::hash::RandomState),
     report: Report,
     started: Instant,
     /// Seconds the read took, once it ended.
     read_s: Option<f64>,
     cancel: CancellationToken,
+}
+
+/// The hasher of the identity set: identities are keyed hashes already, so their low bits
+/// index the table as they are (hashing them again cost a third of the duplicate check).
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// A record of the window with its decoded fix.
@@ -266,8 +288,9 @@ pub struct Kept {
 
 impl Scan {
     /// Locates the window in `topic` and opens the read. `retention_ms` (the topic's, -1 for
-    /// forever) decides whether part of the window is gone: all of it is an error, part of it
-    /// is said in the report.
+    /// forever; looked up while the read is planned) decides whether part of the window is
+    /// gone: all of it is an error, part of it is said in the report. Nothing is read before
+    /// both are known.
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         kafka: &KafkaConfig,
@@ -275,7 +298,7 @@ impl Scan {
         topic: &str,
         window: Window,
         filter: Filter,
-        retention_ms: i64,
+        retention_ms: impl Future<Output = Result<i64, ReplayError>>,
         now_ms: i64,
         cancel: CancellationToken,
     ) -> Result<Scan, ReplayError> {
@@ -292,6 +315,17 @@ impl Scan {
                 format_time(read_to)
             ));
         }
+        let (reader, retention_ms) = tokio::join!(
+            RangeReader::open(
+                kafka,
+                "replay",
+                topic,
+                StartAt::Time(read_from),
+                StopAt::Time(read_to),
+            ),
+            retention_ms
+        );
+        let retention_ms = retention_ms?;
         if retention_ms > 0 {
             // Retention deletes by produce time: what was produced before `kept_from` is gone.
             let kept_from = now_ms.saturating_sub(retention_ms);
@@ -311,14 +345,7 @@ impl Scan {
                 ));
             }
         }
-        let reader = RangeReader::open(
-            kafka,
-            "replay",
-            topic,
-            StartAt::Time(read_from),
-            StopAt::Time(read_to),
-        )
-        .await?;
+        let reader = reader?;
         report.partitions = reader
             .ranges()
             .iter()
@@ -333,7 +360,7 @@ impl Scan {
             codec,
             window,
             filter,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             hasher: Default::default(),
             report,
             started: Instant::now(),
@@ -456,9 +483,38 @@ pub async fn collect_fixes(
     max: usize,
     progress: impl FnMut(&Progress),
 ) -> Result<Vec<LocationFix>, ReplayError> {
-    let mut all = collect_with(scan, max, progress, |k| k.fix).await?;
-    all.sort_unstable_by(by_user_then_time);
-    Ok(all)
+    Ok(collect_sorted(scan, max, progress).await?.collect())
+}
+
+/// [`collect_fixes`] as an iterator: the fixes are sorted in runs while the read goes on
+/// ([`Sorter`]) and merged as the caller takes them, so nothing waits for one big sort at the
+/// end.
+pub async fn collect_sorted(
+    scan: &mut Scan,
+    max: usize,
+    mut progress: impl FnMut(&Progress),
+) -> Result<Merge, ReplayError> {
+    let planned = (scan.progress().total as usize).min(max);
+    scan.reserve(planned);
+    let mut sorter = Sorter::new(RUN);
+    let mut last = Instant::now();
+    while let Some(batch) = scan.next().await? {
+        if sorter.len() + batch.len() > max {
+            return Err(ReplayError::TooLarge { max });
+        }
+        for k in batch {
+            sorter.push(k.fix);
+        }
+        if last.elapsed() >= Duration::from_millis(500) {
+            progress(&scan.progress());
+            last = Instant::now();
+        }
+    }
+    progress(&scan.progress());
+    // The last run is sorted and the sorting thread joined off the async workers.
+    tokio::task::spawn_blocking(move || sorter.finish())
+        .await
+        .map_err(|e| ReplayError::Internal(format!("sorting the window: {e}")))
 }
 
 async fn collect_with<T>(

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -342,41 +342,38 @@ impl Poller {
                     continue;
                 }
             };
-            let m = match m {
-                None => {
-                    let _ = self
-                        .tx
-                        .send(Err(KafkaError::Config(format!(
-                            "the consumer of {} stopped before the end of the read",
-                            self.topic
-                        ))))
-                        .await;
-                    return;
+            // This record and whatever else librdkafka has ready, taken without a timer each.
+            let mut m = m;
+            loop {
+                let m_ok = match m {
+                    None => {
+                        let _ = self
+                            .tx
+                            .send(Err(KafkaError::Config(format!(
+                                "the consumer of {} stopped before the end of the read",
+                                self.topic
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Some(Err(e)) => {
+                        let _ = self.tx.send(Err(KafkaError::Read(e))).await;
+                        return;
+                    }
+                    Some(Ok(m)) => m,
+                };
+                let r = Record::from_message(&m_ok);
+                drop(m_ok);
+                self.take(&consumer, r, &mut batch);
+                if batch.len() >= BATCH || self.next.is_empty() {
+                    break;
                 }
-                Some(Err(e)) => {
-                    let _ = self.tx.send(Err(KafkaError::Read(e))).await;
-                    return;
+                match stream.next().now_or_never() {
+                    Some(next) => m = next,
+                    None => break,
                 }
-                Some(Ok(m)) => m,
-            };
+            }
             idle_since = tokio::time::Instant::now();
-            let r = Record::from_message(&m);
-            drop(m);
-            let Some(next) = self.next.get_mut(&r.partition) else {
-                continue; // finished already
-            };
-            let end = self.ends[&r.partition];
-            if r.offset < *next {
-                continue; // a duplicate delivery after a seek
-            }
-            *next = r.offset + 1;
-            if *next >= end {
-                self.finish(&consumer, r.partition);
-            }
-            if r.offset >= end {
-                continue;
-            }
-            batch.push(r);
             if batch.len() >= BATCH {
                 if !self.hand_over(&mut batch).await {
                     return;
@@ -388,6 +385,24 @@ impl Poller {
             self.hand_over(&mut batch).await;
         }
         // Dropping the sender ends the read for the caller.
+    }
+
+    /// Keeps `r` if it is inside its partition's range; finishes the partition at its end.
+    fn take(&mut self, consumer: &StreamConsumer, r: Record, batch: &mut Vec<Record>) {
+        let Some(next) = self.next.get_mut(&r.partition) else {
+            return; // finished already
+        };
+        let end = self.ends[&r.partition];
+        if r.offset < *next {
+            return; // a duplicate delivery after a seek
+        }
+        *next = r.offset + 1;
+        if *next >= end {
+            self.finish(consumer, r.partition);
+        }
+        if r.offset < end {
+            batch.push(r);
+        }
     }
 
     /// Publishes progress and sends the batch; `false` if the reader is gone.
@@ -453,11 +468,19 @@ fn plan(
     if partitions.is_empty() {
         return Err(KafkaError::MissingTopic(topic.to_string()));
     }
+    // Both watermarks of every partition in two requests (ListOffsets for the earliest and
+    // the latest offset), not two a partition.
+    let low = list_offsets(consumer, topic, &partitions, Offset::Beginning, timeout)?;
+    let high = list_offsets(consumer, topic, &partitions, Offset::End, timeout)?;
     let mut ranges = Vec::with_capacity(partitions.len());
-    for p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, *p, timeout)
-            .map_err(KafkaError::Client)?;
+    for ((p, low), high) in partitions.iter().zip(low).zip(high) {
+        let (low, high) = match (low, high) {
+            (Some(low), Some(high)) => (low, high),
+            // A broker that answers a batched ListOffsets without an offset: ask it alone.
+            _ => consumer
+                .fetch_watermarks(topic, *p, timeout)
+                .map_err(KafkaError::Client)?,
+        };
         ranges.push(PartitionRange {
             partition: *p,
             low,
@@ -489,6 +512,40 @@ fn plan(
         };
     }
     Ok(ranges)
+}
+
+/// The offsets ListOffsets gives for `at` (`Beginning`, `End`) on each partition, in one
+/// request; `None` where the answer holds no offset.
+fn list_offsets(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    at: Offset,
+    timeout: Duration,
+) -> Result<Vec<Option<i64>>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, *p, at)
+            .map_err(KafkaError::Client)?;
+    }
+    let found = consumer
+        .offsets_for_times(tpl, timeout)
+        .map_err(KafkaError::Client)?;
+    partitions
+        .iter()
+        .map(|p| {
+            let e = found
+                .find_partition(topic, *p)
+                .ok_or_else(|| KafkaError::MissingTopic(topic.to_string()))?;
+            if let Err(err) = e.error() {
+                return Err(KafkaError::Client(err));
+            }
+            Ok(match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+        })
+        .collect()
 }
 
 /// Per range, the first offset at or after time `t` (ms); the end of the log if none.

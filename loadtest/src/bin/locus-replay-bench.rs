@@ -168,13 +168,16 @@ async fn fill(args: &Args) -> anyhow::Result<(i64, i64)> {
     Ok((base - 60_000, now_ms() + 60_000))
 }
 
-/// The ceiling: every record of the topic read by one assigned consumer, nothing decoded.
+/// The ceiling: every record of the topic read by one assigned consumer, nothing decoded,
+/// fetching as Locus's consumers do (`fetch.queue.backoff.ms` 10 ms: librdkafka's 1 s
+/// default idles a consumer reading a backlog for most of each second).
 async fn plain(args: &Args) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let c: StreamConsumer = client(args)
         .set("group.id", "replay-bench-plain")
         .set("enable.auto.commit", "false")
         .set("fetch.max.bytes", "52428800")
+        .set("fetch.queue.backoff.ms", "10")
         .create()?;
     let mut tpl = TopicPartitionList::new();
     let mut left = 0usize;

@@ -44,7 +44,7 @@ fn opt<T: ToString>(line: &mut String, v: Option<T>) {
 }
 
 impl FixWriter for Csv {
-    fn write(&mut self, f: &LocationFix) -> Result<(), ReplayError> {
+    fn write(&mut self, f: LocationFix) -> Result<(), ReplayError> {
         let l = &mut self.line;
         l.clear();
         field(l, &f.tenant);

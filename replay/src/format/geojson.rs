@@ -23,7 +23,7 @@ impl Geojson {
 }
 
 impl FixWriter for Geojson {
-    fn write(&mut self, f: &LocationFix) -> Result<(), ReplayError> {
+    fn write(&mut self, f: LocationFix) -> Result<(), ReplayError> {
         let coordinates = match f.altitude_m {
             Some(alt) => json!([f.lon, f.lat, alt]),
             None => json!([f.lon, f.lat]),

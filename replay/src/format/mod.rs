@@ -41,7 +41,7 @@ impl std::str::FromStr for Format {
 
 /// Writes fixes in one format.
 pub trait FixWriter: Send {
-    fn write(&mut self, fix: &LocationFix) -> Result<(), ReplayError>;
+    fn write(&mut self, fix: LocationFix) -> Result<(), ReplayError>;
     /// Completes the output (footer, flush). The output is not complete without it.
     fn finish(self: Box<Self>) -> Result<Box<dyn Write + Send>, ReplayError>;
 }

@@ -18,8 +18,8 @@ impl Ndjson {
 }
 
 impl FixWriter for Ndjson {
-    fn write(&mut self, fix: &LocationFix) -> Result<(), ReplayError> {
-        serde_json::to_writer(&mut self.out, fix).map_err(std::io::Error::from)?;
+    fn write(&mut self, fix: LocationFix) -> Result<(), ReplayError> {
+        serde_json::to_writer(&mut self.out, &fix).map_err(std::io::Error::from)?;
         self.out.write_all(b"\n")?;
         Ok(())
     }
