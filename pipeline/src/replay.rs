@@ -177,12 +177,13 @@ async fn open_scan(
     let now = now_ms();
     let (window, filter) = window_of(config, a, now)?;
     let topic = &config.topics.locations;
-    // On a task of its own: the admin client's metadata call blocks its thread, and the
-    // read's planning runs meanwhile.
+    // On a blocking thread of its own (the admin client's metadata call blocks), while the
+    // read is planned.
     let (kafka, name) = (config.kafka.clone(), topic.clone());
-    let retention = tokio::spawn(async move {
-        let value = locus_topics::live_config(&kafka, &name, "retention.ms")
-            .await
+    let runtime = tokio::runtime::Handle::current();
+    let retention = tokio::task::spawn_blocking(move || {
+        let value = runtime
+            .block_on(locus_topics::live_config(&kafka, &name, "retention.ms"))
             .map_err(|e| ReplayError::Invalid(format!("reading {name}'s retention: {e}")))?;
         Ok::<_, ReplayError>(value.and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1))
     });
@@ -301,7 +302,8 @@ async fn export(
             meter.show(n as u64, n as u64);
             Ok::<_, ReplayError>(n)
         };
-        // Merging and encoding are CPU work: off the async workers.
+        // Merging and encoding are CPU work; `export` runs on the main thread (`block_on`), and
+        // block_in_place keeps it correct if it is ever driven from a runtime worker.
         tokio::task::block_in_place(write)
     }
     .await;

@@ -184,7 +184,10 @@ async fn replay(
             return Err(ApiError::unavailable(e.to_string(), 5));
         }
     };
-    let mut fixes = match crate::collect_fixes(&mut scan, api.config.http_max_fixes, |_| {}).await {
+    // Played in event time order: sorted once here, not by user first.
+    let collected =
+        crate::window::collect_with(&mut scan, api.config.http_max_fixes, |_| {}, |k| k.fix);
+    let mut fixes = match collected.await {
         Ok(f) => f,
         Err(ReplayError::TooLarge { max }) => {
             return Err(ApiError::too_large(format!(

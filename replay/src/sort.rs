@@ -169,6 +169,8 @@ impl Iterator for Merge {
         let &top = self.heap.first()?;
         let fix = self.runs[top].next()?;
         if self.runs[top].as_slice().is_empty() {
+            // Its memory goes now, not with the last run.
+            self.runs[top] = Vec::new().into_iter();
             let last = self.heap.len() - 1;
             self.heap.swap(0, last);
             self.heap.pop();

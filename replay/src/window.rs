@@ -289,8 +289,8 @@ pub struct Kept {
 impl Scan {
     /// Locates the window in `topic` and opens the read. `retention_ms` (the topic's, -1 for
     /// forever; looked up while the read is planned) decides whether part of the window is
-    /// gone: all of it is an error, part of it is said in the report. Nothing is read before
-    /// both are known.
+    /// gone: all of it is an error, part of it is said in the report. No record is handed
+    /// out before both are known (the consumer may start fetching while the lookup runs).
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         kafka: &KafkaConfig,
@@ -517,7 +517,7 @@ pub async fn collect_sorted(
         .map_err(|e| ReplayError::Internal(format!("sorting the window: {e}")))
 }
 
-async fn collect_with<T>(
+pub(crate) async fn collect_with<T>(
     scan: &mut Scan,
     max: usize,
     mut progress: impl FnMut(&Progress),

@@ -169,12 +169,32 @@ impl KafkaConfig {
                 "kafka.fetch_wait_max_ms must be > 0".into(),
             ));
         }
+        if self.fetch_queue_backoff_ms > 300_000 {
+            return Err(KafkaError::Config(
+                "kafka.fetch_queue_backoff_ms must be at most 300000".into(),
+            ));
+        }
         if self.producer.queue_max_messages == 0 {
             return Err(KafkaError::Config(
                 "kafka.producer.queue_max_messages must be > 0".into(),
             ));
         }
         for key in self.properties.keys() {
+            // Typed settings win over a property of the same name: say so instead of
+            // ignoring it.
+            let typed = [
+                ("fetch.wait.max.ms", "fetch_wait_max_ms"),
+                ("fetch.max.bytes", "fetch_max_bytes"),
+                ("fetch.queue.backoff.ms", "fetch_queue_backoff_ms"),
+            ];
+            if let Some((_, field)) = typed
+                .iter()
+                .find(|(name, _)| key.trim().eq_ignore_ascii_case(name))
+            {
+                return Err(KafkaError::Config(format!(
+                    "kafka.properties.{key}: set kafka.{field} instead"
+                )));
+            }
             if RESERVED.contains(&key.trim().to_ascii_lowercase().as_str()) {
                 return Err(KafkaError::Config(format!(
                     "kafka.properties.{key} is set by Locus itself and cannot be overridden"
@@ -290,6 +310,31 @@ mod tests {
         c.properties.insert("acks".into(), "1".into());
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("kafka.properties.acks"), "{e}");
+    }
+
+    /// A property shadowed by a typed setting would be ignored: it is refused, naming the
+    /// setting; the backoff is within librdkafka's range and reaches every consumer.
+    #[test]
+    fn fetch_settings_are_typed_and_checked() {
+        for (key, field) in [
+            ("fetch.queue.backoff.ms", "fetch_queue_backoff_ms"),
+            ("FETCH.MAX.BYTES", "fetch_max_bytes"),
+            ("fetch.wait.max.ms", "fetch_wait_max_ms"),
+        ] {
+            let mut c = KafkaConfig::default();
+            c.properties.insert(key.into(), "10".into());
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("kafka.{field}")), "{e}");
+        }
+        let mut c = KafkaConfig {
+            fetch_queue_backoff_ms: 300_001,
+            ..KafkaConfig::default()
+        };
+        assert!(c.validate().is_err());
+        c.fetch_queue_backoff_ms = 25;
+        c.validate().unwrap();
+        let consumer = c.consumer_config("history", "g");
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("25"));
     }
 
     #[test]

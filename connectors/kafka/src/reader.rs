@@ -475,8 +475,9 @@ fn plan(
     let mut ranges = Vec::with_capacity(partitions.len());
     for ((p, low), high) in partitions.iter().zip(low).zip(high) {
         let (low, high) = match (low, high) {
-            (Some(low), Some(high)) => (low, high),
-            // A broker that answers a batched ListOffsets without an offset: ask it alone.
+            (Some(low), Some(high)) if low <= high => (low, high),
+            // A batched ListOffsets answer without an offset, or a low above the high (the two
+            // requests are apart; a leader may have moved): ask for this partition alone.
             _ => consumer
                 .fetch_watermarks(topic, *p, timeout)
                 .map_err(KafkaError::Client)?,

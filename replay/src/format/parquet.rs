@@ -4,11 +4,13 @@
 //! tenant, user and time, so a row group's statistics bound its users and times and readers
 //! skip what a query does not need.
 //!
-//! Row groups are encoded on worker threads (one a core) into memory and appended to the file
-//! in order as they complete: encoding is most of an export's work once the read is over.
+//! Row groups are encoded on worker threads (one a core, at most four) into memory and appended
+//! to the file in order as they complete: encoding is most of an export's work once the read
+//! is over.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
@@ -165,6 +167,11 @@ type Job = (u64, Vec<LocationFix>);
 /// group's size cost more to fault in than to encode into).
 type Done = (u64, Result<Encoded, ParquetError>, Vec<LocationFix>);
 
+/// Encoding threads at most (one a core up to this): each holds a row group's fixes and its
+/// encoded columns, so an export holds up to `MAX_WORKERS + 2` row groups beside the window
+/// (~27 MB each at 128 Ki rows).
+const MAX_WORKERS: usize = 4;
+
 /// Threads encoding row groups; results come back numbered and are appended in order.
 struct Encoders {
     jobs: Option<mpsc::SyncSender<Job>>,
@@ -179,8 +186,7 @@ struct Encoders {
 }
 
 impl Encoders {
-    fn start(schema: Arc<SchemaDescriptor>, props: WriterPropertiesPtr) -> Encoders {
-        let n = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+    fn start(schema: Arc<SchemaDescriptor>, props: WriterPropertiesPtr, n: usize) -> Encoders {
         // A row group is handed to a worker as it takes it: one being filled and one a worker
         // in memory, their buffers reused.
         let (jobs, queue) = mpsc::sync_channel::<Job>(0);
@@ -196,7 +202,16 @@ impl Encoders {
                         loop {
                             let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
                             let Ok((seq, mut rows)) = job else { return };
-                            let encoded = encode(&schema, &props, &rows);
+                            // A panic becomes this row group's error: the writer waiting for
+                            // it in order must not wait forever.
+                            let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                encode(&schema, &props, &rows)
+                            }))
+                            .unwrap_or_else(|_| {
+                                Err(ParquetError::General(
+                                    "encoding a row group panicked".into(),
+                                ))
+                            });
                             rows.clear();
                             if done_tx.send((seq, encoded, rows)).is_err() {
                                 return;
@@ -229,6 +244,15 @@ pub struct Parquet {
 
 impl Parquet {
     pub fn new(out: Box<dyn Write + Send>, row_group_rows: usize) -> Result<Parquet, ReplayError> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Parquet::with_workers(out, row_group_rows, cores.clamp(1, MAX_WORKERS))
+    }
+
+    fn with_workers(
+        out: Box<dyn Write + Send>,
+        row_group_rows: usize,
+        workers: usize,
+    ) -> Result<Parquet, ReplayError> {
         let schema = Arc::new(parse_message_type(SCHEMA)?);
         let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
@@ -254,7 +278,7 @@ impl Parquet {
         let descr = Arc::new(SchemaDescriptor::new(schema.clone()));
         Ok(Parquet {
             writer: SerializedFileWriter::new(out, schema, props.clone())?,
-            encoders: Encoders::start(descr.clone(), props.clone()),
+            encoders: Encoders::start(descr.clone(), props.clone(), workers),
             schema: descr,
             props,
             rows: Vec::new(),
@@ -335,8 +359,9 @@ impl FixWriter for Parquet {
 
     fn finish(mut self: Box<Self>) -> Result<Box<dyn Write + Send>, ReplayError> {
         self.send_row_group()?;
-        self.append_ready(true)?;
+        // No more jobs: workers end once idle, so waiting for results cannot outlive them.
         self.encoders.jobs = None;
+        self.append_ready(true)?;
         for w in self.encoders.workers.drain(..) {
             let _ = w.join();
         }
@@ -382,7 +407,7 @@ mod tests {
             lon: 13.0,
             accuracy_m: (i % 3 == 0).then_some(5.0),
             altitude_m: (i % 4 == 0).then_some(i as f64),
-            speed_mps: None,
+            speed_mps: (i % 7 == 0).then_some(1.5),
             heading_deg: (i % 2 == 0).then_some(90.0),
             battery_pct: (i % 5 != 0).then_some((i % 100) as i32),
             activity: (i % 6 == 0).then(|| "walking".to_string()),
@@ -397,7 +422,8 @@ mod tests {
     fn row_groups_encoded_in_parallel_keep_their_order() {
         let n = 2_503;
         let out = Shared::default();
-        let mut w: Box<dyn FixWriter> = Box::new(Parquet::new(Box::new(out.clone()), 100).unwrap());
+        let mut w: Box<dyn FixWriter> =
+            Box::new(Parquet::with_workers(Box::new(out.clone()), 100, 4).unwrap());
         for i in 0..n {
             w.write(fix(i)).unwrap();
         }
@@ -417,23 +443,43 @@ mod tests {
         assert_eq!(rows.len(), n as usize);
         for (i, row) in rows.iter().enumerate() {
             let want = fix(i as i64);
-            let cols: Vec<&Field> = row.get_column_iter().map(|(_, f)| f).collect();
-            assert_eq!(cols[0], &Field::Str(want.tenant.clone()), "row {i}");
-            assert_eq!(cols[1], &Field::Str(want.user_id.clone()), "row {i}");
-            assert_eq!(cols[3], &Field::Long(want.seq), "row {i}");
-            assert_eq!(cols[4], &Field::TimestampMillis(want.ts), "row {i}");
-            assert_eq!(cols[5], &Field::Double(want.lat), "row {i}");
-            let acc = want.accuracy_m.map_or(Field::Null, Field::Float);
-            assert_eq!(cols[7], &acc, "row {i}");
-            let bat = want.battery_pct.map_or(Field::Null, Field::Int);
-            assert_eq!(cols[11], &bat, "row {i}");
-            let act = want.activity.clone().map_or(Field::Null, Field::Str);
-            assert_eq!(cols[12], &act, "row {i}");
-            assert_eq!(
-                cols[14],
-                &Field::TimestampMillis(want.received_at),
-                "row {i}"
-            );
+            let got: Vec<(&String, &Field)> = row.get_column_iter().collect();
+            let want = [
+                ("tenant", Field::Str(want.tenant)),
+                ("user_id", Field::Str(want.user_id)),
+                ("device_id", Field::Str(want.device_id)),
+                ("seq", Field::Long(want.seq)),
+                ("ts", Field::TimestampMillis(want.ts)),
+                ("lat", Field::Double(want.lat)),
+                ("lon", Field::Double(want.lon)),
+                (
+                    "accuracy_m",
+                    want.accuracy_m.map_or(Field::Null, Field::Float),
+                ),
+                (
+                    "altitude_m",
+                    want.altitude_m.map_or(Field::Null, Field::Double),
+                ),
+                (
+                    "speed_mps",
+                    want.speed_mps.map_or(Field::Null, Field::Float),
+                ),
+                (
+                    "heading_deg",
+                    want.heading_deg.map_or(Field::Null, Field::Float),
+                ),
+                (
+                    "battery_pct",
+                    want.battery_pct.map_or(Field::Null, Field::Int),
+                ),
+                ("activity", want.activity.map_or(Field::Null, Field::Str)),
+                ("source", want.source.map_or(Field::Null, Field::Str)),
+                ("received_at", Field::TimestampMillis(want.received_at)),
+            ];
+            assert_eq!(got.len(), want.len());
+            for ((name, field), (want_name, want_field)) in got.iter().zip(&want) {
+                assert_eq!((name.as_str(), *field), (*want_name, want_field), "row {i}");
+            }
         }
     }
 }
