@@ -315,14 +315,16 @@ impl Scan {
                 format_time(read_to)
             ));
         }
+        // A stop in the future is the end of the log now: records produced later are not
+        // read either way, and a broker finds no offset for a time past its newest record
+        // only by passing over every record (tansu's ListOffsets does).
+        let stop = if read_to > now_ms {
+            StopAt::End
+        } else {
+            StopAt::Time(read_to)
+        };
         let (reader, retention_ms) = tokio::join!(
-            RangeReader::open(
-                kafka,
-                "replay",
-                topic,
-                StartAt::Time(read_from),
-                StopAt::Time(read_to),
-            ),
+            RangeReader::open(kafka, "replay", topic, StartAt::Time(read_from), stop),
             retention_ms
         );
         let retention_ms = retention_ms?;
