@@ -24,12 +24,11 @@ pub struct KafkaConfig {
     /// 1 MiB). Smaller answers come back sooner from brokers that read them record by record.
     #[serde(default = "default_fetch_max_bytes")]
     pub fetch_max_bytes: u32,
-    /// How long a partition's next fetch waits when the consumer's queue is over librdkafka's
-    /// thresholds, ms (`fetch.queue.backoff.ms`). The queue of an assigned or subscribed
-    /// consumer is shared by its partitions, so one fetch of a backlog (a few MiB of ~120 B
-    /// records) passes `queued.min.messages` (100,000) and librdkafka's default of 1,000 ms
-    /// left a consumer idle most of each second: a catching-up stage or a replay read at
-    /// ~170k records/s where 10 ms reads at ~330k/s (loadtest/RESULTS.md).
+    /// How long a partition's next fetch waits once the consumer's queue holds more than
+    /// librdkafka's `queued.min.messages` (100,000), ms (`fetch.queue.backoff.ms`). The queue
+    /// of an assigned or subscribed consumer is shared by its partitions, so one fetch of a
+    /// backlog of ~120 B records passes that, and librdkafka's default of 1,000 ms idles a
+    /// catching-up stage or a replay most of each second (loadtest/RESULTS.md, 2026-12-01).
     #[serde(default = "default_fetch_queue_backoff_ms")]
     pub fetch_queue_backoff_ms: u32,
     /// Timeout of admin and metadata requests, ms.
