@@ -135,6 +135,9 @@ const RESERVED: &[&str] = &[
     "topic.auto.offset.reset",
     "partitioner",
     "topic.partitioner",
+    // Each stage's consumer group and its cooperative rebalancing.
+    "group.id",
+    "partition.assignment.strategy",
 ];
 
 impl KafkaConfig {
@@ -185,6 +188,7 @@ impl KafkaConfig {
                 ("fetch.wait.max.ms", "fetch_wait_max_ms"),
                 ("fetch.max.bytes", "fetch_max_bytes"),
                 ("fetch.queue.backoff.ms", "fetch_queue_backoff_ms"),
+                ("max.partition.fetch.bytes", "fetch_max_bytes"),
             ];
             if let Some((_, field)) = typed
                 .iter()
@@ -308,6 +312,11 @@ mod tests {
         let mut c = KafkaConfig::default();
         c.properties.insert("acks".into(), "1".into());
         let e = c.validate().unwrap_err().to_string();
+        for key in ["group.id", "partition.assignment.strategy"] {
+            let mut c = KafkaConfig::default();
+            c.properties.insert(key.into(), "x".into());
+            assert!(c.validate().is_err(), "{key}");
+        }
         assert!(e.contains("kafka.properties.acks"), "{e}");
     }
 
@@ -319,6 +328,7 @@ mod tests {
             ("fetch.queue.backoff.ms", "fetch_queue_backoff_ms"),
             ("FETCH.MAX.BYTES", "fetch_max_bytes"),
             ("fetch.wait.max.ms", "fetch_wait_max_ms"),
+            ("max.partition.fetch.bytes", "fetch_max_bytes"),
         ] {
             let mut c = KafkaConfig::default();
             c.properties.insert(key.into(), "10".into());

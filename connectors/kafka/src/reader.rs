@@ -368,6 +368,9 @@ impl Poller {
                 if batch.len() >= BATCH || self.next.is_empty() {
                     break;
                 }
+                // Polled with a no-op waker: when nothing is ready, the next turn of the loop
+                // polls the stream again with the task's waker (`biased`, first), and the
+                // stream checks its queue after storing that waker, so no wake-up is lost.
                 match stream.next().now_or_never() {
                     Some(next) => m = next,
                     None => break,
