@@ -16,8 +16,8 @@ mod window;
 pub use api::{ReplayApi, router};
 pub use config::ReplayConfig;
 pub use error::ReplayError;
-pub use sort::{Merge, Sorter};
+pub use sort::Merge;
 pub use window::{
     BBox, Filter, Kept, PartitionRead, Report, Scan, Window, by_user_then_time, collect,
-    collect_fixes, collect_sorted,
+    collect_sorted,
 };

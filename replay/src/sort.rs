@@ -27,6 +27,7 @@ pub struct Sorter {
     /// sorted here.
     sorting: Option<(mpsc::Sender<Run>, JoinHandle<Vec<Run>>)>,
     sorted: Vec<Vec<LocationFix>>,
+    #[cfg(test)]
     len: usize,
 }
 
@@ -51,16 +52,14 @@ impl Sorter {
             run_len,
             sorting,
             sorted: vec![],
+            #[cfg(test)]
             len: 0,
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     pub fn push(&mut self, fix: LocationFix) {
@@ -68,7 +67,10 @@ impl Sorter {
             self.run.reserve_exact(self.run_len);
         }
         self.run.push(fix);
-        self.len += 1;
+        #[cfg(test)]
+        {
+            self.len += 1;
+        }
         if self.run.len() >= self.run_len {
             let run = std::mem::take(&mut self.run);
             match &self.sorting {

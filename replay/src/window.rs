@@ -478,69 +478,64 @@ pub async fn collect(
     collect_with(scan, max, progress, |k| k).await
 }
 
-/// Reads the whole window's fixes into memory (at most `max`), ordered by tenant, user, event
-/// time (then device and sequence). Only the fixes are kept, not the records.
-pub async fn collect_fixes(
-    scan: &mut Scan,
-    max: usize,
-    progress: impl FnMut(&Progress),
-) -> Result<Vec<LocationFix>, ReplayError> {
-    Ok(collect_sorted(scan, max, progress).await?.collect())
-}
-
-/// [`collect_fixes`] as an iterator: the fixes are sorted in runs while the read goes on
-/// ([`Sorter`]) and merged as the caller takes them, so nothing waits for one big sort at the
-/// end.
+/// Reads the whole window's fixes (at most `max`) ordered by tenant, user, event time (then
+/// device and sequence): sorted in runs while the read goes on ([`Sorter`]) and merged as the
+/// caller takes them, so nothing waits for one big sort at the end. Only the fixes are kept,
+/// not the records.
 pub async fn collect_sorted(
     scan: &mut Scan,
     max: usize,
-    mut progress: impl FnMut(&Progress),
+    progress: impl FnMut(&Progress),
 ) -> Result<Merge, ReplayError> {
-    let planned = (scan.progress().total as usize).min(max);
-    scan.reserve(planned);
     let mut sorter = Sorter::new(RUN);
-    let mut last = Instant::now();
-    while let Some(batch) = scan.next().await? {
-        if sorter.len() + batch.len() > max {
-            return Err(ReplayError::TooLarge { max });
-        }
-        for k in batch {
-            sorter.push(k.fix);
-        }
-        if last.elapsed() >= Duration::from_millis(500) {
-            progress(&scan.progress());
-            last = Instant::now();
-        }
-    }
-    progress(&scan.progress());
+    read_all(scan, max, progress, |k| sorter.push(k.fix)).await?;
     // The last run is sorted and the sorting thread joined off the async workers.
     tokio::task::spawn_blocking(move || sorter.finish())
         .await
         .map_err(|e| ReplayError::Internal(format!("sorting the window: {e}")))
 }
 
+/// Reads the whole window into memory (at most `max` records), each kept as `keep` makes it,
+/// in read order.
 pub(crate) async fn collect_with<T>(
     scan: &mut Scan,
     max: usize,
-    mut progress: impl FnMut(&Progress),
+    progress: impl FnMut(&Progress),
     keep: impl Fn(Kept) -> T,
 ) -> Result<Vec<T>, ReplayError> {
-    let planned = (scan.progress().total as usize).min(max);
-    scan.reserve(planned);
-    let mut all: Vec<T> = Vec::with_capacity(planned);
-    let mut last = Instant::now();
+    let mut all: Vec<T> = Vec::with_capacity(planned(scan, max));
+    read_all(scan, max, progress, |k| all.push(keep(k))).await?;
+    Ok(all)
+}
+
+/// The records the read plans, up to `max`.
+fn planned(scan: &Scan, max: usize) -> usize {
+    (scan.progress().total as usize).min(max)
+}
+
+/// Hands every kept record of the window to `take`; refuses more than `max`; reports
+/// progress every 500 ms and at the end.
+async fn read_all(
+    scan: &mut Scan,
+    max: usize,
+    mut progress: impl FnMut(&Progress),
+    mut take: impl FnMut(Kept),
+) -> Result<(), ReplayError> {
+    scan.reserve(planned(scan, max));
+    let (mut taken, mut last) = (0usize, Instant::now());
     while let Some(batch) = scan.next().await? {
-        if all.len() + batch.len() > max {
+        taken += batch.len();
+        if taken > max {
             return Err(ReplayError::TooLarge { max });
         }
-        all.extend(batch.into_iter().map(&keep));
+        batch.into_iter().for_each(&mut take);
         if last.elapsed() >= Duration::from_millis(500) {
             progress(&scan.progress());
             last = Instant::now();
         }
     }
     progress(&scan.progress());
-    Ok(all)
+    Ok(())
 }
 
 pub fn by_user_then_time(a: &LocationFix, b: &LocationFix) -> std::cmp::Ordering {

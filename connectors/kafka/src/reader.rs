@@ -518,7 +518,7 @@ fn plan(
     Ok(ranges)
 }
 
-/// The offsets ListOffsets gives for `at` (`Beginning`, `End`) on each partition, in one
+/// The offsets ListOffsets gives for `at` (`Beginning`, `End`, or a time) on each partition, in one
 /// request; `None` where the answer holds no offset.
 fn list_offsets(
     consumer: &BaseConsumer,
@@ -560,28 +560,18 @@ fn offsets_for_time(
     t: i64,
     timeout: Duration,
 ) -> Result<Vec<i64>, KafkaError> {
-    let mut tpl = TopicPartitionList::new();
-    for r in ranges {
-        tpl.add_partition_offset(topic, r.partition, Offset::Offset(t.max(0)))
-            .map_err(KafkaError::Client)?;
-    }
-    let found = consumer
-        .offsets_for_times(tpl, timeout)
-        .map_err(KafkaError::Client)?;
-    ranges
+    let partitions: Vec<i32> = ranges.iter().map(|r| r.partition).collect();
+    let found = list_offsets(
+        consumer,
+        topic,
+        &partitions,
+        Offset::Offset(t.max(0)),
+        timeout,
+    )?;
+    Ok(ranges
         .iter()
-        .map(|r| {
-            let e = found
-                .find_partition(topic, r.partition)
-                .ok_or_else(|| KafkaError::MissingTopic(topic.to_string()))?;
-            if let Err(err) = e.error() {
-                return Err(KafkaError::Client(err));
-            }
-            Ok(match e.offset() {
-                Offset::Offset(o) => o.clamp(r.low, r.high),
-                // No record at or after t: the end of the log.
-                _ => r.high,
-            })
-        })
-        .collect()
+        .zip(found)
+        // No record at or after t: the end of the log.
+        .map(|(r, o)| o.map_or(r.high, |o| o.clamp(r.low, r.high)))
+        .collect())
 }
