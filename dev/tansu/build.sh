@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local Kafka broker: tansu 0.6.0 (sqlite storage) from crates.io, with
 # every dev/tansu/*.patch applied in name order: `NN-broker-*.patch` to tansu-broker (the
-# group coordinator), the others to tansu-storage. Idempotent: the
+# group coordinator), `NN-service-*.patch` to tansu-service (the request framing),
+# `NN-bin-*.patch` to tansu (the binary), the others to tansu-storage. Idempotent: the
 # binary is cached outside the repo ($LOCUS_CACHE, default ~/.cache/locus) under a
 # name that includes a hash of the patches, so a changed patch means a new binary;
 # the build folder is shared by every patch set, so that rebuild is incremental
@@ -41,6 +42,7 @@ publish = false
 tansu = "=$VERSION"
 tansu-broker = "=$VERSION"
 tansu-storage = "=$VERSION"
+tansu-service = "=$VERSION"
 TOML
 echo 'fn main() {}' > "$BUILD/fetch/src/main.rs"
 (cd "$BUILD/fetch" && cargo fetch --quiet)
@@ -49,15 +51,19 @@ CARGO_HOME_DIR="${CARGO_HOME:-$HOME/.cargo}"
 SRC_TANSU="$(ls -d "$CARGO_HOME_DIR"/registry/src/*/tansu-$VERSION | head -n1)"
 SRC_STORAGE="$(ls -d "$CARGO_HOME_DIR"/registry/src/*/tansu-storage-$VERSION | head -n1)"
 SRC_BROKER="$(ls -d "$CARGO_HOME_DIR"/registry/src/*/tansu-broker-$VERSION | head -n1)"
+SRC_SERVICE="$(ls -d "$CARGO_HOME_DIR"/registry/src/*/tansu-service-$VERSION | head -n1)"
 
-rm -rf "$BUILD/tansu" "$BUILD/tansu-storage" "$BUILD/tansu-broker"
+rm -rf "$BUILD/tansu" "$BUILD/tansu-storage" "$BUILD/tansu-broker" "$BUILD/tansu-service"
 cp -r "$SRC_TANSU" "$BUILD/tansu"
 cp -r "$SRC_STORAGE" "$BUILD/tansu-storage"
 cp -r "$SRC_BROKER" "$BUILD/tansu-broker"
-chmod -R u+w "$BUILD/tansu" "$BUILD/tansu-storage" "$BUILD/tansu-broker"
+cp -r "$SRC_SERVICE" "$BUILD/tansu-service"
+chmod -R u+w "$BUILD/tansu" "$BUILD/tansu-storage" "$BUILD/tansu-broker" "$BUILD/tansu-service"
 for p in "${PATCHES[@]}"; do
   case "$(basename "$p")" in
     [0-9]*-broker-*) crate=tansu-broker ;;
+    [0-9]*-service-*) crate=tansu-service ;;
+    [0-9]*-bin-*) crate=tansu ;;
     *) crate=tansu-storage ;;
   esac
   echo "tansu: applying $(basename "$p") to $crate"
@@ -68,6 +74,7 @@ cat >> "$BUILD/tansu/Cargo.toml" <<TOML
 [patch.crates-io]
 tansu-storage = { path = "../tansu-storage" }
 tansu-broker = { path = "../tansu-broker" }
+tansu-service = { path = "../tansu-service" }
 TOML
 
 (cd "$BUILD/tansu" && CARGO_TARGET_DIR="$BUILD/target" \
