@@ -177,13 +177,11 @@ async fn open_scan(
     let now = now_ms();
     let (window, filter) = window_of(config, a, now)?;
     let topic = &config.topics.locations;
-    // On a blocking thread of its own (the admin client's metadata call blocks), while the
-    // read is planned.
+    // On a task of its own, while the read is planned.
     let (kafka, name) = (config.kafka.clone(), topic.clone());
-    let runtime = tokio::runtime::Handle::current();
-    let retention = tokio::task::spawn_blocking(move || {
-        let value = runtime
-            .block_on(locus_topics::live_config(&kafka, &name, "retention.ms"))
+    let retention = tokio::spawn(async move {
+        let value = locus_topics::live_config(&kafka, &name, "retention.ms")
+            .await
             .map_err(|e| ReplayError::Invalid(format!("reading {name}'s retention: {e}")))?;
         Ok::<_, ReplayError>(value.and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1))
     });

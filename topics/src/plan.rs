@@ -1,5 +1,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use locus_kafka::KafkaConfig;
@@ -100,10 +101,13 @@ struct Live {
     configs: HashMap<String, Option<String>>,
 }
 
-fn admin(kafka: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, TopicsError> {
+type Admin = Arc<AdminClient<DefaultClientContext>>;
+
+fn admin(kafka: &KafkaConfig) -> Result<Admin, TopicsError> {
     kafka
         .client_config("topics")
         .create()
+        .map(Arc::new)
         .map_err(|e| TopicsError::Kafka(locus_kafka::KafkaError::Client(e)))
 }
 
@@ -116,13 +120,18 @@ fn options(kafka: &KafkaConfig) -> AdminOptions {
 
 async fn live_state(
     kafka: &KafkaConfig,
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &Admin,
     names: &[&str],
 ) -> Result<HashMap<String, Live>, TopicsError> {
-    // An unreachable cluster fails here, as `KafkaError::Unreachable` naming the brokers.
-    let md = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_millis(kafka.request_timeout_ms))
+    // The metadata call blocks its thread: on a blocking one. An unreachable cluster fails
+    // here, as `KafkaError::Unreachable` naming the brokers.
+    let (client, timeout) = (
+        admin.clone(),
+        Duration::from_millis(kafka.request_timeout_ms),
+    );
+    let md = tokio::task::spawn_blocking(move || client.inner().fetch_metadata(None, timeout))
+        .await
+        .map_err(|e| locus_kafka::KafkaError::Join(e.to_string()))?
         .map_err(|source| locus_kafka::KafkaError::Unreachable {
             brokers: kafka.brokers.clone(),
             source,
