@@ -140,6 +140,15 @@ const RESERVED: &[&str] = &[
     "partition.assignment.strategy",
 ];
 
+/// librdkafka properties set from a typed setting, which would win over a property of the same
+/// name: refused, naming the setting, instead of ignored.
+const TYPED: &[(&str, &str)] = &[
+    ("fetch.wait.max.ms", "fetch_wait_max_ms"),
+    ("fetch.max.bytes", "fetch_max_bytes"),
+    ("fetch.queue.backoff.ms", "fetch_queue_backoff_ms"),
+    ("max.partition.fetch.bytes", "fetch_max_bytes"),
+];
+
 impl KafkaConfig {
     pub fn validate(&self) -> Result<(), KafkaError> {
         if self.brokers.trim().is_empty() {
@@ -182,15 +191,7 @@ impl KafkaConfig {
             ));
         }
         for key in self.properties.keys() {
-            // Typed settings win over a property of the same name: say so instead of
-            // ignoring it.
-            let typed = [
-                ("fetch.wait.max.ms", "fetch_wait_max_ms"),
-                ("fetch.max.bytes", "fetch_max_bytes"),
-                ("fetch.queue.backoff.ms", "fetch_queue_backoff_ms"),
-                ("max.partition.fetch.bytes", "fetch_max_bytes"),
-            ];
-            if let Some((_, field)) = typed
+            if let Some((_, field)) = TYPED
                 .iter()
                 .find(|(name, _)| key.trim().eq_ignore_ascii_case(name))
             {
