@@ -287,20 +287,18 @@ async fn export(
         let write = || {
             let mut writer =
                 locus_replay::format::writer(format, w, config.replay.parquet_row_group_rows)?;
-            for (i, f) in fixes.enumerate() {
-                if i % 65_536 == 0 {
-                    if cancel.is_cancelled() {
-                        return Err(ReplayError::Interrupted);
-                    }
-                    meter.show(i as u64, n as u64);
+            for at in (0..n).step_by(65_536) {
+                if cancel.is_cancelled() {
+                    return Err(ReplayError::Interrupted);
                 }
-                writer.write(f)?;
+                meter.show(at as u64, n as u64);
+                writer.write(&fixes, at..(at + 65_536).min(n))?;
             }
             output.commit(writer.finish()?)?;
             meter.show(n as u64, n as u64);
             Ok::<_, ReplayError>(n)
         };
-        // Merging and encoding are CPU work; `export` runs on the main thread (`block_on`), and
+        // Encoding is CPU work; `export` runs on the main thread (`block_on`), and
         // block_in_place keeps it correct if it is ever driven from a runtime worker.
         tokio::task::block_in_place(write)
     }

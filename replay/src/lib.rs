@@ -9,14 +9,14 @@ pub mod copy;
 mod error;
 pub mod format;
 pub mod group;
-mod sort;
+mod table;
 pub mod time;
 mod window;
 
 pub use api::{ReplayApi, router};
 pub use config::ReplayConfig;
 pub use error::ReplayError;
-pub use sort::Merge;
+pub use table::{Row, Sorted, Strings};
 pub use window::{
     BBox, Filter, Kept, PartitionRead, Report, Scan, Window, by_user_then_time, collect,
     collect_sorted,

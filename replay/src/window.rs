@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use locus_kafka::{
     Backoff, KafkaConfig, PartitionRange, Progress, RangeReader, Record, StartAt, StopAt,
 };
-use locus_schemas::{Codec, CodecError, LocationFix};
+use locus_schemas::{Codec, CodecError, FixRef, LocationFix};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::ReplayError;
-use crate::sort::{Merge, RUN, Sorter};
+use crate::table::{Sorted, Table};
 use crate::time::format_time;
 
 /// An event-time window and how far around it the log is read.
@@ -150,9 +150,9 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, f: &LocationFix) -> bool {
-        self.tenant.as_ref().is_none_or(|t| *t == f.tenant)
-            && self.users.as_ref().is_none_or(|u| u.contains(&f.user_id))
+    pub fn matches(&self, f: &FixRef<'_>) -> bool {
+        self.tenant.as_ref().is_none_or(|t| t == f.tenant)
+            && self.users.as_ref().is_none_or(|u| u.contains(f.user_id))
             && self.bbox.is_none_or(|b| b.contains(f.lat, f.lon))
     }
 }
@@ -397,74 +397,126 @@ impl Scan {
         r
     }
 
-    /// The next batch of kept records; `None` at the end of the window.
-    pub async fn next(&mut self) -> Result<Option<Vec<Kept>>, ReplayError> {
+    /// The next batch of records read; `None` at the end of the window.
+    async fn next_records(&mut self) -> Result<Option<Vec<Record>>, ReplayError> {
         let batch = tokio::select! {
             _ = self.cancel.cancelled() => return Err(ReplayError::Interrupted),
             b = self.reader.next_batch(4096) => b?,
         };
-        let Some(batch) = batch else {
+        if batch.is_none() {
             self.read_s
                 .get_or_insert_with(|| self.started.elapsed().as_secs_f64());
+        }
+        Ok(batch)
+    }
+
+    /// The next batch of kept records; `None` at the end of the window.
+    pub async fn next(&mut self) -> Result<Option<Vec<Kept>>, ReplayError> {
+        let Some(batch) = self.next_records().await? else {
             return Ok(None);
         };
-
+        let (codec, cancel) = (self.codec.clone(), self.cancel.clone());
         let mut kept = Vec::with_capacity(batch.len());
         for record in batch {
-            let Some(fix) = self.decode(&record).await? else {
+            let value = record.value.as_deref();
+            let Some(fix) = decode(&codec, &cancel, value, |f| f.to_fix()).await? else {
                 self.report.undecodable += 1;
                 continue;
             };
-            if !self.window.contains(fix.ts) {
-                self.report.outside_window += 1;
-                continue;
+            if self.accept(record.timestamp_ms, &fix.as_fix_ref()) {
+                kept.push(Kept { record, fix });
             }
-            if !self.filter.matches(&fix) {
-                self.report.filtered_out += 1;
-                continue;
-            }
-            if !self.seen.insert(self.identity(&fix)) {
-                self.report.duplicates_removed += 1;
-                continue;
-            }
-            if let Some(t) = record.timestamp_ms {
-                let late = t - fix.ts;
-                self.report.latest_lateness_ms =
-                    Some(self.report.latest_lateness_ms.map_or(late, |l| l.max(late)));
-            }
-            self.report.in_window += 1;
-            kept.push(Kept { record, fix });
         }
         Ok(Some(kept))
     }
 
+    /// The next batch's kept fixes, each handed to `keep` in place (nothing of the record is
+    /// kept); `false` at the end of the window. Needs only values ([`Scan::values_only`]).
+    pub async fn next_fixes(
+        &mut self,
+        mut keep: impl FnMut(FixRef<'_>),
+    ) -> Result<bool, ReplayError> {
+        let Some(batch) = self.next_records().await? else {
+            return Ok(false);
+        };
+        let (codec, cancel) = (self.codec.clone(), self.cancel.clone());
+        for record in &batch {
+            let at = record.timestamp_ms;
+            let value = record.value.as_deref();
+            let fix = decode(&codec, &cancel, value, |f| {
+                if self.accept(at, &f) {
+                    keep(f);
+                }
+            });
+            if fix.await?.is_none() {
+                self.report.undecodable += 1;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads values only (see [`RangeReader::values_only`]): for [`Scan::next_fixes`], which
+    /// needs nothing else of a record. Takes effect before the first batch.
+    pub fn values_only(&mut self) {
+        self.reader.values_only();
+    }
+
+    /// Whether a fix is kept: in the window, passing the filter, its identity not seen
+    /// before. Counts it in the report either way.
+    fn accept(&mut self, timestamp_ms: Option<i64>, fix: &FixRef<'_>) -> bool {
+        if !self.window.contains(fix.ts) {
+            self.report.outside_window += 1;
+            return false;
+        }
+        if !self.filter.matches(fix) {
+            self.report.filtered_out += 1;
+            return false;
+        }
+        if !self.seen.insert(self.identity(fix)) {
+            self.report.duplicates_removed += 1;
+            return false;
+        }
+        if let Some(t) = timestamp_ms {
+            let late = t - fix.ts;
+            self.report.latest_lateness_ms =
+                Some(self.report.latest_lateness_ms.map_or(late, |l| l.max(late)));
+        }
+        self.report.in_window += 1;
+        true
+    }
+
     /// 128 bits of the identity from two independently keyed hashes: a collision (a fix
     /// taken for a duplicate) needs ~2^64 fixes in one window.
-    fn identity(&self, f: &LocationFix) -> u128 {
-        let key = (&f.tenant, &f.user_id, &f.device_id, f.seq);
+    fn identity(&self, f: &FixRef<'_>) -> u128 {
+        let key = (f.tenant, f.user_id, f.device_id, f.seq);
         let a = self.hasher.0.hash_one(key) as u128;
         let b = self.hasher.1.hash_one(key) as u128;
         (a << 64) | b
     }
+}
 
-    /// The fix in `r`, `None` if it is not one; waits out registry outages.
-    async fn decode(&self, r: &Record) -> Result<Option<LocationFix>, ReplayError> {
-        let Some(v) = r.value.as_deref() else {
-            return Ok(None);
-        };
-        let mut backoff = Backoff::default();
-        loop {
-            match self.codec.decode(v).await {
-                Ok(f) => return Ok(Some(f)),
-                Err(CodecError::Registry(e)) => {
-                    tracing::warn!(error = e, retry_in = ?backoff.current(), "Schema Registry unavailable; retrying");
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => return Err(ReplayError::Interrupted),
-                        _ = backoff.wait() => {}
-                    }
+/// The fix in `value` handed to `f`; `None` if it is not one. Waits out registry outages.
+async fn decode<R>(
+    codec: &Codec,
+    cancel: &CancellationToken,
+    value: Option<&[u8]>,
+    mut f: impl FnMut(FixRef<'_>) -> R,
+) -> Result<Option<R>, ReplayError> {
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    let mut backoff = Backoff::default();
+    loop {
+        match codec.decode_with(v, &mut f).await {
+            Ok(r) => return Ok(Some(r)),
+            Err(CodecError::Registry(e)) => {
+                tracing::warn!(error = e, retry_in = ?backoff.current(), "Schema Registry unavailable; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(ReplayError::Interrupted),
+                    _ = backoff.wait() => {}
                 }
-                Err(_) => return Ok(None),
             }
+            Err(_) => return Ok(None),
         }
     }
 }
@@ -478,19 +530,29 @@ pub async fn collect(
     collect_with(scan, max, progress, |k| k).await
 }
 
-/// Reads the whole window's fixes (at most `max`) ordered by tenant, user, event time (then
-/// device and sequence): sorted in runs while the read goes on ([`Sorter`]) and merged as the
-/// caller takes them, so nothing waits for one big sort at the end. Only the fixes are kept,
-/// not the records.
+/// Reads the whole window's fixes (at most `max`) and puts them in the export's order: by
+/// tenant, user, event time (then device and sequence). See [`Table`].
 pub async fn collect_sorted(
     scan: &mut Scan,
     max: usize,
-    progress: impl FnMut(&Progress),
-) -> Result<Merge, ReplayError> {
-    let mut sorter = Sorter::new(RUN);
-    read_all(scan, max, progress, |k| sorter.push(k.fix)).await?;
-    // The last run is sorted and the sorting thread joined off the async workers.
-    tokio::task::spawn_blocking(move || sorter.finish())
+    mut progress: impl FnMut(&Progress),
+) -> Result<Arc<Sorted>, ReplayError> {
+    scan.values_only();
+    let mut table = Table::with_capacity(planned(scan, max));
+    scan.reserve(planned(scan, max));
+    let mut last = Instant::now();
+    while scan.next_fixes(|f| table.push(f)).await? {
+        if table.len() > max {
+            return Err(ReplayError::TooLarge { max });
+        }
+        if last.elapsed() >= Duration::from_millis(500) {
+            progress(&scan.progress());
+            last = Instant::now();
+        }
+    }
+    progress(&scan.progress());
+    // The sort is CPU work: off the async workers.
+    tokio::task::spawn_blocking(move || Arc::new(table.sort()))
         .await
         .map_err(|e| ReplayError::Internal(format!("sorting the window: {e}")))
 }

@@ -10,7 +10,7 @@ use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::{CodecError, LOCATION_AVSC, LocationFix, Secret, wire};
+use crate::{CodecError, FixRef, LOCATION_AVSC, LocationFix, Secret, wire};
 
 /// Largest Avro allocation a decoder may make for one value. Fixes are a few hundred bytes;
 /// this stops a hostile length prefix from allocating hundreds of MiB.
@@ -267,6 +267,23 @@ impl Codec {
         match self.writer(id).await? {
             Writer::Ours => wire::read_fix(&bytes[5..]),
             Writer::Other(writer) => decode_resolving(&writer, &self.schema, bytes),
+            Writer::Unreadable(why) => Err(CodecError::Decode(why.to_string())),
+        }
+    }
+
+    /// [`Codec::decode`] for a reader that looks at the fix in place: `f` gets it with its
+    /// strings borrowed from `bytes` (values of other writer schemas are resolved first).
+    pub async fn decode_with<R>(
+        &self,
+        bytes: &[u8],
+        f: impl FnOnce(FixRef<'_>) -> R,
+    ) -> Result<R, CodecError> {
+        let id = check_framing(bytes)?;
+        match self.writer(id).await? {
+            Writer::Ours => wire::read_fix_ref(&bytes[5..]).map(f),
+            Writer::Other(writer) => {
+                decode_resolving(&writer, &self.schema, bytes).map(|fix| f(fix.as_fix_ref()))
+            }
             Writer::Unreadable(why) => Err(CodecError::Decode(why.to_string())),
         }
     }

@@ -31,6 +31,75 @@ pub struct LocationFix {
     pub received_at: i64,
 }
 
+/// A fix read in place: its strings borrow the bytes it was decoded from. Readers that keep
+/// few of the fixes they decode, or store them their own way (the export's table), take this
+/// instead of a [`LocationFix`] and allocate nothing per field. Serializes as a `LocationFix`
+/// does.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FixRef<'a> {
+    pub tenant: &'a str,
+    pub user_id: &'a str,
+    pub device_id: &'a str,
+    pub seq: i64,
+    pub ts: i64,
+    pub lat: f64,
+    pub lon: f64,
+    pub accuracy_m: Option<f32>,
+    pub altitude_m: Option<f64>,
+    pub speed_mps: Option<f32>,
+    pub heading_deg: Option<f32>,
+    pub battery_pct: Option<i32>,
+    pub activity: Option<&'a str>,
+    pub source: Option<&'a str>,
+    pub received_at: i64,
+}
+
+impl FixRef<'_> {
+    /// The owned fix.
+    pub fn to_fix(&self) -> LocationFix {
+        LocationFix {
+            tenant: self.tenant.to_string(),
+            user_id: self.user_id.to_string(),
+            device_id: self.device_id.to_string(),
+            seq: self.seq,
+            ts: self.ts,
+            lat: self.lat,
+            lon: self.lon,
+            accuracy_m: self.accuracy_m,
+            altitude_m: self.altitude_m,
+            speed_mps: self.speed_mps,
+            heading_deg: self.heading_deg,
+            battery_pct: self.battery_pct,
+            activity: self.activity.map(str::to_string),
+            source: self.source.map(str::to_string),
+            received_at: self.received_at,
+        }
+    }
+}
+
+impl LocationFix {
+    /// This fix as a [`FixRef`].
+    pub fn as_fix_ref(&self) -> FixRef<'_> {
+        FixRef {
+            tenant: &self.tenant,
+            user_id: &self.user_id,
+            device_id: &self.device_id,
+            seq: self.seq,
+            ts: self.ts,
+            lat: self.lat,
+            lon: self.lon,
+            accuracy_m: self.accuracy_m,
+            altitude_m: self.altitude_m,
+            speed_mps: self.speed_mps,
+            heading_deg: self.heading_deg,
+            battery_pct: self.battery_pct,
+            activity: self.activity.as_deref(),
+            source: self.source.as_deref(),
+            received_at: self.received_at,
+        }
+    }
+}
+
 /// Plausibility bounds applied by [`LocationFix::validate`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FixLimits {

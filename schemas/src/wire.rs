@@ -5,7 +5,7 @@
 //! produce and accept identical bytes; the generic path stays the reference and handles
 //! every other writer schema.
 
-use crate::{CodecError, LocationFix};
+use crate::{CodecError, FixRef, LocationFix};
 
 fn put_long(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
@@ -113,13 +113,11 @@ impl<'a> Reader<'a> {
         i32::try_from(v).map_err(|_| err(format!("{what}: {v} does not fit an int")))
     }
 
-    fn string(&mut self, what: &str) -> Result<String, CodecError> {
+    fn string(&mut self, what: &str) -> Result<&'a str, CodecError> {
         let n = self.long(what)?;
         let n = usize::try_from(n).map_err(|_| err(format!("{what}: negative length {n}")))?;
         let bytes = self.take(n, what)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_string)
-            .map_err(|_| err(format!("{what}: not UTF-8")))
+        std::str::from_utf8(bytes).map_err(|_| err(format!("{what}: not UTF-8")))
     }
 
     fn f64(&mut self, what: &str) -> Result<f64, CodecError> {
@@ -146,8 +144,13 @@ impl<'a> Reader<'a> {
 
 /// Reads one datum written with `location.avsc`; the whole input must be that datum.
 pub fn read_fix(datum: &[u8]) -> Result<LocationFix, CodecError> {
+    read_fix_ref(datum).map(|f| f.to_fix())
+}
+
+/// [`read_fix`] in place: the strings borrow `datum`.
+pub fn read_fix_ref(datum: &[u8]) -> Result<FixRef<'_>, CodecError> {
     let mut r = Reader { buf: datum };
-    let fix = LocationFix {
+    let fix = FixRef {
         tenant: r.string("tenant")?,
         user_id: r.string("user_id")?,
         device_id: r.string("device_id")?,

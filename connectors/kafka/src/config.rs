@@ -24,6 +24,11 @@ pub struct KafkaConfig {
     /// 1 MiB). Smaller answers come back sooner from brokers that read them record by record.
     #[serde(default = "default_fetch_max_bytes")]
     pub fetch_max_bytes: u32,
+    /// `fetch_max_bytes` of bounded reads (`locus replay`, `locus cache rebuild`): they read
+    /// backlogs, where fewer, bigger answers read faster (each fetch is a round trip the
+    /// broker and the client take turns on). Default librdkafka's own, 52428800.
+    #[serde(default = "default_range_fetch_max_bytes")]
+    pub range_fetch_max_bytes: u32,
     /// How long a partition's next fetch waits once the consumer's queue holds more than
     /// librdkafka's `queued.min.messages` (100,000), ms (`fetch.queue.backoff.ms`). The queue
     /// of an assigned or subscribed consumer is shared by its partitions, so one fetch of a
@@ -74,6 +79,9 @@ fn default_fetch_wait_max_ms() -> u32 {
 fn default_fetch_max_bytes() -> u32 {
     8 * 1024 * 1024
 }
+fn default_range_fetch_max_bytes() -> u32 {
+    50 * 1024 * 1024
+}
 fn default_fetch_queue_backoff_ms() -> u32 {
     10
 }
@@ -108,6 +116,7 @@ impl Default for KafkaConfig {
             client_id: default_client_id(),
             fetch_wait_max_ms: default_fetch_wait_max_ms(),
             fetch_max_bytes: default_fetch_max_bytes(),
+            range_fetch_max_bytes: default_range_fetch_max_bytes(),
             fetch_queue_backoff_ms: default_fetch_queue_backoff_ms(),
             request_timeout_ms: default_request_timeout_ms(),
             producer: ProducerSettings::default(),
@@ -170,9 +179,9 @@ impl KafkaConfig {
                 )));
             }
         }
-        if self.fetch_max_bytes < 65_536 {
+        if self.fetch_max_bytes < 65_536 || self.range_fetch_max_bytes < 65_536 {
             return Err(KafkaError::Config(
-                "kafka.fetch_max_bytes must be at least 65536".into(),
+                "kafka.fetch_max_bytes and range_fetch_max_bytes must be at least 65536".into(),
             ));
         }
         if self.fetch_wait_max_ms == 0 {

@@ -68,6 +68,20 @@ impl Record {
             headers,
         }
     }
+
+    /// Position, timestamp and value only (`topic` empty, no key, no headers): one copy a
+    /// record instead of one per header, key and topic name.
+    pub(crate) fn value_of_message(m: &BorrowedMessage<'_>) -> Record {
+        Record {
+            topic: String::new(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: None,
+            value: m.payload().map(<[u8]>::to_vec),
+            timestamp_ms: m.timestamp().to_millis(),
+            headers: vec![],
+        }
+    }
 }
 
 /// Where records go. `apply` returns only once every record of the batch is durably applied

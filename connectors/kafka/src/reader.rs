@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -105,6 +105,7 @@ pub struct RangeReader {
     /// `next_batch` starts the reading task.
     pending: Option<Assigned>,
     idle: Duration,
+    values_only: bool,
 }
 
 /// A consumer assigned to the plan: next offset and end per partition to read.
@@ -150,16 +151,17 @@ impl RangeReader {
         stop: StopAt,
     ) -> Result<RangeReader, KafkaError> {
         let mut cfg = kafka.consumer_config(stage, &format!("{}-{stage}", kafka.client_id));
-        // Assigned, never subscribed: nothing is committed, no group is joined.
+        // Assigned, never subscribed: nothing is committed, no group is joined. A backlog is
+        // read in big fetches.
         cfg.set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.max.bytes", kafka.range_fetch_max_bytes.to_string());
         let timeout = Duration::from_millis(kafka.request_timeout_ms);
         let topic_owned = topic.to_string();
         let (consumer, ranges) = tokio::task::spawn_blocking(move || {
-            // Planned with a plain client; read with a stream consumer.
-            let planner: BaseConsumer = cfg.create().map_err(KafkaError::Client)?;
-            let ranges = plan(&planner, &topic_owned, &start, &stop, timeout)?;
+            // Planned and read by one client: one connection set up, not two.
             let consumer: StreamConsumer = cfg.create().map_err(KafkaError::Client)?;
+            let ranges = plan(&consumer, &topic_owned, &start, &stop, timeout)?;
             Ok::<_, KafkaError>((consumer, ranges))
         })
         .await
@@ -199,6 +201,7 @@ impl RangeReader {
                 ends,
             }),
             idle: Duration::from_secs(30),
+            values_only: false,
         })
     }
 
@@ -211,6 +214,13 @@ impl RangeReader {
     pub fn with_idle_timeout(mut self, idle: Duration) -> RangeReader {
         self.idle = idle;
         self
+    }
+
+    /// Hands over records with their position, timestamp and value only: no key, no headers,
+    /// no topic name (for a reader that decodes values and nothing else; `Progress::bytes`
+    /// then counts values). Takes effect if called before the first `next_batch`.
+    pub fn values_only(&mut self) {
+        self.values_only = true;
     }
 
     pub fn progress(&self) -> Progress {
@@ -239,6 +249,7 @@ impl RangeReader {
                 next,
                 ends,
                 idle: self.idle,
+                values_only: self.values_only,
                 state: self.state.clone(),
                 stop: self.stop.clone(),
                 tx,
@@ -288,6 +299,7 @@ struct Poller {
     next: HashMap<i32, i64>,
     ends: HashMap<i32, i64>,
     idle: Duration,
+    values_only: bool,
     state: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
     tx: mpsc::Sender<Result<Vec<Record>, KafkaError>>,
@@ -362,7 +374,11 @@ impl Poller {
                     }
                     Some(Ok(m)) => m,
                 };
-                let r = Record::from_message(&m_ok);
+                let r = if self.values_only {
+                    Record::value_of_message(&m_ok)
+                } else {
+                    Record::from_message(&m_ok)
+                };
                 drop(m_ok);
                 self.take(&consumer, r, &mut batch);
                 if batch.len() >= BATCH || self.next.is_empty() {
@@ -458,7 +474,7 @@ impl Poller {
 
 /// The plan for every partition of `topic`.
 fn plan(
-    consumer: &BaseConsumer,
+    consumer: &impl Consumer,
     topic: &str,
     start: &StartAt,
     stop: &StopAt,
@@ -521,7 +537,7 @@ fn plan(
 /// The offsets ListOffsets gives for `at` (`Beginning`, `End`, or a time) on each partition, in one
 /// request; `None` where the answer holds no offset.
 fn list_offsets(
-    consumer: &BaseConsumer,
+    consumer: &impl Consumer,
     topic: &str,
     partitions: &[i32],
     at: Offset,
@@ -554,7 +570,7 @@ fn list_offsets(
 
 /// Per range, the first offset at or after time `t` (ms); the end of the log if none.
 fn offsets_for_time(
-    consumer: &BaseConsumer,
+    consumer: &impl Consumer,
     topic: &str,
     ranges: &[PartitionRange],
     t: i64,

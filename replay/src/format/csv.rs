@@ -2,12 +2,14 @@
 //! for absent optional fields.
 
 use std::io::Write;
+use std::ops::Range;
+use std::sync::Arc;
 
-use locus_schemas::LocationFix;
+use locus_schemas::FixRef;
 
 use super::FixWriter;
-use crate::ReplayError;
 use crate::time::format_time;
+use crate::{ReplayError, Sorted};
 
 pub const HEADER: &str = "tenant,user_id,device_id,seq,ts,lat,lon,accuracy_m,altitude_m,speed_mps,heading_deg,battery_pct,activity,source,received_at\n";
 
@@ -43,15 +45,15 @@ fn opt<T: ToString>(line: &mut String, v: Option<T>) {
     }
 }
 
-impl FixWriter for Csv {
-    fn write(&mut self, f: LocationFix) -> Result<(), ReplayError> {
+impl Csv {
+    fn line(&mut self, f: FixRef<'_>) -> Result<(), ReplayError> {
         let l = &mut self.line;
         l.clear();
-        field(l, &f.tenant);
+        field(l, f.tenant);
         l.push(',');
-        field(l, &f.user_id);
+        field(l, f.user_id);
         l.push(',');
-        field(l, &f.device_id);
+        field(l, f.device_id);
         l.push(',');
         l.push_str(&f.seq.to_string());
         l.push(',');
@@ -71,17 +73,26 @@ impl FixWriter for Csv {
         l.push(',');
         opt(l, f.battery_pct);
         l.push(',');
-        if let Some(a) = &f.activity {
+        if let Some(a) = f.activity {
             field(l, a);
         }
         l.push(',');
-        if let Some(s) = &f.source {
+        if let Some(s) = f.source {
             field(l, s);
         }
         l.push(',');
         l.push_str(&format_time(f.received_at));
         l.push('\n');
         self.out.write_all(l.as_bytes())?;
+        Ok(())
+    }
+}
+
+impl FixWriter for Csv {
+    fn write(&mut self, fixes: &Arc<Sorted>, range: Range<usize>) -> Result<(), ReplayError> {
+        for f in fixes.iter(range) {
+            self.line(f)?;
+        }
         Ok(())
     }
 

@@ -2,13 +2,15 @@
 //! every other field a property (times in ms and as RFC 3339).
 
 use std::io::Write;
+use std::ops::Range;
+use std::sync::Arc;
 
-use locus_schemas::LocationFix;
+use locus_schemas::FixRef;
 use serde_json::json;
 
 use super::FixWriter;
-use crate::ReplayError;
 use crate::time::format_time;
+use crate::{ReplayError, Sorted};
 
 pub struct Geojson {
     out: Box<dyn Write + Send>,
@@ -20,10 +22,8 @@ impl Geojson {
         out.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[\n")?;
         Ok(Geojson { out, first: true })
     }
-}
 
-impl FixWriter for Geojson {
-    fn write(&mut self, f: LocationFix) -> Result<(), ReplayError> {
+    fn feature(&mut self, f: FixRef<'_>) -> Result<(), ReplayError> {
         let coordinates = match f.altitude_m {
             Some(alt) => json!([f.lon, f.lat, alt]),
             None => json!([f.lon, f.lat]),
@@ -44,6 +44,15 @@ impl FixWriter for Geojson {
         }
         self.first = false;
         serde_json::to_writer(&mut self.out, &feature).map_err(std::io::Error::from)?;
+        Ok(())
+    }
+}
+
+impl FixWriter for Geojson {
+    fn write(&mut self, fixes: &Arc<Sorted>, range: Range<usize>) -> Result<(), ReplayError> {
+        for f in fixes.iter(range) {
+            self.feature(f)?;
+        }
         Ok(())
     }
 

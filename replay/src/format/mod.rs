@@ -11,9 +11,10 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use locus_schemas::LocationFix;
+use std::ops::Range;
+use std::sync::Arc;
 
-use crate::ReplayError;
+use crate::{ReplayError, Sorted};
 
 /// `--format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +42,9 @@ impl std::str::FromStr for Format {
 
 /// Writes fixes in one format.
 pub trait FixWriter: Send {
-    fn write(&mut self, fix: LocationFix) -> Result<(), ReplayError>;
+    /// Writes the fixes at `range` of `fixes`' order. An export writes consecutive ranges,
+    /// from the first fix to the last.
+    fn write(&mut self, fixes: &Arc<Sorted>, range: Range<usize>) -> Result<(), ReplayError>;
     /// Completes the output (footer, flush). The output is not complete without it.
     fn finish(self: Box<Self>) -> Result<Box<dyn Write + Send>, ReplayError>;
 }

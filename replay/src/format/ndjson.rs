@@ -1,11 +1,11 @@
 //! One JSON object a line, the fields of `location.avsc` (times in ms since the epoch).
 
 use std::io::Write;
-
-use locus_schemas::LocationFix;
+use std::ops::Range;
+use std::sync::Arc;
 
 use super::FixWriter;
-use crate::ReplayError;
+use crate::{ReplayError, Sorted};
 
 pub struct Ndjson {
     out: Box<dyn Write + Send>,
@@ -18,9 +18,11 @@ impl Ndjson {
 }
 
 impl FixWriter for Ndjson {
-    fn write(&mut self, fix: LocationFix) -> Result<(), ReplayError> {
-        serde_json::to_writer(&mut self.out, &fix).map_err(std::io::Error::from)?;
-        self.out.write_all(b"\n")?;
+    fn write(&mut self, fixes: &Arc<Sorted>, range: Range<usize>) -> Result<(), ReplayError> {
+        for fix in fixes.iter(range) {
+            serde_json::to_writer(&mut self.out, &fix).map_err(std::io::Error::from)?;
+            self.out.write_all(b"\n")?;
+        }
         Ok(())
     }
 

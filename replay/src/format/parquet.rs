@@ -8,14 +8,14 @@
 //! to the file in order as they complete: encoding is most of an export's work once the read
 //! is over.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
+use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use locus_schemas::LocationFix;
 use parquet::basic::{Compression, Encoding};
 use parquet::column::writer::{
     ColumnCloseResult, ColumnWriter, get_column_writer, get_typed_column_writer_mut,
@@ -30,7 +30,7 @@ use parquet::schema::parser::parse_message_type;
 use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 
 use super::FixWriter;
-use crate::ReplayError;
+use crate::{ReplayError, Row, Sorted, Strings};
 
 /// The file's schema: the fields of `location.avsc`, in its order.
 pub const SCHEMA: &str = "
@@ -52,32 +52,32 @@ message location_fix {
   REQUIRED INT64 received_at (TIMESTAMP(MILLIS, true));
 }";
 
-/// Writes one column of a row group's fixes.
-type Fill = fn(&mut ColumnWriter<'_>, &[LocationFix]) -> Result<(), ParquetError>;
+/// Writes one column of a row group.
+type Fill = fn(&mut ColumnWriter<'_>, &[Row], &Strings) -> Result<(), ParquetError>;
 
-/// How each column of [`SCHEMA`] is taken from a row group's fixes, in the schema's order.
+/// How each column of [`SCHEMA`] is taken from a row group's rows, in the schema's order.
 const COLUMNS: [Fill; 15] = [
-    |w, r| strings(w, r, false, |f| Some(&f.tenant)),
-    |w, r| strings(w, r, false, |f| Some(&f.user_id)),
-    |w, r| strings(w, r, false, |f| Some(&f.device_id)),
-    |w, r| required::<Int64Type>(w, r, |f| f.seq),
-    |w, r| required::<Int64Type>(w, r, |f| f.ts),
-    |w, r| required::<DoubleType>(w, r, |f| f.lat),
-    |w, r| required::<DoubleType>(w, r, |f| f.lon),
-    |w, r| optional::<FloatType>(w, r, |f| f.accuracy_m),
-    |w, r| optional::<DoubleType>(w, r, |f| f.altitude_m),
-    |w, r| optional::<FloatType>(w, r, |f| f.speed_mps),
-    |w, r| optional::<FloatType>(w, r, |f| f.heading_deg),
-    |w, r| optional::<Int32Type>(w, r, |f| f.battery_pct),
-    |w, r| strings(w, r, true, |f| f.activity.as_deref()),
-    |w, r| strings(w, r, true, |f| f.source.as_deref()),
-    |w, r| required::<Int64Type>(w, r, |f| f.received_at),
+    |w, r, s| strings(w, r, s, false, |f| f.tenant),
+    |w, r, s| strings(w, r, s, false, |f| f.user_id),
+    |w, r, s| strings(w, r, s, false, |f| f.device_id),
+    |w, r, _| required::<Int64Type>(w, r, |f| f.seq),
+    |w, r, _| required::<Int64Type>(w, r, |f| f.ts),
+    |w, r, _| required::<DoubleType>(w, r, |f| f.lat),
+    |w, r, _| required::<DoubleType>(w, r, |f| f.lon),
+    |w, r, _| optional::<FloatType>(w, r, Row::accuracy_m),
+    |w, r, _| optional::<DoubleType>(w, r, Row::altitude_m),
+    |w, r, _| optional::<FloatType>(w, r, Row::speed_mps),
+    |w, r, _| optional::<FloatType>(w, r, Row::heading_deg),
+    |w, r, _| optional::<Int32Type>(w, r, Row::battery_pct),
+    |w, r, s| strings(w, r, s, true, |f| f.activity),
+    |w, r, s| strings(w, r, s, true, |f| f.source),
+    |w, r, _| required::<Int64Type>(w, r, |f| f.received_at),
 ];
 
 fn required<T: DataType>(
     w: &mut ColumnWriter<'_>,
-    rows: &[LocationFix],
-    value: impl Fn(&LocationFix) -> T::T,
+    rows: &[Row],
+    value: impl Fn(&Row) -> T::T,
 ) -> Result<(), ParquetError> {
     let values: Vec<T::T> = rows.iter().map(value).collect();
     get_typed_column_writer_mut::<T>(w).write_batch(&values, None, None)?;
@@ -86,8 +86,8 @@ fn required<T: DataType>(
 
 fn optional<T: DataType>(
     w: &mut ColumnWriter<'_>,
-    rows: &[LocationFix],
-    value: impl Fn(&LocationFix) -> Option<T::T>,
+    rows: &[Row],
+    value: impl Fn(&Row) -> Option<T::T>,
 ) -> Result<(), ParquetError> {
     let mut values = Vec::with_capacity(rows.len());
     let levels: Vec<i16> = rows
@@ -104,19 +104,22 @@ fn optional<T: DataType>(
     Ok(())
 }
 
-/// A string column. Rows are ordered by tenant and user, so a value mostly repeats the one
-/// before it: that one is shared (a reference count), not copied again.
+/// A string column. Each distinct string of the row group is copied once; its rows share that
+/// copy (a reference count), and rows in order mostly repeat the one before.
 fn strings(
     w: &mut ColumnWriter<'_>,
-    rows: &[LocationFix],
+    rows: &[Row],
+    strings: &Strings,
     nullable: bool,
-    value: impl Fn(&LocationFix) -> Option<&str>,
+    id: impl Fn(&Row) -> u32,
 ) -> Result<(), ParquetError> {
     let mut values: Vec<ByteArray> = Vec::with_capacity(rows.len());
     let mut levels: Vec<i16> = Vec::with_capacity(if nullable { rows.len() } else { 0 });
-    let mut last: Option<(&str, ByteArray)> = None;
-    for f in rows {
-        let Some(v) = value(f) else {
+    let mut copies: HashMap<u32, ByteArray> = HashMap::new();
+    let mut last: Option<(u32, ByteArray)> = None;
+    for r in rows {
+        let id = id(r);
+        let Some(v) = strings.get(id) else {
             levels.push(0);
             continue;
         };
@@ -124,11 +127,14 @@ fn strings(
             levels.push(1);
         }
         match &last {
-            Some((s, b)) if *s == v => values.push(b.clone()),
+            Some((l, b)) if *l == id => values.push(b.clone()),
             _ => {
-                let b = ByteArray::from(Bytes::copy_from_slice(v.as_bytes()));
+                let b = copies
+                    .entry(id)
+                    .or_insert_with(|| ByteArray::from(Bytes::copy_from_slice(v.as_bytes())))
+                    .clone();
                 values.push(b.clone());
-                last = Some((v, b));
+                last = Some((id, b));
             }
         }
     }
@@ -143,7 +149,8 @@ type Encoded = Vec<(Bytes, ColumnCloseResult)>;
 fn encode(
     schema: &SchemaDescriptor,
     props: &WriterPropertiesPtr,
-    rows: &[LocationFix],
+    rows: &[Row],
+    strings: &Strings,
 ) -> Result<Encoded, ParquetError> {
     schema
         .columns()
@@ -154,7 +161,7 @@ fn encode(
             let close = {
                 let pages = Box::new(SerializedPageWriter::new(&mut sink));
                 let mut w = get_column_writer(descr.clone(), props.clone(), pages);
-                fill(&mut w, rows)?;
+                fill(&mut w, rows, strings)?;
                 w.close()?
             };
             Ok((Bytes::from(sink.into_inner()?), close))
@@ -162,14 +169,12 @@ fn encode(
         .collect()
 }
 
-type Job = (u64, Vec<LocationFix>);
-/// A row group encoded, and its buffer emptied for the next one (fresh pages of a row
-/// group's size cost more to fault in than to encode into).
-type Done = (u64, Result<Encoded, ParquetError>, Vec<LocationFix>);
+/// A row group to encode: its number and its range of the table's order.
+type Job = (u64, Arc<Sorted>, Range<usize>);
+type Done = (u64, Result<Encoded, ParquetError>);
 
-/// Encoding threads at most (one a core up to this): each holds a row group's fixes and its
-/// encoded columns, so an export holds up to `MAX_WORKERS + 2` row groups beside the window
-/// (~27 MB each at 128 Ki rows).
+/// Encoding threads at most (one a core up to this): each holds a row group's rows and its
+/// encoded columns (~13 MB at 128 Ki rows) beside the table.
 const MAX_WORKERS: usize = 4;
 
 /// Threads encoding row groups; results come back numbered and are appended in order.
@@ -181,14 +186,24 @@ struct Encoders {
     sent: u64,
     next: u64,
     ready: BTreeMap<u64, Result<Encoded, ParquetError>>,
-    /// Emptied row group buffers to fill again.
-    spare: Vec<Vec<LocationFix>>,
+}
+
+/// Gathers a row group's rows in order (into `rows`, emptied first) and encodes them.
+fn encode_range(
+    schema: &SchemaDescriptor,
+    props: &WriterPropertiesPtr,
+    fixes: &Sorted,
+    range: Range<usize>,
+    rows: &mut Vec<Row>,
+) -> Result<Encoded, ParquetError> {
+    rows.clear();
+    fixes.gather(range, rows);
+    encode(schema, props, rows, fixes.strings())
 }
 
 impl Encoders {
     fn start(schema: Arc<SchemaDescriptor>, props: WriterPropertiesPtr, n: usize) -> Encoders {
-        // A row group is handed to a worker as it takes it: one being filled and one a worker
-        // in memory, their buffers reused.
+        // A row group is handed to a worker as it takes it.
         let (jobs, queue) = mpsc::sync_channel::<Job>(0);
         let queue = Arc::new(Mutex::new(queue));
         let (done_tx, done) = mpsc::channel::<Done>();
@@ -199,21 +214,24 @@ impl Encoders {
                 std::thread::Builder::new()
                     .name(format!("parquet-{i}"))
                     .spawn(move || {
+                        // Reused from row group to row group (fresh pages cost more to fault
+                        // in than to fill).
+                        let mut rows: Vec<Row> = Vec::new();
                         loop {
                             let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                            let Ok((seq, mut rows)) = job else { return };
+                            let Ok((seq, fixes, range)) = job else { return };
                             // A panic becomes this row group's error: the writer waiting for
                             // it in order must not wait forever.
                             let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                encode(&schema, &props, &rows)
+                                encode_range(&schema, &props, &fixes, range, &mut rows)
                             }))
                             .unwrap_or_else(|_| {
                                 Err(ParquetError::General(
                                     "encoding a row group panicked".into(),
                                 ))
                             });
-                            rows.clear();
-                            if done_tx.send((seq, encoded, rows)).is_err() {
+                            drop(fixes);
+                            if done_tx.send((seq, encoded)).is_err() {
                                 return;
                             }
                         }
@@ -228,7 +246,6 @@ impl Encoders {
             sent: 0,
             next: 0,
             ready: BTreeMap::new(),
-            spare: vec![],
         }
     }
 }
@@ -237,9 +254,12 @@ pub struct Parquet {
     writer: SerializedFileWriter<Box<dyn Write + Send>>,
     schema: Arc<SchemaDescriptor>,
     props: WriterPropertiesPtr,
-    rows: Vec<LocationFix>,
+    /// Rows written and not yet sent to an encoder: a range of one table's order.
+    pending: Option<(Arc<Sorted>, Range<usize>)>,
     row_group_rows: usize,
     encoders: Encoders,
+    /// Rows gathered here when there is no encoding thread.
+    rows: Vec<Row>,
 }
 
 impl Parquet {
@@ -281,32 +301,35 @@ impl Parquet {
             encoders: Encoders::start(descr.clone(), props.clone(), workers),
             schema: descr,
             props,
-            rows: Vec::new(),
+            pending: None,
             row_group_rows: row_group_rows.max(1),
+            rows: Vec::new(),
         })
     }
 
-    /// Hands the buffered rows to a worker (or encodes them here without one).
-    fn send_row_group(&mut self) -> Result<(), ReplayError> {
-        if self.rows.is_empty() {
+    /// Hands rows `range` of `fixes` to a worker as one row group (or encodes them here
+    /// without one).
+    fn send_row_group(
+        &mut self,
+        fixes: Arc<Sorted>,
+        range: Range<usize>,
+    ) -> Result<(), ReplayError> {
+        if range.is_empty() {
             return Ok(());
         }
         let e = &mut self.encoders;
-        let rows = std::mem::replace(&mut self.rows, e.spare.pop().unwrap_or_default());
         let seq = e.sent;
         e.sent += 1;
         let unsent = match &e.jobs {
             Some(jobs) => jobs
-                .send((seq, rows))
+                .send((seq, fixes, range))
                 .err()
-                .map(|mpsc::SendError((_, r))| r),
-            None => Some(rows),
+                .map(|mpsc::SendError((_, f, r))| (f, r)),
+            None => Some((fixes, range)),
         };
-        if let Some(mut rows) = unsent {
-            e.ready
-                .insert(seq, encode(&self.schema, &self.props, &rows));
-            rows.clear();
-            e.spare.push(rows);
+        if let Some((fixes, range)) = unsent {
+            let encoded = encode_range(&self.schema, &self.props, &fixes, range, &mut self.rows);
+            e.ready.insert(seq, encoded);
         }
         self.append_ready(false)
     }
@@ -315,9 +338,8 @@ impl Parquet {
     fn append_ready(&mut self, all: bool) -> Result<(), ReplayError> {
         let e = &mut self.encoders;
         loop {
-            while let Ok((seq, r, rows)) = e.done.try_recv() {
+            while let Ok((seq, r)) = e.done.try_recv() {
                 e.ready.insert(seq, r);
-                e.spare.push(rows);
             }
             while let Some(encoded) = e.ready.remove(&e.next) {
                 let mut rg = self.writer.next_row_group()?;
@@ -331,9 +353,8 @@ impl Parquet {
                 return Ok(());
             }
             match e.done.recv() {
-                Ok((seq, r, rows)) => {
+                Ok((seq, r)) => {
                     e.ready.insert(seq, r);
-                    e.spare.push(rows);
                 }
                 Err(_) => {
                     return Err(ReplayError::Internal(
@@ -346,19 +367,31 @@ impl Parquet {
 }
 
 impl FixWriter for Parquet {
-    fn write(&mut self, fix: LocationFix) -> Result<(), ReplayError> {
-        if self.rows.capacity() == 0 {
-            self.rows.reserve_exact(self.row_group_rows);
+    fn write(&mut self, fixes: &Arc<Sorted>, range: Range<usize>) -> Result<(), ReplayError> {
+        let mut range = match self.pending.take() {
+            Some((f, p)) if Arc::ptr_eq(&f, fixes) && p.end == range.start => p.start..range.end,
+            Some((f, p)) => {
+                // Not a continuation: what was pending is a row group of its own.
+                self.send_row_group(f, p)?;
+                range
+            }
+            None => range,
+        };
+        while range.len() >= self.row_group_rows {
+            let group = range.start..range.start + self.row_group_rows;
+            range.start = group.end;
+            self.send_row_group(fixes.clone(), group)?;
         }
-        self.rows.push(fix);
-        if self.rows.len() >= self.row_group_rows {
-            self.send_row_group()?;
+        if !range.is_empty() {
+            self.pending = Some((fixes.clone(), range));
         }
         Ok(())
     }
 
     fn finish(mut self: Box<Self>) -> Result<Box<dyn Write + Send>, ReplayError> {
-        self.send_row_group()?;
+        if let Some((fixes, range)) = self.pending.take() {
+            self.send_row_group(fixes, range)?;
+        }
         // No more jobs: workers end once idle, so waiting for results cannot outlive them.
         self.encoders.jobs = None;
         self.append_ready(true)?;
@@ -379,6 +412,8 @@ impl Drop for Encoders {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::Table;
+    use locus_schemas::LocationFix;
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field;
 
@@ -417,15 +452,27 @@ mod tests {
     }
 
     /// Row groups encoded on several threads come back in the order written, every value
-    /// and null in its place, with the row groups' sizes as configured.
+    /// and null in its place, with the row groups' sizes as configured, whatever ranges the
+    /// rows were written in.
     #[test]
     fn row_groups_encoded_in_parallel_keep_their_order() {
         let n = 2_503;
+        let mut fixes: Vec<LocationFix> = (0..n).map(fix).collect();
+        let mut table = Table::default();
+        for f in fixes.iter().rev() {
+            table.push(f.as_fix_ref());
+        }
+        let sorted = Arc::new(table.sort());
+        fixes.sort_by(crate::by_user_then_time);
         let out = Shared::default();
         let mut w: Box<dyn FixWriter> =
             Box::new(Parquet::with_workers(Box::new(out.clone()), 100, 4).unwrap());
-        for i in 0..n {
-            w.write(fix(i)).unwrap();
+        // Written in ranges that do not line up with row groups.
+        let mut at = 0;
+        while at < sorted.len() {
+            let to = (at + 77).min(sorted.len());
+            w.write(&sorted, at..to).unwrap();
+            at = to;
         }
         drop(w.finish().unwrap());
         let bytes = Bytes::from(out.0.lock().unwrap().clone());
@@ -442,7 +489,7 @@ mod tests {
             .collect();
         assert_eq!(rows.len(), n as usize);
         for (i, row) in rows.iter().enumerate() {
-            let want = fix(i as i64);
+            let want = fixes[i].clone();
             let got: Vec<(&String, &Field)> = row.get_column_iter().collect();
             let want = [
                 ("tenant", Field::Str(want.tenant)),
