@@ -10,6 +10,7 @@
 //! numbers follows. Writers then take the fixes by position in that order: row formats as
 //! [`FixRef`]s, Parquet as rows gathered a row group at a time on its encoding threads.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -168,22 +169,75 @@ impl Table {
         for (p, id) in by_value.into_iter().enumerate() {
             place[id as usize] = p as u32;
         }
-        let mut keys: Vec<(u64, i64, u32, i64, u32)> = rows
+        let mut keys: Vec<Key> = rows
             .iter()
             .enumerate()
-            .map(|(i, r)| {
-                let who = (u64::from(place[r.tenant as usize]) << 32)
-                    | u64::from(place[r.user_id as usize]);
-                (who, r.ts, place[r.device_id as usize], r.seq, i as u32)
+            .map(|(i, r)| Key {
+                who: (u64::from(place[r.tenant as usize]) << 32)
+                    | u64::from(place[r.user_id as usize]),
+                ts: r.ts,
+                seq: r.seq,
+                device: place[r.device_id as usize],
+                row: i as u32,
             })
             .collect();
-        keys.sort_unstable();
-        let order = keys.into_iter().map(|k| k.4).collect();
+        sort_on_two_threads(&mut keys);
         Sorted {
             rows,
             strings,
-            order,
+            order: keys,
         }
+    }
+}
+
+/// A row's place in the export's order: tenant and user (their strings' places), event time,
+/// device, sequence, then the row itself (duplicates are gone, so it only makes ties total).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    who: u64,
+    ts: i64,
+    seq: i64,
+    device: u32,
+    row: u32,
+}
+
+impl Ord for Key {
+    fn cmp(&self, o: &Key) -> Ordering {
+        (self.who, self.ts, self.device, self.seq, self.row)
+            .cmp(&(o.who, o.ts, o.device, o.seq, o.row))
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, o: &Key) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// Sorts `keys`: a large table split at its median, each half sorted on a core of its own (the
+/// sort is what an export waits for between the end of its read and its first row group).
+fn sort_on_two_threads(keys: &mut [Key]) {
+    if keys.len() < 1 << 16 {
+        keys.sort_unstable();
+        return;
+    }
+    let mid = keys.len() / 2;
+    keys.select_nth_unstable(mid);
+    let (low, high) = keys.split_at_mut(mid);
+    std::thread::scope(|s| {
+        let low = std::thread::Builder::new()
+            .name("replay-sort".into())
+            .spawn_scoped(s, || low.sort_unstable());
+        high.sort_unstable();
+        if let Ok(low) = low
+            && let Err(panic) = low.join()
+        {
+            std::panic::resume_unwind(panic);
+        }
+    });
+    // A thread that could not be started left its half unsorted.
+    if !keys[..mid].is_sorted() {
+        keys[..mid].sort_unstable();
     }
 }
 
@@ -192,8 +246,8 @@ impl Table {
 pub struct Sorted {
     rows: Vec<Row>,
     strings: Strings,
-    /// Row numbers in order.
-    order: Vec<u32>,
+    /// The rows' keys, in order.
+    order: Vec<Key>,
 }
 
 impl Sorted {
@@ -211,7 +265,7 @@ impl Sorted {
 
     /// The `i`th fix in order.
     pub fn get(&self, i: usize) -> FixRef<'_> {
-        let r = &self.rows[self.order[i] as usize];
+        let r = &self.rows[self.order[i].row as usize];
         let s = |id: u32| self.strings.get(id).unwrap_or_default();
         FixRef {
             tenant: s(r.tenant),
@@ -239,7 +293,7 @@ impl Sorted {
 
     /// The rows at `range` of the order, appended to `out`.
     pub fn gather(&self, range: Range<usize>, out: &mut Vec<Row>) {
-        out.extend(self.order[range].iter().map(|i| self.rows[*i as usize]));
+        out.extend(self.order[range].iter().map(|k| self.rows[k.row as usize]));
     }
 }
 
@@ -284,7 +338,8 @@ mod tests {
     /// fixes themselves gives.
     #[test]
     fn fixes_come_back_whole_in_the_exports_order() {
-        for n in [0usize, 1, 2, 7, 1000, 5000] {
+        // 70,000: past the size where the sort splits over two threads.
+        for n in [0usize, 1, 2, 7, 1000, 5000, 70_000] {
             let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ n as u64;
             let mut next = || {
                 state ^= state << 13;
