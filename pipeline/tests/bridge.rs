@@ -45,22 +45,32 @@ fn identities(fixes: &[LocationFix]) -> BTreeSet<(String, String, i64)> {
 fn distinct_fixes(records: &[Record]) -> usize {
     records
         .iter()
-        .map(|x| {
-            let f = locus_schemas::wire::read_fix(&x.value[5..]).expect("every record decodes");
-            (f.user_id, f.device_id, f.seq)
-        })
+        .map(fix_identity)
         .collect::<BTreeSet<_>>()
         .len()
 }
 
-/// Fails, with a few examples, if a fix the devices had acknowledged is not in `got`.
-fn assert_none_lost(expected: &[(String, String, i64)], got: &BTreeSet<(String, String, i64)>) {
+/// Fails, with a few examples and what the broker holds, if a fix the devices had
+/// acknowledged is not in `got` (the fixes of `records`, read from the scope's topic).
+fn assert_none_lost(
+    s: &Scope,
+    records: &[Record],
+    expected: &[(String, String, i64)],
+    got: &BTreeSet<(String, String, i64)>,
+) {
     let missing: Vec<_> = expected
         .iter()
         .filter(|e| !got.contains(*e))
-        .take(5)
+        .cloned()
         .collect();
-    assert!(missing.is_empty(), "lost fixes, e.g. {missing:?}");
+    if !missing.is_empty() {
+        let why = explain_missing(s, records, &missing);
+        panic!(
+            "lost {} fixes, e.g. {:?}\n{why}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
 }
 
 /// Publishes raw payloads at QoS1 and waits for the broker's acknowledgements.
@@ -449,9 +459,12 @@ async fn drain_empties_and_ends_a_removed_replicas_session() {
     let (_b2, port2) = s.bridge(&unique("kept-"), &[]);
     wait_ready(port2, Duration::from_secs(30)).await;
     publish(&fixes(50, 20)).await;
-    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(20), |r| {
-        distinct_fixes(r) >= 70
-    });
+    let records = consume_until(
+        &s.brokers,
+        &s.locations,
+        Duration::from_secs(20),
+        distinct_fixes_at_least(70),
+    );
     assert_eq!(
         distinct_fixes(&records),
         70,
@@ -639,11 +652,14 @@ async fn kafka_down_for_30s_loses_nothing() {
     let mut expected = expected_fixes(&backlog);
     expected.extend(expected_fixes(&report));
     assert_eq!(expected.len(), 2000);
-    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(60), |r| {
-        distinct_fixes(r) >= 2000
-    });
+    let records = consume_until(
+        &s.brokers,
+        &s.locations,
+        Duration::from_secs(60),
+        distinct_fixes_at_least(2000),
+    );
     let got = identities(&decode_all(&s.locations, &records).await);
-    assert_none_lost(&expected, &got);
+    assert_none_lost(&s, &records, &expected, &got);
     // Every message the bridge received is acknowledged at the broker.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -694,16 +710,19 @@ async fn sigterm_under_load_sends_nothing_twice() {
         serde_json::from_slice(&std::fs::read(report_path).unwrap()).unwrap();
     let expected = expected_fixes(&report);
     assert_eq!(expected.len(), 6000);
-    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(60), |r| {
-        distinct_fixes(r) >= 6000
-    });
+    let records = consume_until(
+        &s.brokers,
+        &s.locations,
+        Duration::from_secs(60),
+        distinct_fixes_at_least(6000),
+    );
     // Allow a moment for anything sent again to show.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(10), |r| {
         r.len() >= records.len()
     });
     let got = identities(&decode_all(&s.locations, &records).await);
-    assert_none_lost(&expected, &got);
+    assert_none_lost(&s, &records, &expected, &got);
     assert_eq!(
         records.len(),
         got.len(),
@@ -740,11 +759,14 @@ async fn bridge_killed_mid_stream_loses_nothing() {
         serde_json::from_slice(&std::fs::read(report_path).unwrap()).unwrap();
     let expected = expected_fixes(&report);
     assert_eq!(expected.len(), 1000);
-    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(60), |r| {
-        distinct_fixes(r) >= 1000
-    });
+    let records = consume_until(
+        &s.brokers,
+        &s.locations,
+        Duration::from_secs(60),
+        distinct_fixes_at_least(1000),
+    );
     let got = identities(&decode_all(&s.locations, &records).await);
-    assert_none_lost(&expected, &got);
+    assert_none_lost(&s, &records, &expected, &got);
     println!(
         "records {} for {} fixes ({} duplicates after the kill)",
         records.len(),
@@ -869,10 +891,13 @@ async fn a_broker_beyond_the_receive_maximum_meets_bounded_memory() {
         "held {most_held} of the 2,000 queued messages at once"
     );
 
-    let records = consume_until(&s.brokers, &s.locations, Duration::from_secs(120), |r| {
-        distinct_fixes(r) >= 2_000
-    });
+    let records = consume_until(
+        &s.brokers,
+        &s.locations,
+        Duration::from_secs(120),
+        distinct_fixes_at_least(2_000),
+    );
     let got = identities(&decode_all(&s.locations, &records).await);
     println!("{} records for {} fixes", records.len(), got.len());
-    assert_none_lost(&expected, &got);
+    assert_none_lost(&s, &records, &expected, &got);
 }

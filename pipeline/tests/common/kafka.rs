@@ -22,12 +22,15 @@ pub struct Record {
     pub timestamp: Option<i64>,
 }
 
-/// Reads `topic` from the beginning until `want(records)` holds or `timeout` passes.
+/// Reads `topic` from the beginning until `want(records)` holds or `timeout` passes. `want`
+/// is asked again only when records came, so it may keep state (see
+/// [`distinct_fixes_at_least`]); a condition that looks at every record each time would cost
+/// the square of the records read.
 pub fn consume_until(
     brokers: &str,
     topic: &str,
     timeout: Duration,
-    want: impl Fn(&[Record]) -> bool,
+    mut want: impl FnMut(&[Record]) -> bool,
 ) -> Vec<Record> {
     let k = KafkaConfig {
         brokers: brokers.to_string(),
@@ -58,7 +61,8 @@ pub fn consume_until(
     consumer.assign(&tpl).unwrap();
     let deadline = Instant::now() + timeout;
     let mut out = vec![];
-    while Instant::now() < deadline && !want(&out) {
+    let mut done = want(&out);
+    while !done && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             let mut headers = HashMap::new();
             if let Some(h) = m.headers() {
@@ -78,9 +82,30 @@ pub fn consume_until(
                 headers,
                 timestamp: m.timestamp().to_millis(),
             });
+            done = want(&out);
         }
     }
     out
+}
+
+/// The identity of the fix in a locations record: user, device, sequence.
+pub fn fix_identity(r: &Record) -> (String, String, i64) {
+    let f = locus_schemas::wire::read_fix(&r.value[5..]).expect("every record decodes");
+    (f.user_id, f.device_id, f.seq)
+}
+
+/// A [`consume_until`] condition: at least `n` distinct fixes (a fix written twice after a
+/// redelivery counts once). Each record is decoded once, when it first arrives.
+pub fn distinct_fixes_at_least(n: usize) -> impl FnMut(&[Record]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut read = 0;
+    move |records| {
+        for r in &records[read..] {
+            seen.insert(fix_identity(r));
+        }
+        read = records.len();
+        seen.len() >= n
+    }
 }
 
 /// Produces `fixes` (Avro, key = user id) to the scope's locations topic and waits for
@@ -133,4 +158,64 @@ impl FixProducer {
             d.delivered().await.unwrap();
         }
     }
+}
+
+/// Why fixes are missing from `records` (what a test read of `topic`): for each partition
+/// that holds a missing fix's user, what the test read of it against the broker's
+/// watermarks now, whether a fresh read of the whole topic finds the missing fixes, and how
+/// many records the DLQ holds. Called only when a test is about to fail.
+pub fn explain_missing(s: &Scope, records: &[Record], missing: &[(String, String, i64)]) -> String {
+    let mut partitions: std::collections::BTreeMap<i32, (usize, i64)> = Default::default();
+    let mut of_user: HashMap<Vec<u8>, i32> = HashMap::new();
+    for r in records {
+        let e = partitions.entry(r.partition).or_insert((0, -1));
+        e.0 += 1;
+        e.1 = e.1.max(r.offset);
+        of_user.insert(r.key.clone(), r.partition);
+    }
+    let consumer: BaseConsumer = s
+        .kafka()
+        .consumer_config("test", &unique("test-"))
+        .create()
+        .unwrap();
+    let mut out = String::new();
+    let suspects: std::collections::BTreeSet<i32> = missing
+        .iter()
+        .filter_map(|(user, _, _)| of_user.get(user.as_bytes()).copied())
+        .collect();
+    for p in &suspects {
+        let (n, max) = partitions[p];
+        let marks = consumer.fetch_watermarks(&s.locations, *p, Duration::from_secs(10));
+        out += &format!(
+            "partition {p}: the test read {n} records up to offset {max}; watermarks now {marks:?}\n"
+        );
+    }
+    let end: i64 = partitions
+        .keys()
+        .filter_map(|p| {
+            let marks = consumer.fetch_watermarks(&s.locations, *p, Duration::from_secs(10));
+            marks.ok().map(|(low, high)| high - low)
+        })
+        .sum();
+    let want: std::collections::BTreeSet<_> = missing.iter().cloned().collect();
+    let again = consume_until(&s.brokers, &s.locations, Duration::from_secs(30), |r| {
+        r.len() as i64 >= end
+    });
+    let found = again
+        .iter()
+        .map(fix_identity)
+        .filter(|f| want.contains(f))
+        .count();
+    out += &format!(
+        "a fresh read found {} records ({} before), {found} of {} missing fixes among them\n",
+        again.len(),
+        records.len(),
+        want.len()
+    );
+    let dlq = consume_until(&s.brokers, &s.dlq, Duration::from_secs(5), |_| false);
+    out += &format!("the DLQ holds {} records\n", dlq.len());
+    for r in dlq.iter().take(3) {
+        out += &format!("  DLQ: {:?}\n", r.headers);
+    }
+    out
 }
