@@ -82,6 +82,13 @@ impl ReplayConfig {
                     .into(),
             );
         }
+        if self.max_fixes > crate::table::MAX_ROWS {
+            return Err(format!(
+                "replay.max_fixes must be at most {}, got {}",
+                crate::table::MAX_ROWS,
+                self.max_fixes
+            ));
+        }
         Ok(())
     }
 }

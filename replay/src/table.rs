@@ -13,19 +13,26 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use locus_schemas::FixRef;
 
 /// The number of an absent optional string.
 const NONE: u32 = u32::MAX;
 
+/// The most fixes a table holds: each fix has at most five strings, so their numbers stay
+/// below [`NONE`], and row numbers fit a `u32` (`replay.max_fixes` is capped at this).
+pub const MAX_ROWS: usize = (NONE / 5) as usize;
+
 /// The distinct strings of a table; a string's number is its index in `values`. Looked up
 /// for every string of every fix read, with a fast hasher seeded per process (the strings
-/// come from devices: a fixed seed would let them collide on purpose).
+/// come from devices: a fixed seed would let them collide on purpose). Each string is stored
+/// once, shared by the map and the list: a window of device-chosen strings all distinct
+/// costs their bytes once, not twice.
 #[derive(Debug, Default)]
 pub struct Strings {
-    ids: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
-    values: Vec<Box<str>>,
+    ids: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
+    values: Vec<Arc<str>>,
 }
 
 impl Strings {
@@ -33,9 +40,14 @@ impl Strings {
         if let Some(id) = self.ids.get(s) {
             return *id;
         }
-        let id = u32::try_from(self.values.len()).expect("fewer than 2^32 distinct strings");
-        self.values.push(s.into());
-        self.ids.insert(s.into(), id);
+        // Below NONE as long as the table holds at most MAX_ROWS fixes.
+        let id = u32::try_from(self.values.len())
+            .ok()
+            .filter(|id| *id < NONE)
+            .expect("at most 5 strings a fix, at most MAX_ROWS fixes");
+        let shared: Arc<str> = s.into();
+        self.values.push(shared.clone());
+        self.ids.insert(shared, id);
         id
     }
 
@@ -378,5 +390,37 @@ mod tests {
                 assert_eq!(sorted.strings().get(r.activity), w.activity.as_deref());
             }
         }
+    }
+
+    /// An empty string is a string: it stays apart from an absent one, and a string is stored
+    /// once however many fixes carry it.
+    #[test]
+    fn empty_and_absent_strings_stay_apart() {
+        let mut table = Table::with_capacity(0);
+        let mut a = fix("u", "d", 1, 1, 1);
+        a.activity = Some(String::new());
+        let mut b = fix("u", "d", 2, 2, 1);
+        b.activity = None;
+        for f in [&a, &b, &a] {
+            table.push(f.as_fix_ref());
+        }
+        let sorted = table.sort();
+        let got: Vec<Option<String>> = sorted.iter(0..3).map(|f| f.to_fix().activity).collect();
+        assert_eq!(got, [Some(String::new()), Some(String::new()), None]);
+        // tenant, user, device, "", and the source of these fixes
+        assert_eq!(sorted.strings().len(), 5);
+    }
+
+    #[test]
+    fn the_row_limit_keeps_numbers_below_absent() {
+        // numbers 0..5 * MAX_ROWS, all below NONE
+        assert!(MAX_ROWS * 5 <= NONE as usize);
+        let mut c = crate::config::ReplayConfig {
+            max_fixes: MAX_ROWS + 1,
+            ..Default::default()
+        };
+        assert!(c.validate(i64::MAX).unwrap_err().contains("at most"));
+        c.max_fixes = MAX_ROWS;
+        c.validate(c.lateness_ms).unwrap();
     }
 }

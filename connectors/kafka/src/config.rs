@@ -184,6 +184,7 @@ impl KafkaConfig {
                 "kafka.fetch_max_bytes and range_fetch_max_bytes must be at least 65536".into(),
             ));
         }
+        self.check_fetch_sizes()?;
         if self.fetch_wait_max_ms == 0 {
             return Err(KafkaError::Config(
                 "kafka.fetch_wait_max_ms must be > 0".into(),
@@ -211,6 +212,45 @@ impl KafkaConfig {
             if RESERVED.contains(&key.trim().to_ascii_lowercase().as_str()) {
                 return Err(KafkaError::Config(format!(
                     "kafka.properties.{key} is set by Locus itself and cannot be overridden"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// librdkafka refuses to create a consumer whose `fetch.max.bytes` is below
+    /// `message.max.bytes` (default 1000000), or whose explicitly set
+    /// `receive.message.max.bytes` is below `fetch.max.bytes` + 512. Both fetch sizes are
+    /// checked here, at start-up, instead of failing later in whichever command reads.
+    fn check_fetch_sizes(&self) -> Result<(), KafkaError> {
+        let number = |key: &str| -> Result<Option<u64>, KafkaError> {
+            let Some((k, v)) = self
+                .properties
+                .iter()
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case(key))
+            else {
+                return Ok(None);
+            };
+            v.trim().parse().map(Some).map_err(|_| {
+                KafkaError::Config(format!("kafka.properties.{k} must be a number, not '{v}'"))
+            })
+        };
+        let message_max = number("message.max.bytes")?.unwrap_or(1_000_000);
+        for (field, value) in [
+            ("fetch_max_bytes", self.fetch_max_bytes),
+            ("range_fetch_max_bytes", self.range_fetch_max_bytes),
+        ] {
+            if u64::from(value) < message_max {
+                return Err(KafkaError::Config(format!(
+                    "kafka.{field} ({value}) must be at least message.max.bytes ({message_max})"
+                )));
+            }
+            if let Some(receive_max) = number("receive.message.max.bytes")?
+                && receive_max < u64::from(value) + 512
+            {
+                return Err(KafkaError::Config(format!(
+                    "kafka.properties.receive.message.max.bytes ({receive_max}) must be at least kafka.{field} + 512 ({})",
+                    u64::from(value) + 512
                 )));
             }
         }
@@ -354,6 +394,50 @@ mod tests {
         c.validate().unwrap();
         let consumer = c.consumer_config("history", "g");
         assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("25"));
+    }
+
+    /// What librdkafka would refuse when a consumer is created is refused by `validate`, for
+    /// both fetch sizes; what it takes, `validate` takes.
+    #[test]
+    fn fetch_sizes_agree_with_the_message_limits() {
+        let consumer = |c: &KafkaConfig, max: u32| {
+            let mut cc = c.consumer_config("test", "g");
+            cc.set("fetch.max.bytes", max.to_string());
+            cc.create::<rdkafka::consumer::BaseConsumer>().is_ok()
+        };
+        for (key, value, field) in [
+            (
+                "receive.message.max.bytes",
+                "10000000",
+                "range_fetch_max_bytes",
+            ),
+            ("message.max.bytes", "60000000", "fetch_max_bytes"),
+        ] {
+            let mut c = KafkaConfig::default();
+            c.properties.insert(key.into(), value.into());
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{key}: {e}");
+            assert!(!consumer(&c, c.range_fetch_max_bytes), "librdkafka agrees");
+        }
+        let mut c = KafkaConfig {
+            range_fetch_max_bytes: 500_000,
+            ..KafkaConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("message.max.bytes")
+        );
+        assert!(!consumer(&c, c.range_fetch_max_bytes));
+        c.range_fetch_max_bytes = 1_000_000;
+        c.properties
+            .insert("receive.message.max.bytes".into(), "9000000".into());
+        c.validate().unwrap();
+        assert!(consumer(&c, c.fetch_max_bytes) && consumer(&c, c.range_fetch_max_bytes));
+        c.properties
+            .insert("receive.message.max.bytes".into(), "lots".into());
+        assert!(c.validate().unwrap_err().to_string().contains("number"));
     }
 
     #[test]
