@@ -118,3 +118,39 @@ impl Output {
         }
     }
 }
+
+/// An output dropped before its commit (an error, Ctrl-C, a panic while writing) leaves no
+/// `.partial` file behind; after the commit there is none to remove.
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_complete_only_once_committed_and_never_left_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.ndjson");
+        let arg = path.to_str().unwrap();
+        let partial = dir.path().join("out.ndjson.partial");
+
+        // Dropped mid-write, as on an error or a panic while writing: nothing is left.
+        let (output, mut w) = Output::open(arg).unwrap();
+        w.write_all(b"{}\n").unwrap();
+        assert!(partial.exists() && !path.exists());
+        drop(w);
+        drop(output);
+        assert!(!partial.exists() && !path.exists());
+
+        let (output, mut w) = Output::open(arg).unwrap();
+        w.write_all(b"{}\n").unwrap();
+        output.commit(w).unwrap();
+        drop(output);
+        assert!(!partial.exists());
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}\n");
+    }
+}
