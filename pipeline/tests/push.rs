@@ -604,7 +604,12 @@ async fn push_dashboard_in_a_real_browser() {
         .env("EVIL_USER", evil)
         .env("REPLAY_USER", "replayer")
         .env("REPLAY_POINTS", "30")
-        .env("REPLAY_FROM", (now - 40 * 60_000).to_string())
+        // On a whole minute, as a user picking a time would (the form without seconds),
+        // to a time with seconds.
+        .env(
+            "REPLAY_FROM",
+            ((now - 40 * 60_000) / 60_000 * 60_000).to_string(),
+        )
         .env("REPLAY_TO", (now - 60_000).to_string())
         .env("REPLAY_LAST_LAT", track[29].lat.to_string())
         .env("SCREENSHOT", &shot)

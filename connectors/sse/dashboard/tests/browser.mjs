@@ -112,7 +112,12 @@ try {
   const points = Number(env("REPLAY_POINTS"));
   await page.click("#pb-open");
   await page.waitForSelector("#conn.conn-playback");
-  const local = (ms) => page.evaluate((t) => new Date(t - new Date(t).getTimezoneOffset() * 60000).toISOString().slice(0, 19), ms);
+  // A datetime-local value as the browser writes it: without seconds when they are zero
+  // (Chromium turns "…T06:17:00" into "…T06:17", and fill() refuses a value that changes).
+  const local = (ms) => page.evaluate((t) => {
+    const s = new Date(t - new Date(t).getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+    return s.endsWith(":00") ? s.slice(0, 16) : s;
+  }, ms);
   await page.fill("#pb-from", await local(Number(env("REPLAY_FROM"))));
   await page.fill("#pb-to", await local(Number(env("REPLAY_TO"))));
   await page.selectOption("#pb-speed", "3600");
