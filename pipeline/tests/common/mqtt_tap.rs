@@ -20,15 +20,25 @@ pub struct MqttTap {
 impl MqttTap {
     /// Listens on a free local port and forwards every connection to `broker_port`.
     pub async fn start(broker_port: u16) -> MqttTap {
-        Self::with(broker_port, false).await
+        Self::with(broker_port, false, None).await
     }
 
     /// As [`MqttTap::start`], and the broker is told a receive maximum of 65,535.
     pub async fn ignoring_receive_maximum(broker_port: u16) -> MqttTap {
-        Self::with(broker_port, true).await
+        Self::with(broker_port, true, None).await
     }
 
-    async fn with(broker_port: u16, raise: bool) -> MqttTap {
+    /// As [`MqttTap::start`], and each connection's first SUBSCRIBE reaches the broker only
+    /// `hold` after the client sent it (a broker slow to take a subscription).
+    pub async fn holding_subscribe(broker_port: u16, hold: std::time::Duration) -> MqttTap {
+        Self::with(broker_port, false, Some(hold)).await
+    }
+
+    async fn with(
+        broker_port: u16,
+        raise: bool,
+        hold_subscribe: Option<std::time::Duration>,
+    ) -> MqttTap {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let pubacks = Arc::new(AtomicU64::new(0));
@@ -49,6 +59,7 @@ impl MqttTap {
                         let mut pending: Vec<u8> = vec![];
                         // The CONNECT, whole, before anything is forwarded.
                         let mut connect = raise;
+                        let mut hold = hold_subscribe;
                         while let Ok(n) = from_client.read(&mut buf).await {
                             if n == 0 {
                                 break;
@@ -67,6 +78,15 @@ impl MqttTap {
                                     break;
                                 }
                             } else {
+                                if hold.is_some() {
+                                    let mut all = pending.clone();
+                                    all.extend_from_slice(&buf[..n]);
+                                    if has_packet(&all, 8)
+                                        && let Some(wait) = hold.take()
+                                    {
+                                        tokio::time::sleep(wait).await;
+                                    }
+                                }
                                 if to_broker.write_all(&buf[..n]).await.is_err() {
                                     break;
                                 }
@@ -128,6 +148,19 @@ fn packet_end(bytes: &[u8], at: usize) -> Option<usize> {
         }
     }
     (bytes.len() >= i + len).then_some(i + len)
+}
+
+/// Whether a complete packet of type `kind` (the high four bits of its first byte) is among
+/// the complete packets at the start of `bytes`.
+fn has_packet(bytes: &[u8], kind: u8) -> bool {
+    let mut at = 0;
+    while let Some(end) = packet_end(bytes, at) {
+        if bytes[at] >> 4 == kind {
+            return true;
+        }
+        at = end;
+    }
+    false
 }
 
 /// Counts the PUBACK packets among the complete packets at the start of `bytes`; returns

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use locus_kafka::Backoff;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop as MqttEventLoop};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -112,11 +112,24 @@ impl EventLoop {
                         info!("unsubscribed: draining what the session holds");
                         w.last_message_ms.store(now_ms(), Ordering::Relaxed);
                         w.unsubscribed.store(true, Ordering::Relaxed);
+                        self.health.mqtt_connected.store(true, Ordering::Relaxed);
                     }
                     Next::Continue
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    info!(reasons = ?ack.return_codes, "MQTT subscription acknowledged");
+                    // Ready once the broker routes the devices' messages to this session: a
+                    // message published to a shared subscription nobody holds yet is dropped.
+                    let granted = !ack.return_codes.is_empty()
+                        && ack
+                            .return_codes
+                            .iter()
+                            .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
+                    if granted {
+                        info!(reasons = ?ack.return_codes, "MQTT subscription acknowledged");
+                        self.health.mqtt_connected.store(true, Ordering::Relaxed);
+                    } else {
+                        error!(reasons = ?ack.return_codes, subscription = self.subscription, "the MQTT broker refused the subscription; not ready");
+                    }
                     Next::Continue
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => self.received(p, &mut held),
@@ -162,7 +175,7 @@ impl EventLoop {
             }
             w.last_message_ms.store(now_ms(), Ordering::Relaxed);
         }
-        self.health.mqtt_connected.store(true, Ordering::Relaxed);
+        // Ready (`/readyz`) only once subscribed (or, draining, unsubscribed): see `serve`.
         M.mqtt_connected.set(1);
         let queued = if self.drain.is_some() {
             self.client.try_unsubscribe(self.subscription.clone())

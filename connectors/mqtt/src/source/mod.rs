@@ -34,7 +34,8 @@ use crate::payload::{Rejection, TopicTemplate, check_fix, parse_payload};
 use crate::relay::{Relay, RelayAcks, RelayTls};
 use crate::{BridgeConfig, BridgeError};
 
-/// Liveness of the bridge's MQTT side, for `/readyz`.
+/// Readiness of the bridge's MQTT side, for `/readyz`: connected and subscribed (a draining
+/// bridge: unsubscribed).
 #[derive(Debug, Clone, Default)]
 pub struct BridgeHealth {
     mqtt_connected: Arc<AtomicBool>,
@@ -45,7 +46,7 @@ impl BridgeHealth {
         if self.mqtt_connected.load(Ordering::Relaxed) {
             Ok(())
         } else {
-            Err("not connected to the MQTT broker".into())
+            Err("not connected to the MQTT broker, or not subscribed yet".into())
         }
     }
 }
