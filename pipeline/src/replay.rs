@@ -316,10 +316,8 @@ async fn export(
             }
             Ok(())
         }
-        Err(e) => {
-            output.abandon();
-            Err(e.into())
-        }
+        // Dropping `output` removes the incomplete file.
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -236,6 +236,7 @@ impl KafkaConfig {
             })
         };
         let message_max = number("message.max.bytes")?.unwrap_or(1_000_000);
+        let receive_max = number("receive.message.max.bytes")?;
         for (field, value) in [
             ("fetch_max_bytes", self.fetch_max_bytes),
             ("range_fetch_max_bytes", self.range_fetch_max_bytes),
@@ -245,7 +246,7 @@ impl KafkaConfig {
                     "kafka.{field} ({value}) must be at least message.max.bytes ({message_max})"
                 )));
             }
-            if let Some(receive_max) = number("receive.message.max.bytes")?
+            if let Some(receive_max) = receive_max
                 && receive_max < u64::from(value) + 512
             {
                 return Err(KafkaError::Config(format!(

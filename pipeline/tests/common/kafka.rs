@@ -178,6 +178,13 @@ pub fn explain_missing(s: &Scope, records: &[Record], missing: &[(String, String
         .consumer_config("test", &unique("test-"))
         .create()
         .unwrap();
+    let marks: HashMap<i32, _> = partitions
+        .keys()
+        .map(|p| {
+            let m = consumer.fetch_watermarks(&s.locations, *p, Duration::from_secs(10));
+            (*p, m)
+        })
+        .collect();
     let mut out = String::new();
     let suspects: std::collections::BTreeSet<i32> = missing
         .iter()
@@ -185,17 +192,14 @@ pub fn explain_missing(s: &Scope, records: &[Record], missing: &[(String, String
         .collect();
     for p in &suspects {
         let (n, max) = partitions[p];
-        let marks = consumer.fetch_watermarks(&s.locations, *p, Duration::from_secs(10));
         out += &format!(
-            "partition {p}: the test read {n} records up to offset {max}; watermarks now {marks:?}\n"
+            "partition {p}: the test read {n} records up to offset {max}; watermarks now {:?}\n",
+            marks[p]
         );
     }
-    let end: i64 = partitions
-        .keys()
-        .filter_map(|p| {
-            let marks = consumer.fetch_watermarks(&s.locations, *p, Duration::from_secs(10));
-            marks.ok().map(|(low, high)| high - low)
-        })
+    let end: i64 = marks
+        .values()
+        .filter_map(|m| m.as_ref().ok().map(|(low, high)| high - low))
         .sum();
     let want: std::collections::BTreeSet<_> = missing.iter().cloned().collect();
     let again = consume_until(&s.brokers, &s.locations, Duration::from_secs(30), |r| {

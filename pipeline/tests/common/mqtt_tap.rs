@@ -81,7 +81,7 @@ impl MqttTap {
                                 if hold.is_some() {
                                     let mut all = pending.clone();
                                     all.extend_from_slice(&buf[..n]);
-                                    if has_packet(&all, 8)
+                                    if count_packets(&all, SUBSCRIBE).0 > 0
                                         && let Some(wait) = hold.take()
                                     {
                                         tokio::time::sleep(wait).await;
@@ -92,7 +92,7 @@ impl MqttTap {
                                 }
                                 pending.extend_from_slice(&buf[..n]);
                             }
-                            let (acks, used) = count_pubacks(&pending);
+                            let (acks, used) = count_packets(&pending, PUBACK);
                             count.fetch_add(acks, Ordering::Relaxed);
                             pending.drain(..used);
                         }
@@ -150,30 +150,21 @@ fn packet_end(bytes: &[u8], at: usize) -> Option<usize> {
     (bytes.len() >= i + len).then_some(i + len)
 }
 
-/// Whether a complete packet of type `kind` (the high four bits of its first byte) is among
-/// the complete packets at the start of `bytes`.
-fn has_packet(bytes: &[u8], kind: u8) -> bool {
-    let mut at = 0;
+/// MQTT packet types (the high four bits of a packet's first byte).
+const PUBACK: u8 = 4;
+const SUBSCRIBE: u8 = 8;
+
+/// Counts the packets of type `kind` among the complete packets at the start of `bytes`;
+/// returns the count and how many bytes those complete packets take.
+fn count_packets(bytes: &[u8], kind: u8) -> (u64, usize) {
+    let (mut count, mut at) = (0, 0);
     while let Some(end) = packet_end(bytes, at) {
         if bytes[at] >> 4 == kind {
-            return true;
+            count += 1;
         }
         at = end;
     }
-    false
-}
-
-/// Counts the PUBACK packets among the complete packets at the start of `bytes`; returns
-/// the count and how many bytes those complete packets take.
-fn count_pubacks(bytes: &[u8]) -> (u64, usize) {
-    let (mut acks, mut at) = (0, 0);
-    while let Some(end) = packet_end(bytes, at) {
-        if bytes[at] >> 4 == 4 {
-            acks += 1;
-        }
-        at = end;
-    }
-    (acks, at)
+    (count, at)
 }
 
 /// Sets the Receive Maximum property of an MQTT v5 CONNECT to 65,535, in place. False if

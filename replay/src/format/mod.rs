@@ -104,8 +104,8 @@ impl Output {
         Ok(())
     }
 
-    /// Removes an incomplete file output.
-    pub fn abandon(&self) {
+    /// Removes an incomplete file output (on drop; a committed one has no `.partial` left).
+    fn abandon(&self) {
         if let Output::File { partial, .. } = self {
             let _ = std::fs::remove_file(partial);
         }

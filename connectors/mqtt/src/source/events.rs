@@ -57,7 +57,7 @@ enum Next {
 impl EventLoop {
     pub(super) async fn run(mut self, stop: CancellationToken) {
         self.serve(stop).await;
-        self.health.mqtt_connected.store(false, Ordering::Relaxed);
+        self.health.ready.store(false, Ordering::Relaxed);
         M.mqtt_connected.set(0);
         // Close the client's connection, then let the relay forward what it still has (the
         // last PUBACKs and the DISCONNECT) before the process may exit.
@@ -112,7 +112,7 @@ impl EventLoop {
                         info!("unsubscribed: draining what the session holds");
                         w.last_message_ms.store(now_ms(), Ordering::Relaxed);
                         w.unsubscribed.store(true, Ordering::Relaxed);
-                        self.health.mqtt_connected.store(true, Ordering::Relaxed);
+                        self.health.ready.store(true, Ordering::Relaxed);
                     }
                     Next::Continue
                 }
@@ -126,7 +126,7 @@ impl EventLoop {
                             .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
                     if granted {
                         info!(reasons = ?ack.return_codes, "MQTT subscription acknowledged");
-                        self.health.mqtt_connected.store(true, Ordering::Relaxed);
+                        self.health.ready.store(true, Ordering::Relaxed);
                     } else {
                         error!(reasons = ?ack.return_codes, subscription = self.subscription, "the MQTT broker refused the subscription; not ready");
                     }
@@ -245,7 +245,7 @@ impl EventLoop {
     }
 
     fn disconnected(&self, error: &ConnectionError, backoff: &Backoff) {
-        self.health.mqtt_connected.store(false, Ordering::Relaxed);
+        self.health.ready.store(false, Ordering::Relaxed);
         if let Some(w) = &self.drain {
             // Unsubscribed again after the reconnect, before drain may end.
             w.unsubscribed.store(false, Ordering::Relaxed);

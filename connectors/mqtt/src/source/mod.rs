@@ -38,12 +38,12 @@ use crate::{BridgeConfig, BridgeError};
 /// bridge: unsubscribed).
 #[derive(Debug, Clone, Default)]
 pub struct BridgeHealth {
-    mqtt_connected: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
 }
 
 impl BridgeHealth {
     pub fn check(&self) -> Result<(), String> {
-        if self.mqtt_connected.load(Ordering::Relaxed) {
+        if self.ready.load(Ordering::Relaxed) {
             Ok(())
         } else {
             Err("not connected to the MQTT broker, or not subscribed yet".into())
@@ -245,7 +245,7 @@ impl Bridge {
                 watch.last_message_ms.store(now_ms(), Ordering::Relaxed);
             }
             let quiet_ms = now_ms() - watch.last_message_ms.load(Ordering::Relaxed);
-            if health.mqtt_connected.load(Ordering::Relaxed)
+            if health.ready.load(Ordering::Relaxed)
                 && watch.unsubscribed.load(Ordering::Relaxed)
                 && M.in_flight.get() == 0
                 && quiet_ms >= idle.as_millis() as i64
