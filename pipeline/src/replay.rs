@@ -267,6 +267,19 @@ impl Meter {
     }
 }
 
+/// An export touches each of its few hundred MiB once (librdkafka's buffers, the table, the
+/// encoders) and exits. Where transparent huge pages are on for every mapping (`always`), each
+/// first touch makes the kernel zero a whole 2 MiB page: a third of an export's CPU samples
+/// were in `clear_page_erms`. With small pages its system time fell from 0.42–0.75 s to
+/// 0.14–0.22 s for 1 M fixes (loadtest/RESULTS.md, 2026-12-02). Applies to this process's
+/// later faults; failure only costs that time.
+fn small_pages_from_now() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::debug!(error = %e, "transparent huge pages stay on");
+    }
+}
+
 async fn export(
     config: &Config,
     a: &WindowArgs,
@@ -274,6 +287,7 @@ async fn export(
     out: &str,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    small_pages_from_now();
     let mut scan = open_scan(config, a, cancel.clone()).await?;
     let (output, w) = Output::open(out)?;
     let result = async {

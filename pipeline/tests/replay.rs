@@ -156,6 +156,69 @@ fn python() -> std::path::PathBuf {
         .join("venv/bin/python")
 }
 
+/// A backlog read by several consumers (each a share of the partitions; `locus replay` and
+/// `locus cache rebuild` read 100,000 records or more this way) returns exactly what one
+/// consumer returns: every record of the plan once, in offset order per partition, with
+/// progress counted across the consumers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_range_read_split_over_consumers_returns_every_record_once_in_order() {
+    use locus_kafka::{RangeReader, StartAt, StopAt};
+    let s = Scope::new("replay-split");
+    create_topics(&s).await;
+    let base = now_ms() - HOUR;
+    let mut arrivals: Vec<(Option<LocationFix>, i64)> = (0..3000i64)
+        .map(|i| {
+            let f = fix("t1", &format!("u{}", i % 41), i, base + i * 10);
+            (Some(f), base + i * 10)
+        })
+        .collect();
+    produce_at(&s, &mut arrivals).await;
+    let kafka = s.kafka();
+    let mut reads = vec![];
+    for readers in [1, 3, 8] {
+        let mut r = RangeReader::open_split(
+            &kafka,
+            "test",
+            &s.locations,
+            StartAt::Beginning,
+            StopAt::End,
+            readers,
+        )
+        .await
+        .unwrap();
+        // At most one consumer a partition (the topic has four).
+        assert_eq!(r.readers(), readers.min(4));
+        let ends: BTreeMap<i32, i64> = r.ranges().iter().map(|p| (p.partition, p.end)).collect();
+        let mut got: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        while let Some(batch) = r.next_batch(1024).await.unwrap() {
+            for rec in batch {
+                got.entry(rec.partition).or_default().push(rec.offset);
+            }
+        }
+        for (p, end) in &ends {
+            let want: Vec<i64> = (0..*end).collect();
+            assert_eq!(
+                got.get(p).cloned().unwrap_or_default(),
+                want,
+                "partition {p}, {readers} readers"
+            );
+        }
+        let progress = r.progress();
+        assert_eq!(
+            (progress.records, progress.total),
+            (3000, 3000),
+            "{readers} readers"
+        );
+        assert!(
+            progress.positions.is_empty(),
+            "every partition finished: {:?}",
+            progress.positions
+        );
+        reads.push(got);
+    }
+    assert!(reads.iter().all(|g| *g == reads[0]));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_export_is_exact_by_event_time_in_every_format() {
     let s = Scope::new("replay-export");

@@ -91,19 +91,20 @@ pub struct Progress {
 /// `StreamConsumer::recv` under a short timeout, as this reader first did, lost wakeups when
 /// the timeout dropped the pending future: reads then stalled for the length of the timeout,
 /// 3× slower than a plain consumer. One stream polled across batches keeps its waker.)
-/// Dropping the reader ends the task.
+/// A backlog is read by `KafkaConfig::range_readers` consumers, a task each, every partition
+/// by one of them. Dropping the reader ends the tasks.
 pub struct RangeReader {
     topic: String,
     ranges: Vec<PartitionRange>,
     batches: Option<mpsc::Receiver<Result<Vec<Record>, KafkaError>>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     /// A read that failed or ended stays so.
     done: bool,
     state: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
-    /// The assigned consumer and where each partition starts and ends, until the first
-    /// `next_batch` starts the reading task.
-    pending: Option<Assigned>,
+    /// The assigned consumers and where each of their partitions starts and ends, until the
+    /// first `next_batch` starts a reading task for each.
+    pending: Option<Vec<Assigned>>,
     idle: Duration,
     values_only: bool,
 }
@@ -125,6 +126,27 @@ struct Shared {
 /// Records per batch handed over.
 const BATCH: usize = 1024;
 
+/// Plans of at least this many records are read by `KafkaConfig::range_readers` consumers.
+const PARALLEL_MIN_RECORDS: u64 = 100_000;
+
+/// Reader `i`'s share of `ranges` among `n`: the biggest ranges first, each to the reader
+/// with the fewest records so far (ties to the lowest number), so shares are near equal.
+fn share<'a>(ranges: &[&'a PartitionRange], n: usize, i: usize) -> Vec<&'a PartitionRange> {
+    let mut order: Vec<&PartitionRange> = ranges.to_vec();
+    order.sort_by_key(|r| (std::cmp::Reverse(r.len()), r.partition));
+    let mut load = vec![0i64; n.max(1)];
+    let mut mine = Vec::new();
+    for r in order {
+        let to = (0..load.len()).min_by_key(|j| (load[*j], *j)).unwrap_or(0);
+        load[to] += r.len();
+        if to == i {
+            mine.push(r);
+        }
+    }
+    mine.sort_by_key(|r| r.partition);
+    mine
+}
+
 impl std::fmt::Debug for RangeReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RangeReader")
@@ -142,13 +164,39 @@ impl Drop for RangeReader {
 
 impl RangeReader {
     /// Plans the read (metadata, watermarks, offsets for times) and assigns the partitions
-    /// that have anything to read. `stage` names the client (`client.id` suffix).
+    /// that have anything to read. `stage` names the client (`client.id` suffix). A plan of
+    /// at least 100,000 records is read by `kafka.range_readers` consumers, a smaller one by
+    /// one.
     pub async fn open(
         kafka: &KafkaConfig,
         stage: &str,
         topic: &str,
         start: StartAt,
         stop: StopAt,
+    ) -> Result<RangeReader, KafkaError> {
+        Self::open_with(kafka, stage, topic, start, stop, None).await
+    }
+
+    /// [`RangeReader::open`] with `readers` consumers whatever the plan's size (at most one
+    /// a partition to read).
+    pub async fn open_split(
+        kafka: &KafkaConfig,
+        stage: &str,
+        topic: &str,
+        start: StartAt,
+        stop: StopAt,
+        readers: usize,
+    ) -> Result<RangeReader, KafkaError> {
+        Self::open_with(kafka, stage, topic, start, stop, Some(readers)).await
+    }
+
+    async fn open_with(
+        kafka: &KafkaConfig,
+        stage: &str,
+        topic: &str,
+        start: StartAt,
+        stop: StopAt,
+        readers: Option<usize>,
     ) -> Result<RangeReader, KafkaError> {
         let mut cfg = kafka.consumer_config(stage, &format!("{}-{stage}", kafka.client_id));
         // Assigned, never subscribed: nothing is committed, no group is joined. A backlog is
@@ -158,51 +206,74 @@ impl RangeReader {
             .set("fetch.max.bytes", kafka.range_fetch_max_bytes.to_string());
         let timeout = Duration::from_millis(kafka.request_timeout_ms);
         let topic_owned = topic.to_string();
+        let planner = cfg.clone();
         let (consumer, ranges) = tokio::task::spawn_blocking(move || {
             // Planned and read by one client: one connection set up, not two.
-            let consumer: StreamConsumer = cfg.create().map_err(KafkaError::Client)?;
+            let consumer: StreamConsumer = planner.create().map_err(KafkaError::Client)?;
             let ranges = plan(&consumer, &topic_owned, &start, &stop, timeout)?;
             Ok::<_, KafkaError>((consumer, ranges))
         })
         .await
         .map_err(|e| KafkaError::Join(e.to_string()))??;
-        let mut tpl = TopicPartitionList::new();
-        let (mut next, mut ends) = (HashMap::new(), HashMap::new());
-        let mut total = 0u64;
-        for r in ranges.iter().filter(|r| !r.is_empty()) {
-            let from = r.start.max(r.low);
-            tpl.add_partition_offset(topic, r.partition, Offset::Offset(from))
-                .map_err(KafkaError::Client)?;
-            next.insert(r.partition, from);
-            ends.insert(r.partition, r.end);
-            total += r.len() as u64;
+        let to_read: Vec<&PartitionRange> = ranges.iter().filter(|r| !r.is_empty()).collect();
+        let total: u64 = to_read.iter().map(|r| r.len() as u64).sum();
+        let readers = match readers {
+            Some(n) => n,
+            None if total >= PARALLEL_MIN_RECORDS => kafka.range_readers as usize,
+            None => 1,
         }
-        if !next.is_empty() {
-            consumer.assign(&tpl).map_err(KafkaError::Client)?;
+        .clamp(1, to_read.len().max(1));
+        let mut consumers = vec![consumer];
+        for _ in 1..readers {
+            consumers.push(cfg.create().map_err(KafkaError::Client)?);
+        }
+        let mut assigned = Vec::with_capacity(readers);
+        let mut next_all = HashMap::new();
+        for (i, consumer) in consumers.into_iter().enumerate() {
+            let mut tpl = TopicPartitionList::new();
+            let (mut next, mut ends) = (HashMap::new(), HashMap::new());
+            for r in share(&to_read, readers, i) {
+                let from = r.start.max(r.low);
+                tpl.add_partition_offset(topic, r.partition, Offset::Offset(from))
+                    .map_err(KafkaError::Client)?;
+                next.insert(r.partition, from);
+                ends.insert(r.partition, r.end);
+            }
+            if !next.is_empty() {
+                consumer.assign(&tpl).map_err(KafkaError::Client)?;
+            }
+            next_all.extend(next.iter().map(|(p, o)| (*p, *o)));
+            assigned.push(Assigned {
+                consumer,
+                next,
+                ends,
+            });
         }
         let state = Arc::new(Mutex::new(Shared {
             progress: Progress {
                 total,
                 ..Progress::default()
             },
-            next: next.clone(),
+            next: next_all,
         }));
         Ok(RangeReader {
             topic: topic.to_string(),
             ranges,
             batches: None,
-            task: None,
+            tasks: Vec::new(),
             done: false,
             state,
             stop: Arc::new(AtomicBool::new(false)),
-            pending: Some(Assigned {
-                consumer,
-                next,
-                ends,
-            }),
+            pending: Some(assigned),
             idle: Duration::from_secs(30),
             values_only: false,
         })
+    }
+
+    /// How many consumers read (one unless the plan is a backlog; see
+    /// `KafkaConfig::range_readers`). Known until the first `next_batch`.
+    pub fn readers(&self) -> usize {
+        self.pending.as_ref().map_or(0, Vec::len)
     }
 
     /// The plan: every partition of the topic, read or not.
@@ -234,27 +305,30 @@ impl RangeReader {
     /// The next records, in offset order per partition (at most 1,024 at a time); `None` once
     /// every partition reached its end. `_max` is kept for callers that size their work.
     pub async fn next_batch(&mut self, _max: usize) -> Result<Option<Vec<Record>>, KafkaError> {
-        if let Some(Assigned {
-            consumer,
-            next,
-            ends,
-        }) = self.pending.take()
-        {
-            if next.is_empty() {
+        if let Some(assigned) = self.pending.take() {
+            if assigned.iter().all(|a| a.next.is_empty()) {
                 return Ok(None);
             }
             let (tx, rx) = mpsc::channel(8);
-            let poller = Poller {
-                topic: self.topic.clone(),
+            for Assigned {
+                consumer,
                 next,
                 ends,
-                idle: self.idle,
-                values_only: self.values_only,
-                state: self.state.clone(),
-                stop: self.stop.clone(),
-                tx,
-            };
-            self.task = Some(tokio::spawn(poller.run(consumer)));
+            } in assigned.into_iter().filter(|a| !a.next.is_empty())
+            {
+                let poller = Poller {
+                    topic: self.topic.clone(),
+                    own: next.keys().copied().collect(),
+                    next,
+                    ends,
+                    idle: self.idle,
+                    values_only: self.values_only,
+                    state: self.state.clone(),
+                    stop: self.stop.clone(),
+                    tx: tx.clone(),
+                };
+                self.tasks.push(tokio::spawn(poller.run(consumer)));
+            }
             self.batches = Some(rx);
         }
         if self.done {
@@ -277,24 +351,27 @@ impl RangeReader {
                 Err(e)
             }
             None => {
-                // The task ended without an error: every partition reached its end, unless
-                // it panicked.
+                // Every task ended without an error: every partition reached its end, unless
+                // one panicked.
                 self.done = true;
-                match self.task.take() {
-                    Some(t) => match t.await {
-                        Err(e) if e.is_panic() => Err(KafkaError::Join(e.to_string())),
-                        _ => Ok(None),
-                    },
-                    None => Ok(None),
+                for t in std::mem::take(&mut self.tasks) {
+                    if let Err(e) = t.await
+                        && e.is_panic()
+                    {
+                        return Err(KafkaError::Join(e.to_string()));
+                    }
                 }
+                Ok(None)
             }
         }
     }
 }
 
-/// The reading task's side.
+/// A reading task's side: one consumer and its share of the partitions.
 struct Poller {
     topic: String,
+    /// The partitions this task reads.
+    own: Vec<i32>,
     /// Next offset of each partition not yet finished.
     next: HashMap<i32, i64>,
     ends: HashMap<i32, i64>,
@@ -433,7 +510,12 @@ impl Poller {
 
     fn publish_positions(&self) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.next.clone_from(&self.next);
+        for p in &self.own {
+            match self.next.get(p) {
+                Some(o) => s.next.insert(*p, *o),
+                None => s.next.remove(p),
+            };
+        }
     }
 
     /// Finishes the partitions whose consumer position is at or past their end.
@@ -590,4 +672,51 @@ fn offsets_for_time(
         // No record at or after t: the end of the log.
         .map(|(r, o)| o.map_or(r.high, |o| o.clamp(r.low, r.high)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(partition: i32, len: i64) -> PartitionRange {
+        PartitionRange {
+            partition,
+            low: 0,
+            high: len,
+            start: 0,
+            end: len,
+        }
+    }
+
+    /// Every partition goes to exactly one reader, and the shares' sizes differ by at most
+    /// the biggest partition.
+    #[test]
+    fn shares_cover_every_partition_once_and_balance() {
+        let ranges: Vec<PartitionRange> = [900, 10, 500, 480, 30, 20, 7, 400, 410, 1]
+            .iter()
+            .enumerate()
+            .map(|(p, n)| range(p as i32, *n))
+            .collect();
+        let refs: Vec<&PartitionRange> = ranges.iter().collect();
+        for n in 1..=4 {
+            let shares: Vec<Vec<&PartitionRange>> = (0..n).map(|i| share(&refs, n, i)).collect();
+            let mut seen: Vec<i32> = shares.iter().flatten().map(|r| r.partition).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..10).collect::<Vec<_>>(), "{n} readers");
+            let sizes: Vec<i64> = shares
+                .iter()
+                .map(|s| s.iter().map(|r| r.len()).sum())
+                .collect();
+            let spread = sizes.iter().max().unwrap() - sizes.iter().min().unwrap();
+            assert!(spread <= 900, "{n} readers: {sizes:?}");
+            for s in &shares {
+                assert!(s.windows(2).all(|w| w[0].partition < w[1].partition));
+            }
+        }
+        // Two readers: 900 + 410 + 30 + 20 + 10 + 7 + 1 against 500 + 480 + 400.
+        let two: Vec<i64> = (0..2)
+            .map(|i| share(&refs, 2, i).iter().map(|r| r.len()).sum())
+            .collect();
+        assert_eq!(two, vec![1378, 1380]);
+    }
 }

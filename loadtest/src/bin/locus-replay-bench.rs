@@ -3,8 +3,10 @@
 //!
 //! Fills `--topic` with `--count` Avro fixes (once; an existing topic with enough records is
 //! reused), then runs, `--rounds` times and alternating: the plain consumer, `export --format
-//! parquet`, `export --format ndjson`. Prints progress on stderr and one JSON object on stdout:
-//! fixes/s of each, bytes per fix on disk, and each export's rate as a share of the ceiling.
+//! parquet`, `export --format ndjson`, and the plain read by two consumers (as the export reads
+//! a backlog). Prints progress on stderr and one JSON object on stdout: fixes/s of each, bytes
+//! per fix on disk, and each export's rate as a share of the ceiling (one consumer; Parquet's
+//! also of two).
 //!
 //!   locus-replay-bench --locus target/release/locus --count 1000000 --rounds 2
 
@@ -168,43 +170,62 @@ async fn fill(args: &Args) -> anyhow::Result<(i64, i64)> {
     Ok((base - 60_000, now_ms() + 60_000))
 }
 
-/// The ceiling: every record of the topic read by one assigned consumer, nothing decoded,
-/// fetching as Locus's consumers do (`fetch.queue.backoff.ms` 10 ms: librdkafka's 1 s
-/// default idles a consumer reading a backlog for most of each second).
-async fn plain(args: &Args) -> anyhow::Result<serde_json::Value> {
+/// The ceiling: every record of the topic read by `consumers` assigned consumers at once (each
+/// every `consumers`-th partition), nothing decoded, fetching as Locus's consumers do
+/// (`fetch.queue.backoff.ms` 10 ms: librdkafka's 1 s default idles a consumer reading a backlog
+/// for most of each second). One consumer is the ceiling the export is measured against; two
+/// read the way the export does (`kafka.range_readers`), for comparison.
+async fn plain(args: &Args, consumers: usize) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
-    let c: StreamConsumer = client(args)
-        .set("group.id", "replay-bench-plain")
-        .set("enable.auto.commit", "false")
-        .set("fetch.max.bytes", "52428800")
-        .set("fetch.queue.backoff.ms", "10")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    let mut left = 0usize;
-    let mut ends = std::collections::HashMap::new();
-    for (p, lo, hi) in ranges(args)? {
-        if hi > lo {
-            tpl.add_partition_offset(&args.topic, p, Offset::Offset(lo))?;
-            ends.insert(p, hi);
-            left += 1;
+    let ranges = ranges(args)?;
+    let mut reads = tokio::task::JoinSet::new();
+    for i in 0..consumers {
+        let c: StreamConsumer = client(args)
+            .set("group.id", "replay-bench-plain")
+            .set("enable.auto.commit", "false")
+            .set("fetch.max.bytes", "52428800")
+            .set("fetch.queue.backoff.ms", "10")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = std::collections::HashMap::new();
+        for (p, lo, hi) in ranges.iter().skip(i).step_by(consumers) {
+            if hi > lo {
+                tpl.add_partition_offset(&args.topic, *p, Offset::Offset(*lo))?;
+                ends.insert(*p, *hi);
+            }
         }
+        if ends.is_empty() {
+            continue;
+        }
+        c.assign(&tpl)?;
+        reads.spawn(async move {
+            let (mut n, mut bytes) = (0u64, 0u64);
+            while !ends.is_empty() {
+                let m = tokio::time::timeout(Duration::from_secs(30), c.recv()).await??;
+                n += 1;
+                bytes += m.payload().map_or(0, <[u8]>::len) as u64
+                    + m.key().map_or(0, <[u8]>::len) as u64;
+                if ends
+                    .get(&m.partition())
+                    .is_some_and(|hi| m.offset() + 1 >= *hi)
+                {
+                    ends.remove(&m.partition());
+                }
+            }
+            anyhow::Ok((n, bytes))
+        });
     }
-    c.assign(&tpl)?;
     let (mut n, mut bytes) = (0u64, 0u64);
-    while left > 0 {
-        let m = tokio::time::timeout(Duration::from_secs(30), c.recv()).await??;
-        n += 1;
-        bytes += m.payload().map_or(0, <[u8]>::len) as u64 + m.key().map_or(0, <[u8]>::len) as u64;
-        if ends
-            .get(&m.partition())
-            .is_some_and(|hi| m.offset() + 1 >= *hi)
-        {
-            ends.remove(&m.partition());
-            left -= 1;
-        }
+    while let Some(r) = reads.join_next().await {
+        let (rn, rb) = r??;
+        n += rn;
+        bytes += rb;
     }
     let s = started.elapsed().as_secs_f64();
-    eprintln!("[plain] {n} records in {s:.2} s ({:.0}/s)", n as f64 / s);
+    eprintln!(
+        "[plain x{consumers}] {n} records in {s:.2} s ({:.0}/s)",
+        n as f64 / s
+    );
     Ok(json!({ "records": n, "bytes": bytes, "seconds": s, "fixes_per_s": n as f64 / s }))
 }
 
@@ -273,14 +294,23 @@ async fn main() -> anyhow::Result<()> {
     let mut rounds = vec![];
     for r in 0..args.rounds {
         eprintln!("[round {}/{}]", r + 1, args.rounds);
-        let plain = plain(&args).await?;
+        let plain1 = plain(&args, 1).await?;
         let parquet = export(&args, "parquet", window)?;
         let ndjson = export(&args, "ndjson", window)?;
-        let ceiling = plain["fixes_per_s"].as_f64().unwrap_or(1.0);
+        let plain2 = plain(&args, 2).await?;
+        let rate = |v: &serde_json::Value| v["fixes_per_s"].as_f64().unwrap_or(0.0);
+        let ceiling = rate(&plain1).max(1.0);
+        eprintln!(
+            "[share] parquet {:.2}, ndjson {:.2} of one plain consumer; parquet {:.2} of two",
+            rate(&parquet) / ceiling,
+            rate(&ndjson) / ceiling,
+            rate(&parquet) / rate(&plain2).max(1.0)
+        );
         rounds.push(json!({
-            "plain": plain, "parquet": parquet, "ndjson": ndjson,
-            "parquet_share_of_ceiling": parquet["fixes_per_s"].as_f64().unwrap_or(0.0) / ceiling,
-            "ndjson_share_of_ceiling": ndjson["fixes_per_s"].as_f64().unwrap_or(0.0) / ceiling,
+            "plain": plain1, "plain_two_consumers": plain2, "parquet": parquet, "ndjson": ndjson,
+            "parquet_share_of_ceiling": rate(&parquet) / ceiling,
+            "ndjson_share_of_ceiling": rate(&ndjson) / ceiling,
+            "parquet_share_of_two_consumers": rate(&parquet) / rate(&plain2).max(1.0),
         }));
     }
     println!(
