@@ -195,6 +195,7 @@ async fn open_scan(
         &config.kafka,
         codec,
         topic,
+        locus_kafka::Split::backlog(&config.kafka),
         window,
         filter,
         retention,

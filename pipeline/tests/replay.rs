@@ -162,7 +162,7 @@ fn python() -> std::path::PathBuf {
 /// progress counted across the consumers.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_range_read_split_over_consumers_returns_every_record_once_in_order() {
-    use locus_kafka::{RangeReader, StartAt, StopAt};
+    use locus_kafka::{KafkaConfig, RangeReader, Split, StartAt, StopAt};
     let s = Scope::new("replay-split");
     create_topics(&s).await;
     let base = now_ms() - HOUR;
@@ -174,20 +174,31 @@ async fn a_range_read_split_over_consumers_returns_every_record_once_in_order() 
         .collect();
     produce_at(&s, &mut arrivals).await;
     let kafka = s.kafka();
-    let mut reads = vec![];
-    for readers in [1, 3, 8] {
+    // (consumers asked for, threshold, consumers that read): at most one a partition (the
+    // topic has four), and one below the threshold.
+    for (readers, min_records, want) in [(1, 3000, 1), (3, 3000, 3), (8, 3000, 4), (8, 3001, 1)] {
         let mut r = RangeReader::open_split(
             &kafka,
             "test",
             &s.locations,
             StartAt::Beginning,
             StopAt::End,
-            readers,
+            // The commands' split with its threshold lowered to this topic's size.
+            Split {
+                min_records,
+                ..Split::backlog(&KafkaConfig {
+                    range_readers: readers as u32,
+                    ..kafka.clone()
+                })
+            },
         )
         .await
         .unwrap();
-        // At most one consumer a partition (the topic has four).
-        assert_eq!(r.readers(), readers.min(4));
+        assert_eq!(
+            r.readers(),
+            want,
+            "{readers} asked for, threshold {min_records}"
+        );
         let ends: BTreeMap<i32, i64> = r.ranges().iter().map(|p| (p.partition, p.end)).collect();
         let mut got: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
         while let Some(batch) = r.next_batch(1024).await.unwrap() {
@@ -214,9 +225,7 @@ async fn a_range_read_split_over_consumers_returns_every_record_once_in_order() 
             "every partition finished: {:?}",
             progress.positions
         );
-        reads.push(got);
     }
-    assert!(reads.iter().all(|g| *g == reads[0]));
 }
 
 #[tokio::test(flavor = "multi_thread")]

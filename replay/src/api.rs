@@ -169,6 +169,8 @@ async fn replay(
         &api.kafka,
         api.codec.clone(),
         &api.topic,
+        // One consumer a stream: the API serves several at once, each paced for a viewer.
+        locus_kafka::Split::ONE,
         window,
         filter,
         std::future::ready(Ok(-1)),

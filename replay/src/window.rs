@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use locus_kafka::{
-    Backoff, KafkaConfig, PartitionRange, Progress, RangeReader, Record, StartAt, StopAt,
+    Backoff, KafkaConfig, PartitionRange, Progress, RangeReader, Record, Split, StartAt, StopAt,
 };
 use locus_schemas::{Codec, CodecError, FixRef, LocationFix};
 use serde::Serialize;
@@ -287,7 +287,8 @@ pub struct Kept {
 }
 
 impl Scan {
-    /// Locates the window in `topic` and opens the read. `retention_ms` (the topic's, -1 for
+    /// Locates the window in `topic` and opens the read (by `split`'s consumers: see
+    /// [`RangeReader::open_split`]). `retention_ms` (the topic's, -1 for
     /// forever; looked up while the read is planned) decides whether part of the window is
     /// gone: all of it is an error, part of it is said in the report. No record is handed
     /// out before both are known (the consumer may start fetching while the lookup runs).
@@ -296,6 +297,7 @@ impl Scan {
         kafka: &KafkaConfig,
         codec: Arc<Codec>,
         topic: &str,
+        split: Split,
         window: Window,
         filter: Filter,
         retention_ms: impl Future<Output = Result<i64, ReplayError>>,
@@ -324,7 +326,14 @@ impl Scan {
             StopAt::Time(read_to)
         };
         let (reader, retention_ms) = tokio::join!(
-            RangeReader::open(kafka, "replay", topic, StartAt::Time(read_from), stop),
+            RangeReader::open_split(
+                kafka,
+                "replay",
+                topic,
+                StartAt::Time(read_from),
+                stop,
+                split
+            ),
             retention_ms
         );
         let retention_ms = retention_ms?;

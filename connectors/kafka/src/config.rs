@@ -29,12 +29,12 @@ pub struct KafkaConfig {
     /// broker and the client take turns on). Default librdkafka's own, 52428800.
     #[serde(default = "default_range_fetch_max_bytes")]
     pub range_fetch_max_bytes: u32,
-    /// Consumers a bounded read of a backlog (at least 100,000 records planned) uses, each
-    /// reading its share of the partitions. A consumer has one fetch in flight per broker, so
-    /// with one the broker and the reader take turns; with two, one consumer's fetch is in
-    /// flight while the other's records are decoded (`locus replay export`: 0.76 → 0.86 of a
-    /// plain consumer's rate, loadtest/RESULTS.md). 1..=8; smaller reads (a push resume) use
-    /// one.
+    /// Consumers a `locus replay` command (export, sink, topic) reads a window of 100,000
+    /// records or more with, each a share of the partitions. A consumer has one fetch in
+    /// flight per broker; with two, one consumer's fetch is in flight while the other's
+    /// records are decoded (`locus replay export` of 1 M fixes: 2.23 → 2.11 s,
+    /// loadtest/RESULTS.md). 1..=8. The services' reads (push resume, HTTP replay) and
+    /// `locus cache rebuild` use one.
     #[serde(default = "default_range_readers")]
     pub range_readers: u32,
     /// How long a partition's next fetch waits once the consumer's queue holds more than

@@ -20,7 +20,7 @@ pub use error::KafkaError;
 pub use health::{check_reachable, partition_count, partitions_of};
 pub use metrics::StageMetrics;
 pub use producer::{Delivered, DeliveryError, Pending, Producer};
-pub use reader::{PartitionRange, Progress, RangeReader, StartAt, StopAt};
+pub use reader::{PartitionRange, Progress, RangeReader, Split, StartAt, StopAt};
 
 /// Re-exported so stages use the same rdkafka as this crate.
 pub use rdkafka;

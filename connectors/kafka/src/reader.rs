@@ -7,6 +7,7 @@
 //! of a timestamp), so a read of a busy topic ends.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -105,6 +106,7 @@ pub struct RangeReader {
     /// The assigned consumers and where each of their partitions starts and ends, until the
     /// first `next_batch` starts a reading task for each.
     pending: Option<Vec<Assigned>>,
+    readers: usize,
     idle: Duration,
     values_only: bool,
 }
@@ -126,8 +128,32 @@ struct Shared {
 /// Records per batch handed over.
 const BATCH: usize = 1024;
 
-/// Plans of at least this many records are read by `KafkaConfig::range_readers` consumers.
-const PARALLEL_MIN_RECORDS: u64 = 100_000;
+/// How many consumers a read uses ([`RangeReader::open_split`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    /// Consumers at most (at most one a partition to read).
+    pub readers: usize,
+    /// Plans smaller than this are read by one consumer.
+    pub min_records: u64,
+}
+
+impl Split {
+    /// One consumer, whatever the plan.
+    pub const ONE: Split = Split {
+        readers: 1,
+        min_records: 0,
+    };
+
+    /// A command reading a window of any size: `kafka.range_readers` consumers for a plan of
+    /// 100,000 records or more (the extra consumer costs a connection, threads and a fetch
+    /// queue: worth it for a backlog of seconds, not for a few records).
+    pub fn backlog(kafka: &KafkaConfig) -> Split {
+        Split {
+            readers: kafka.range_readers as usize,
+            min_records: 100_000,
+        }
+    }
+}
 
 /// Reader `i`'s share of `ranges` among `n`: the biggest ranges first, each to the reader
 /// with the fewest records so far (ties to the lowest number), so shares are near equal.
@@ -164,9 +190,8 @@ impl Drop for RangeReader {
 
 impl RangeReader {
     /// Plans the read (metadata, watermarks, offsets for times) and assigns the partitions
-    /// that have anything to read. `stage` names the client (`client.id` suffix). A plan of
-    /// at least 100,000 records is read by `kafka.range_readers` consumers, a smaller one by
-    /// one.
+    /// that have anything to read, all to one consumer. `stage` names the client (`client.id`
+    /// suffix).
     pub async fn open(
         kafka: &KafkaConfig,
         stage: &str,
@@ -174,29 +199,20 @@ impl RangeReader {
         start: StartAt,
         stop: StopAt,
     ) -> Result<RangeReader, KafkaError> {
-        Self::open_with(kafka, stage, topic, start, stop, None).await
+        Self::open_split(kafka, stage, topic, start, stop, Split::ONE).await
     }
 
-    /// [`RangeReader::open`] with `readers` consumers whatever the plan's size (at most one
-    /// a partition to read).
+    /// [`RangeReader::open`], read by `split.readers` consumers (at most one a partition to
+    /// read) when the plan holds at least `split.min_records` records; each consumer reads a
+    /// share of the partitions balanced by records. Every partition is still read by one
+    /// consumer, in offset order.
     pub async fn open_split(
         kafka: &KafkaConfig,
         stage: &str,
         topic: &str,
         start: StartAt,
         stop: StopAt,
-        readers: usize,
-    ) -> Result<RangeReader, KafkaError> {
-        Self::open_with(kafka, stage, topic, start, stop, Some(readers)).await
-    }
-
-    async fn open_with(
-        kafka: &KafkaConfig,
-        stage: &str,
-        topic: &str,
-        start: StartAt,
-        stop: StopAt,
-        readers: Option<usize>,
+        split: Split,
     ) -> Result<RangeReader, KafkaError> {
         let mut cfg = kafka.consumer_config(stage, &format!("{}-{stage}", kafka.client_id));
         // Assigned, never subscribed: nothing is committed, no group is joined. A backlog is
@@ -208,7 +224,7 @@ impl RangeReader {
         let topic_owned = topic.to_string();
         let planner = cfg.clone();
         let (consumer, ranges) = tokio::task::spawn_blocking(move || {
-            // Planned and read by one client: one connection set up, not two.
+            // The first reader plans: its connection is set up once.
             let consumer: StreamConsumer = planner.create().map_err(KafkaError::Client)?;
             let ranges = plan(&consumer, &topic_owned, &start, &stop, timeout)?;
             Ok::<_, KafkaError>((consumer, ranges))
@@ -217,15 +233,27 @@ impl RangeReader {
         .map_err(|e| KafkaError::Join(e.to_string()))??;
         let to_read: Vec<&PartitionRange> = ranges.iter().filter(|r| !r.is_empty()).collect();
         let total: u64 = to_read.iter().map(|r| r.len() as u64).sum();
-        let readers = match readers {
-            Some(n) => n,
-            None if total >= PARALLEL_MIN_RECORDS => kafka.range_readers as usize,
-            None => 1,
-        }
-        .clamp(1, to_read.len().max(1));
+        let readers = if total >= split.min_records {
+            split.readers.clamp(1, to_read.len().max(1))
+        } else {
+            1
+        };
         let mut consumers = vec![consumer];
-        for _ in 1..readers {
-            consumers.push(cfg.create().map_err(KafkaError::Client)?);
+        if readers > 1 {
+            // Creating a client may block (TLS material is read then): off the async workers.
+            let client_id = format!("{}-{stage}", kafka.client_id);
+            let more = tokio::task::spawn_blocking(move || {
+                (1..readers)
+                    .map(|i| {
+                        let mut c = cfg.clone();
+                        c.set("client.id", format!("{client_id}-{i}"));
+                        c.create::<StreamConsumer>().map_err(KafkaError::Client)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(|e| KafkaError::Join(e.to_string()))??;
+            consumers.extend(more);
         }
         let mut assigned = Vec::with_capacity(readers);
         let mut next_all = HashMap::new();
@@ -265,15 +293,15 @@ impl RangeReader {
             state,
             stop: Arc::new(AtomicBool::new(false)),
             pending: Some(assigned),
+            readers,
             idle: Duration::from_secs(30),
             values_only: false,
         })
     }
 
-    /// How many consumers read (one unless the plan is a backlog; see
-    /// `KafkaConfig::range_readers`). Known until the first `next_batch`.
+    /// How many consumers read.
     pub fn readers(&self) -> usize {
-        self.pending.as_ref().map_or(0, Vec::len)
+        self.readers
     }
 
     /// The plan: every partition of the topic, read or not.
@@ -316,6 +344,7 @@ impl RangeReader {
                 ends,
             } in assigned.into_iter().filter(|a| !a.next.is_empty())
             {
+                let failed = tx.clone();
                 let poller = Poller {
                     topic: self.topic.clone(),
                     own: next.keys().copied().collect(),
@@ -327,7 +356,18 @@ impl RangeReader {
                     stop: self.stop.clone(),
                     tx: tx.clone(),
                 };
-                self.tasks.push(tokio::spawn(poller.run(consumer)));
+                self.tasks.push(tokio::spawn(async move {
+                    // A panic is this read's error at once, not when the other tasks end.
+                    if AssertUnwindSafe(poller.run(consumer))
+                        .catch_unwind()
+                        .await
+                        .is_err()
+                    {
+                        let _ = failed
+                            .send(Err(KafkaError::Join("a reading task panicked".into())))
+                            .await;
+                    }
+                }));
             }
             self.batches = Some(rx);
         }
@@ -347,7 +387,13 @@ impl RangeReader {
                 Ok(Some(batch))
             }
             Some(Err(e)) => {
+                // One reader failed: the read is over for every reader.
                 self.done = true;
+                self.stop.store(true, Ordering::Relaxed);
+                rx.close();
+                for t in &self.tasks {
+                    t.abort();
+                }
                 Err(e)
             }
             None => {

@@ -3,8 +3,8 @@
 //!
 //! Fills `--topic` with `--count` Avro fixes (once; an existing topic with enough records is
 //! reused), then runs, `--rounds` times and alternating: the plain consumer, `export --format
-//! parquet`, `export --format ndjson`, and the plain read by two consumers (as the export reads
-//! a backlog). Prints progress on stderr and one JSON object on stdout: fixes/s of each, bytes
+//! parquet`, the plain read by two consumers (as the export reads a backlog), `export --format
+//! ndjson`. Prints progress on stderr and one JSON object on stdout: fixes/s of each, bytes
 //! per fix on disk, and each export's rate as a share of the ceiling (one consumer; Parquet's
 //! also of two).
 //!
@@ -221,6 +221,11 @@ async fn plain(args: &Args, consumers: usize) -> anyhow::Result<serde_json::Valu
         n += rn;
         bytes += rb;
     }
+    let planned: i64 = ranges.iter().map(|(_, lo, hi)| hi - lo).sum();
+    anyhow::ensure!(
+        n as i64 == planned,
+        "{consumers} plain consumers read {n} records of {planned}"
+    );
     let s = started.elapsed().as_secs_f64();
     eprintln!(
         "[plain x{consumers}] {n} records in {s:.2} s ({:.0}/s)",
@@ -294,10 +299,11 @@ async fn main() -> anyhow::Result<()> {
     let mut rounds = vec![];
     for r in 0..args.rounds {
         eprintln!("[round {}/{}]", r + 1, args.rounds);
+        // Each ceiling next to the Parquet export: one consumer before it, two after.
         let plain1 = plain(&args, 1).await?;
         let parquet = export(&args, "parquet", window)?;
-        let ndjson = export(&args, "ndjson", window)?;
         let plain2 = plain(&args, 2).await?;
+        let ndjson = export(&args, "ndjson", window)?;
         let rate = |v: &serde_json::Value| v["fixes_per_s"].as_f64().unwrap_or(0.0);
         let ceiling = rate(&plain1).max(1.0);
         eprintln!(
