@@ -207,16 +207,21 @@ async fn nearby_bbox_presence_and_bad_parameters() {
     s.create_topics().await;
     let prefix = unique("lg");
     let now = now_ms();
-    // Around Berlin Alexanderplatz (52.5219, 13.4132): near (fresh), mid (stale: 5 min old),
-    // far (offline: 20 min old), and one in Potsdam.
+    // Around Berlin Alexanderplatz (52.5219, 13.4132): near (fresh), mid (stale: 1 h old),
+    // far (offline: 3 h old), and one in Potsdam. Online for 30 min, stale until 2 h: the
+    // fresh ones stay online however slowly a loaded machine gets to the checks.
     let fixes = vec![
         fix("near", 1, now - 5_000, 52.5219, 13.4132),
-        fix("mid", 1, now - 300_000, 52.5219, 13.4280), // ~1.0 km east
-        fix("far", 1, now - 1_200_000, 52.5400, 13.4132), // ~2.0 km north
+        fix("mid", 1, now - 3_600_000, 52.5219, 13.4280), // ~1.0 km east
+        fix("far", 1, now - 10_800_000, 52.5400, 13.4132), // ~2.0 km north
         fix("potsdam", 1, now - 5_000, 52.3906, 13.0645),
     ];
     produce(&s, &fixes).await;
-    let (_c, port) = start_cache(&s, &prefix).await;
+    let mut env = cache_env(&prefix, &unique("g-"), &redis_url());
+    env.push(("LOCUS_CACHE__ONLINE_S", "1800".into()));
+    env.push(("LOCUS_CACHE__OFFLINE_S", "7200".into()));
+    let (_c, port) = locus(&s, "cache", &["cache"], &env);
+    wait_ready(port, Duration::from_secs(60)).await;
     wait_applied(port, 4.0, Duration::from_secs(60)).await;
 
     // Every data route needs a token of its tenant (and one limited to some users may not
