@@ -92,8 +92,8 @@ pub struct Progress {
 /// `StreamConsumer::recv` under a short timeout, as this reader first did, lost wakeups when
 /// the timeout dropped the pending future: reads then stalled for the length of the timeout,
 /// 3× slower than a plain consumer. One stream polled across batches keeps its waker.)
-/// A backlog is read by `KafkaConfig::range_readers` consumers, a task each, every partition
-/// by one of them. Dropping the reader ends the tasks.
+/// A read opened with [`RangeReader::open_split`] may use several consumers, a task each, every
+/// partition read by one of them. Dropping the reader ends the tasks.
 pub struct RangeReader {
     topic: String,
     ranges: Vec<PartitionRange>,
@@ -155,22 +155,23 @@ impl Split {
     }
 }
 
-/// Reader `i`'s share of `ranges` among `n`: the biggest ranges first, each to the reader
-/// with the fewest records so far (ties to the lowest number), so shares are near equal.
-fn share<'a>(ranges: &[&'a PartitionRange], n: usize, i: usize) -> Vec<&'a PartitionRange> {
+/// `ranges` shared among `n` readers: the biggest ranges first, each to the reader with the
+/// fewest records so far (ties to the lowest number), so shares are near equal; each share in
+/// partition order.
+fn shares<'a>(ranges: &[&'a PartitionRange], n: usize) -> Vec<Vec<&'a PartitionRange>> {
     let mut order: Vec<&PartitionRange> = ranges.to_vec();
     order.sort_by_key(|r| (std::cmp::Reverse(r.len()), r.partition));
     let mut load = vec![0i64; n.max(1)];
-    let mut mine = Vec::new();
+    let mut shares = vec![Vec::new(); n.max(1)];
     for r in order {
         let to = (0..load.len()).min_by_key(|j| (load[*j], *j)).unwrap_or(0);
         load[to] += r.len();
-        if to == i {
-            mine.push(r);
-        }
+        shares[to].push(r);
     }
-    mine.sort_by_key(|r| r.partition);
-    mine
+    for s in &mut shares {
+        s.sort_by_key(|r| r.partition);
+    }
+    shares
 }
 
 impl std::fmt::Debug for RangeReader {
@@ -257,10 +258,10 @@ impl RangeReader {
         }
         let mut assigned = Vec::with_capacity(readers);
         let mut next_all = HashMap::new();
-        for (i, consumer) in consumers.into_iter().enumerate() {
+        for (consumer, share) in consumers.into_iter().zip(shares(&to_read, readers)) {
             let mut tpl = TopicPartitionList::new();
             let (mut next, mut ends) = (HashMap::new(), HashMap::new());
-            for r in share(&to_read, readers, i) {
+            for r in share {
                 let from = r.start.max(r.low);
                 tpl.add_partition_offset(topic, r.partition, Offset::Offset(from))
                     .map_err(KafkaError::Client)?;
@@ -347,7 +348,6 @@ impl RangeReader {
                 let failed = tx.clone();
                 let poller = Poller {
                     topic: self.topic.clone(),
-                    own: next.keys().copied().collect(),
                     next,
                     ends,
                     idle: self.idle,
@@ -416,10 +416,9 @@ impl RangeReader {
 /// A reading task's side: one consumer and its share of the partitions.
 struct Poller {
     topic: String,
-    /// The partitions this task reads.
-    own: Vec<i32>,
     /// Next offset of each partition not yet finished.
     next: HashMap<i32, i64>,
+    /// End of each partition this task reads (finished ones too).
     ends: HashMap<i32, i64>,
     idle: Duration,
     values_only: bool,
@@ -556,7 +555,7 @@ impl Poller {
 
     fn publish_positions(&self) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for p in &self.own {
+        for p in self.ends.keys() {
             match self.next.get(p) {
                 Some(o) => s.next.insert(*p, *o),
                 None => s.next.remove(p),
@@ -745,7 +744,7 @@ mod tests {
             .collect();
         let refs: Vec<&PartitionRange> = ranges.iter().collect();
         for n in 1..=4 {
-            let shares: Vec<Vec<&PartitionRange>> = (0..n).map(|i| share(&refs, n, i)).collect();
+            let shares = shares(&refs, n);
             let mut seen: Vec<i32> = shares.iter().flatten().map(|r| r.partition).collect();
             seen.sort_unstable();
             assert_eq!(seen, (0..10).collect::<Vec<_>>(), "{n} readers");
@@ -760,8 +759,9 @@ mod tests {
             }
         }
         // Two readers: 900 + 410 + 30 + 20 + 10 + 7 + 1 against 500 + 480 + 400.
-        let two: Vec<i64> = (0..2)
-            .map(|i| share(&refs, 2, i).iter().map(|r| r.len()).sum())
+        let two: Vec<i64> = shares(&refs, 2)
+            .iter()
+            .map(|s| s.iter().map(|r| r.len()).sum())
             .collect();
         assert_eq!(two, vec![1378, 1380]);
     }
