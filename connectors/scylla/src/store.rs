@@ -1,9 +1,14 @@
 //! The history table: schema, prepared writes, and track queries.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use locus_schemas::LocationFix;
 use scylla::client::session::Session;
+use scylla::serialize::SerializationError;
+use scylla::serialize::row::{RowSerializationContext, SerializeRow};
+use scylla::serialize::value::SerializeValue;
+use scylla::serialize::writers::RowWriter;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
@@ -12,6 +17,59 @@ use crate::{HistoryConfig, ScyllaConfig, ScyllaError};
 
 const COLUMNS: &str = "tenant, user_id, bucket, ts, device_id, seq, lat, lon, accuracy_m, altitude_m, \
                        speed_mps, heading_deg, battery_pct, activity, source, received_at";
+
+/// The columns every row has, in bind order.
+const REQUIRED: [&str; 9] = [
+    "tenant",
+    "user_id",
+    "bucket",
+    "ts",
+    "device_id",
+    "seq",
+    "lat",
+    "lon",
+    "received_at",
+];
+
+/// The columns a fix may lack, in bind order after [`REQUIRED`]; bit `i` of a [`Shape`] is
+/// set when the fix has `OPTIONAL[i]`.
+const OPTIONAL: [&str; 7] = [
+    "accuracy_m",
+    "altitude_m",
+    "speed_mps",
+    "heading_deg",
+    "battery_pct",
+    "activity",
+    "source",
+];
+
+/// Which optional columns a row binds (a bit each, in [`OPTIONAL`] order).
+type Shape = u8;
+
+/// Every optional column present.
+const FULL: Shape = (1 << OPTIONAL.len()) - 1;
+
+/// The insert for the rows of one shape: only the columns they have. Binding a null instead
+/// would write a tombstone for each absent cell (CQL protocol v3 has no "unset"), which every
+/// later read of the partition steps over and Cassandra counts against its tombstone limits.
+fn insert_statement(table: &str, shape: Shape) -> String {
+    let columns: Vec<&str> = REQUIRED
+        .iter()
+        .chain(
+            OPTIONAL
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| shape & (1 << i) != 0)
+                .map(|(_, c)| c),
+        )
+        .copied()
+        .collect();
+    let markers = vec!["?"; columns.len()].join(", ");
+    format!(
+        "INSERT INTO {table} ({}) VALUES ({markers}) USING TIMESTAMP ?",
+        columns.join(", ")
+    )
+}
 
 /// Creates the keyspace and table if missing (idempotent).
 pub async fn migrate(
@@ -97,7 +155,9 @@ fn to_fix(r: Row) -> LocationFix {
 #[derive(Debug, Clone)]
 pub struct HistoryStore {
     session: Arc<Session>,
-    insert: PreparedStatement,
+    table: String,
+    /// Inserts by shape, prepared the first time a row of that shape is written.
+    inserts: Arc<RwLock<HashMap<Shape, PreparedStatement>>>,
     select: PreparedStatement,
     bucket_ms: i64,
 }
@@ -118,10 +178,8 @@ impl HistoryStore {
                     .map_err(ScyllaError::query(format!("preparing {q}")))
             }
         };
-        let insert = prepare(format!(
-            "INSERT INTO {table} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
-        ))
-        .await?;
+        // The full shape at start-up, so a table without the expected columns fails here.
+        let insert = prepare(insert_statement(&table, FULL)).await?;
         let select = prepare(format!(
             "SELECT {COLUMNS} FROM {table} WHERE tenant = ? AND user_id = ? AND bucket = ? \
              AND ts >= ? AND ts < ? ORDER BY ts ASC LIMIT ?"
@@ -129,10 +187,26 @@ impl HistoryStore {
         .await?;
         Ok(HistoryStore {
             session,
-            insert,
+            table,
+            inserts: Arc::new(RwLock::new(HashMap::from([(FULL, insert)]))),
             select,
             bucket_ms: history.bucket_ms(),
         })
+    }
+
+    /// The insert for rows of `shape`, prepared on first use.
+    async fn insert(&self, shape: Shape) -> Result<PreparedStatement, ScyllaError> {
+        if let Some(p) = read(&self.inserts).get(&shape) {
+            return Ok(p.clone());
+        }
+        let q = insert_statement(&self.table, shape);
+        let p = self
+            .session
+            .prepare(q.clone())
+            .await
+            .map_err(ScyllaError::query(format!("preparing {q}")))?;
+        write(&self.inserts).insert(shape, p.clone());
+        Ok(p)
     }
 
     /// A cheap query, for `/readyz`.
@@ -155,46 +229,35 @@ impl HistoryStore {
         i64::from(bucket) * self.bucket_ms
     }
 
-    /// One plain prepared insert (no batch): the benchmark's ceiling path.
+    /// One plain prepared insert (no batch).
     pub async fn write_one(&self, f: &LocationFix) -> Result<(), ScyllaError> {
+        let row = self.row(f);
+        let insert = self.insert(row.shape()).await?;
         self.session
-            .execute_unpaged(&self.insert, self.row(f))
+            .execute_unpaged(&insert, row)
             .await
             .map(|_| ())
             .map_err(ScyllaError::query("inserting a row"))
     }
 
     fn row<'a>(&self, f: &'a LocationFix) -> InsertRow<'a> {
-        InsertRow {
-            tenant: &f.tenant,
-            user_id: &f.user_id,
-            bucket: self.bucket_of(f.ts),
-            ts: CqlTimestamp(f.ts),
-            device_id: &f.device_id,
-            seq: f.seq,
-            lat: f.lat,
-            lon: f.lon,
-            accuracy_m: f.accuracy_m,
-            altitude_m: f.altitude_m,
-            speed_mps: f.speed_mps,
-            heading_deg: f.heading_deg,
-            battery_pct: f.battery_pct,
-            activity: f.activity.as_deref(),
-            source: f.source.as_deref(),
-            received_at: CqlTimestamp(f.received_at),
-            write_time_us: f.ts.saturating_mul(1000),
-        }
+        InsertRow::of(f, self.bucket_of(f.ts))
     }
 
-    /// Writes fixes of ONE partition (tenant, user, bucket) as one unlogged batch, each row
-    /// `USING TIMESTAMP` = its event time (µs): a replay or a duplicate is a no-op, and an
-    /// older write never overwrites a newer one.
+    /// Writes fixes of ONE partition (tenant, user, bucket), each row `USING TIMESTAMP` = its
+    /// event time (µs): a replay or a duplicate is a no-op, and an older write never
+    /// overwrites a newer one. One fix is one plain insert; several are one unlogged batch
+    /// (one mutation of the partition). Absent optional fields are left out, never null.
     pub async fn write_partition(&self, fixes: &[&LocationFix]) -> Result<(), ScyllaError> {
+        if let [f] = fixes {
+            return self.write_one(f).await;
+        }
         let mut batch = Batch::new(BatchType::Unlogged);
         let mut values = Vec::with_capacity(fixes.len());
         for f in fixes {
-            batch.append_statement(self.insert.clone());
-            values.push(self.row(f));
+            let row = self.row(f);
+            batch.append_statement(self.insert(row.shape()).await?);
+            values.push(row);
         }
         self.session
             .batch(&batch, values)
@@ -298,9 +361,18 @@ impl Cursor {
     }
 }
 
-/// The values of one insert, in bind-marker order (the 16 columns, then USING TIMESTAMP).
-#[derive(scylla::SerializeRow)]
-#[scylla(flavor = "enforce_order", skip_name_checks)]
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The values of one insert of [`insert_statement`]`(table, row.shape())`: the required
+/// columns, the optional ones the fix has, then USING TIMESTAMP.
 struct InsertRow<'a> {
     tenant: &'a str,
     user_id: &'a str,
@@ -321,9 +393,149 @@ struct InsertRow<'a> {
     write_time_us: i64,
 }
 
+impl InsertRow<'_> {
+    fn of(f: &LocationFix, bucket: i32) -> InsertRow<'_> {
+        InsertRow {
+            tenant: &f.tenant,
+            user_id: &f.user_id,
+            bucket,
+            ts: CqlTimestamp(f.ts),
+            device_id: &f.device_id,
+            seq: f.seq,
+            lat: f.lat,
+            lon: f.lon,
+            accuracy_m: f.accuracy_m,
+            altitude_m: f.altitude_m,
+            speed_mps: f.speed_mps,
+            heading_deg: f.heading_deg,
+            battery_pct: f.battery_pct,
+            activity: f.activity.as_deref(),
+            source: f.source.as_deref(),
+            received_at: CqlTimestamp(f.received_at),
+            write_time_us: f.ts.saturating_mul(1000),
+        }
+    }
+
+    fn shape(&self) -> Shape {
+        [
+            self.accuracy_m.is_some(),
+            self.altitude_m.is_some(),
+            self.speed_mps.is_some(),
+            self.heading_deg.is_some(),
+            self.battery_pct.is_some(),
+            self.activity.is_some(),
+            self.source.is_some(),
+        ]
+        .iter()
+        .enumerate()
+        .fold(0, |m, (i, &has)| m | (Shape::from(has) << i))
+    }
+}
+
+/// The statement's bind markers did not match the row (a statement of another shape).
+#[derive(Debug, thiserror::Error)]
+#[error("an insert row of {values} values bound to a statement of {markers} markers")]
+struct MarkerCount {
+    values: usize,
+    markers: usize,
+}
+
+impl SerializeRow for InsertRow<'_> {
+    fn serialize(
+        &self,
+        ctx: &RowSerializationContext<'_>,
+        writer: &mut RowWriter,
+    ) -> Result<(), SerializationError> {
+        let mut values: Vec<&dyn SerializeValue> =
+            Vec::with_capacity(REQUIRED.len() + OPTIONAL.len() + 1);
+        values.extend([
+            &self.tenant as &dyn SerializeValue,
+            &self.user_id,
+            &self.bucket,
+            &self.ts,
+            &self.device_id,
+            &self.seq,
+            &self.lat,
+            &self.lon,
+            &self.received_at,
+        ]);
+        if let Some(v) = &self.accuracy_m {
+            values.push(v);
+        }
+        if let Some(v) = &self.altitude_m {
+            values.push(v);
+        }
+        if let Some(v) = &self.speed_mps {
+            values.push(v);
+        }
+        if let Some(v) = &self.heading_deg {
+            values.push(v);
+        }
+        if let Some(v) = &self.battery_pct {
+            values.push(v);
+        }
+        if let Some(v) = &self.activity {
+            values.push(v);
+        }
+        if let Some(v) = &self.source {
+            values.push(v);
+        }
+        values.push(&self.write_time_us);
+        let columns = ctx.columns();
+        if columns.len() != values.len() {
+            return Err(SerializationError::new(MarkerCount {
+                values: values.len(),
+                markers: columns.len(),
+            }));
+        }
+        for (column, value) in columns.iter().zip(values) {
+            value.serialize(column.typ(), writer.make_cell_writer())?;
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_insert_binds_only_the_columns_its_shape_has() {
+        assert_eq!(
+            insert_statement("ks.t", 0),
+            "INSERT INTO ks.t (tenant, user_id, bucket, ts, device_id, seq, lat, lon, received_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+        );
+        assert_eq!(
+            insert_statement("ks.t", 0b100_0100),
+            "INSERT INTO ks.t (tenant, user_id, bucket, ts, device_id, seq, lat, lon, received_at, \
+             speed_mps, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+        );
+        assert_eq!(insert_statement("ks.t", FULL).matches('?').count(), 17);
+        let f = LocationFix {
+            tenant: "t".into(),
+            user_id: "u".into(),
+            device_id: "d".into(),
+            seq: 1,
+            ts: 2,
+            lat: 0.0,
+            lon: 0.0,
+            accuracy_m: None,
+            altitude_m: None,
+            speed_mps: Some(1.0),
+            heading_deg: None,
+            battery_pct: None,
+            activity: None,
+            source: Some("gps".into()),
+            received_at: 3,
+        };
+        let row = InsertRow::of(&f, 0);
+        assert_eq!(row.shape(), 0b100_0100);
+    }
 
     #[test]
     fn cursor_round_trip_and_garbage() {

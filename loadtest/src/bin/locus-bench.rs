@@ -319,6 +319,49 @@ fn cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU seconds (user + system) so far of every process whose command line contains
+/// `needle` (0 when none runs here).
+fn cpu_seconds_of(needle: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .filter_map(|e| {
+            let s = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .sum()
+}
+
+/// CPU seconds so far of the local CQL server side: Cassandra, and the stack's adapter.
+fn cql_server_cpu() -> (f64, f64) {
+    (
+        cpu_seconds_of("CassandraDaemon"),
+        cpu_seconds_of("locus-cql-adapter"),
+    )
+}
+
+/// "Cassandra N µs/row, adapter M µs/row" since `before`.
+fn cql_server_cost(before: (f64, f64), rows: usize) -> String {
+    let now = cql_server_cpu();
+    format!(
+        "Cassandra {:.1} µs/row, CQL adapter {:.1} µs/row",
+        1e6 * (now.0 - before.0) / rows as f64,
+        1e6 * (now.1 - before.1) / rows as f64
+    )
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let base = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 - 3_600_000;
@@ -512,6 +555,7 @@ async fn history_sink(args: HistorySinkArgs, base: i64) -> anyhow::Result<()> {
     );
     use locus_kafka::Sink;
     let cpu0 = cpu_seconds();
+    let server0 = cql_server_cpu();
     let started = Instant::now();
     for chunk in records.chunks(batch) {
         sink.apply(chunk.to_vec())
@@ -520,9 +564,10 @@ async fn history_sink(args: HistorySinkArgs, base: i64) -> anyhow::Result<()> {
     }
     let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     println!(
-        "[history] sink: {count} rows in {wall:.2} s = {:.0} rows/s, client CPU {:.1} µs/row",
+        "[history] sink: {count} rows of {users} users in {wall:.2} s = {:.0} rows/s, client CPU {:.1} µs/row; {}",
         count as f64 / wall,
-        1e6 * cpu / count as f64
+        1e6 * cpu / count as f64,
+        cql_server_cost(server0, count)
     );
     Ok(())
 }
@@ -583,6 +628,7 @@ async fn cql_ceiling(args: CqlCeilingArgs, base: i64) -> anyhow::Result<()> {
     let (store, _) = history_store(node, keyspace).await?;
     let fixes: Vec<LocationFix> = (0..count).map(|i| fix(i, users, base)).collect();
     let cpu0 = cpu_seconds();
+    let server0 = cql_server_cpu();
     let started = Instant::now();
     let results: Vec<Result<(), locus_scylla::ScyllaError>> = futures::stream::iter(fixes.iter())
         .map(|f| {
@@ -597,10 +643,11 @@ async fn cql_ceiling(args: CqlCeilingArgs, base: i64) -> anyhow::Result<()> {
     let errors = results.iter().filter(|r| r.is_err()).count();
     anyhow::ensure!(errors == 0, "{errors} inserts failed");
     println!(
-        "[ceiling] {count} prepared inserts, concurrency {concurrency}: {:.2} s = {:.0} rows/s, client CPU {:.1} µs/row",
+        "[ceiling] {count} prepared inserts, concurrency {concurrency}: {:.2} s = {:.0} rows/s, client CPU {:.1} µs/row; {}",
         wall,
         count as f64 / wall,
-        1e6 * cpu / count as f64
+        1e6 * cpu / count as f64,
+        cql_server_cost(server0, count)
     );
     Ok(())
 }
