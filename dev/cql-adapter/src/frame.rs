@@ -64,16 +64,24 @@ impl Frame {
         }))
     }
 
+    /// Writes the frame to `w` (a buffered writer: the caller flushes).
     pub async fn write<W: AsyncWrite + Unpin>(&self, w: &mut W) -> Result<(), ProtoError> {
-        let mut out = BytesMut::with_capacity(HEADER_LEN + self.body.len());
-        out.put_u8(self.version);
-        out.put_u8(self.flags);
-        out.put_i16(self.stream);
-        out.put_u8(self.opcode);
-        out.put_u32(self.body.len() as u32);
-        out.put_slice(&self.body);
-        w.write_all(&out).await?;
+        let mut header = [0u8; HEADER_LEN];
+        header[0] = self.version;
+        header[1] = self.flags;
+        header[2..4].copy_from_slice(&self.stream.to_be_bytes());
+        header[4] = self.opcode;
+        header[5..9].copy_from_slice(&(self.body.len() as u32).to_be_bytes());
+        w.write_all(&header).await?;
+        w.write_all(&self.body).await?;
         Ok(())
+    }
+
+    /// Whether `buf` starts with a whole frame (so reading it needs no more input).
+    pub fn is_whole(buf: &[u8]) -> bool {
+        buf.len() >= HEADER_LEN
+            && buf.len() - HEADER_LEN
+                >= u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) as usize
     }
 }
 
@@ -191,4 +199,23 @@ pub fn put_string(out: &mut BytesMut, s: &str) {
 pub fn put_long_string(out: &mut BytesMut, s: &str) {
     out.put_i32(s.len() as i32);
     out.put_slice(s.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_whole_only_with_its_header_and_all_of_its_body() {
+        let mut buf = vec![4, 0, 0, 1, opcode::QUERY, 0, 0, 0, 3];
+        assert!(!Frame::is_whole(&buf[..8]), "part of a header");
+        assert!(!Frame::is_whole(&buf), "a header without its body");
+        buf.extend([1, 2]);
+        assert!(!Frame::is_whole(&buf), "part of the body");
+        buf.push(3);
+        assert!(Frame::is_whole(&buf));
+        buf.extend([4, 0]);
+        assert!(Frame::is_whole(&buf), "a whole frame and part of the next");
+        assert!(!Frame::is_whole(&[]));
+    }
 }

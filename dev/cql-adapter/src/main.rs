@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use clap::Parser;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -82,8 +83,12 @@ async fn proxy(
         .await
         .with_context(|| format!("connecting to Cassandra at {upstream}"))?;
     server.set_nodelay(true)?;
-    let (mut client_rd, mut client_wr) = client.into_split();
-    let (mut server_rd, mut server_wr) = server.into_split();
+    // Buffered both ways: a read takes in every frame that has arrived, and a write goes out
+    // once nothing more is ready to go with it (many frames per system call under load).
+    let (client_rd, client_wr) = client.into_split();
+    let (server_rd, server_wr) = server.into_split();
+    let (mut client_rd, mut client_wr) = (BufReader::new(client_rd), BufWriter::new(client_wr));
+    let (mut server_rd, mut server_wr) = (BufReader::new(server_rd), BufWriter::new(server_wr));
     let pending: Arc<Mutex<HashMap<i16, Pending>>> = Arc::default();
 
     // Frames to the client come from both directions (answers from Cassandra, and errors
@@ -92,6 +97,9 @@ async fn proxy(
     let writer = tokio::spawn(async move {
         while let Some(f) = to_client_rx.recv().await {
             f.write(&mut client_wr).await?;
+            if to_client_rx.is_empty() {
+                client_wr.flush().await?;
+            }
         }
         Ok::<_, frame::ProtoError>(())
     });
@@ -113,6 +121,10 @@ async fn proxy(
                         break;
                     }
                 }
+            }
+            // Out before the next read could wait for the client.
+            if !Frame::is_whole(client_rd.buffer()) {
+                server_wr.flush().await?;
             }
         }
         Ok::<_, frame::ProtoError>(())
