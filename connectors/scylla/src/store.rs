@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 
 use locus_schemas::LocationFix;
 use scylla::client::session::Session;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::serialize::SerializationError;
 use scylla::serialize::row::{RowSerializationContext, SerializeRow};
 use scylla::serialize::value::SerializeValue;
@@ -233,11 +234,24 @@ impl HistoryStore {
     pub async fn write_one(&self, f: &LocationFix) -> Result<(), ScyllaError> {
         let row = self.row(f);
         let insert = self.insert(row.shape()).await?;
-        self.session
-            .execute_unpaged(&insert, row)
-            .await
-            .map(|_| ())
-            .map_err(ScyllaError::query("inserting a row"))
+        let written = self.session.execute_unpaged(&insert, row).await;
+        self.written(written, "inserting a row")
+    }
+
+    /// A write's outcome. When the statement itself failed (the table changed under the
+    /// prepared inserts, or a value no longer fits its marker), every prepared insert is
+    /// dropped, so the retry prepares against the table as it is now.
+    fn written<T>(
+        &self,
+        r: Result<T, ExecutionError>,
+        what: &'static str,
+    ) -> Result<(), ScyllaError> {
+        r.map(|_| ()).map_err(|e| {
+            if statement_failed(&e) {
+                write(&self.inserts).clear();
+            }
+            ScyllaError::query(what)(e)
+        })
     }
 
     fn row<'a>(&self, f: &'a LocationFix) -> InsertRow<'a> {
@@ -259,11 +273,8 @@ impl HistoryStore {
             batch.append_statement(self.insert(row.shape()).await?);
             values.push(row);
         }
-        self.session
-            .batch(&batch, values)
-            .await
-            .map(|_| ())
-            .map_err(ScyllaError::query("writing a batch of rows"))
+        let written = self.session.batch(&batch, values).await;
+        self.written(written, "writing a batch of rows")
     }
 
     /// Fixes of one user with `from <= ts < to`, in event-time order, starting after
@@ -361,6 +372,23 @@ impl Cursor {
     }
 }
 
+/// Whether a write failed because of its statement rather than the cluster.
+fn statement_failed(e: &ExecutionError) -> bool {
+    matches!(
+        e,
+        ExecutionError::BadQuery(_)
+            | ExecutionError::PrepareError(_)
+            | ExecutionError::LastAttemptError(
+                RequestAttemptError::SerializationError(_)
+                    | RequestAttemptError::CqlRequestSerialization(_)
+                    | RequestAttemptError::DbError(
+                        DbError::Invalid | DbError::SyntaxError | DbError::Unprepared { .. },
+                        _
+                    )
+            )
+    )
+}
+
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -416,7 +444,8 @@ impl InsertRow<'_> {
         }
     }
 
-    fn shape(&self) -> Shape {
+    /// Whether the row has each of [`OPTIONAL`], in that order.
+    fn present(&self) -> [bool; OPTIONAL.len()] {
         [
             self.accuracy_m.is_some(),
             self.altitude_m.is_some(),
@@ -426,18 +455,22 @@ impl InsertRow<'_> {
             self.activity.is_some(),
             self.source.is_some(),
         ]
-        .iter()
-        .enumerate()
-        .fold(0, |m, (i, &has)| m | (Shape::from(has) << i))
+    }
+
+    fn shape(&self) -> Shape {
+        self.present()
+            .iter()
+            .enumerate()
+            .fold(0, |m, (i, &has)| m | (Shape::from(has) << i))
     }
 }
 
-/// The statement's bind markers did not match the row (a statement of another shape).
+/// The statement's bind markers did not name the row's columns (a statement of another shape).
 #[derive(Debug, thiserror::Error)]
-#[error("an insert row of {values} values bound to a statement of {markers} markers")]
-struct MarkerCount {
-    values: usize,
-    markers: usize,
+#[error("an insert row of columns {row:?} bound to a statement of markers {statement:?}")]
+struct Mismatch {
+    row: Vec<&'static str>,
+    statement: Vec<String>,
 }
 
 impl SerializeRow for InsertRow<'_> {
@@ -446,10 +479,10 @@ impl SerializeRow for InsertRow<'_> {
         ctx: &RowSerializationContext<'_>,
         writer: &mut RowWriter,
     ) -> Result<(), SerializationError> {
-        let mut values: Vec<&dyn SerializeValue> =
+        let mut values: Vec<(&str, &dyn SerializeValue)> =
             Vec::with_capacity(REQUIRED.len() + OPTIONAL.len() + 1);
-        values.extend([
-            &self.tenant as &dyn SerializeValue,
+        let required: [&dyn SerializeValue; REQUIRED.len()] = [
+            &self.tenant,
             &self.user_id,
             &self.bucket,
             &self.ts,
@@ -458,39 +491,43 @@ impl SerializeRow for InsertRow<'_> {
             &self.lat,
             &self.lon,
             &self.received_at,
-        ]);
-        if let Some(v) = &self.accuracy_m {
-            values.push(v);
-        }
-        if let Some(v) = &self.altitude_m {
-            values.push(v);
-        }
-        if let Some(v) = &self.speed_mps {
-            values.push(v);
-        }
-        if let Some(v) = &self.heading_deg {
-            values.push(v);
-        }
-        if let Some(v) = &self.battery_pct {
-            values.push(v);
-        }
-        if let Some(v) = &self.activity {
-            values.push(v);
-        }
-        if let Some(v) = &self.source {
-            values.push(v);
-        }
-        values.push(&self.write_time_us);
+        ];
+        values.extend(REQUIRED.into_iter().zip(required));
+        let optional: [Option<&dyn SerializeValue>; OPTIONAL.len()] = [
+            self.accuracy_m.as_ref().map(|v| v as _),
+            self.altitude_m.as_ref().map(|v| v as _),
+            self.speed_mps.as_ref().map(|v| v as _),
+            self.heading_deg.as_ref().map(|v| v as _),
+            self.battery_pct.as_ref().map(|v| v as _),
+            self.activity.as_ref().map(|v| v as _),
+            self.source.as_ref().map(|v| v as _),
+        ];
+        values.extend(
+            OPTIONAL
+                .into_iter()
+                .zip(optional)
+                .filter_map(|(name, v)| Some((name, v?))),
+        );
         let columns = ctx.columns();
-        if columns.len() != values.len() {
-            return Err(SerializationError::new(MarkerCount {
-                values: values.len(),
-                markers: columns.len(),
+        // Every column by name (three float columns would take each other's values without
+        // a complaint from the types), then the USING TIMESTAMP marker.
+        let matches = columns.len() == values.len() + 1
+            && columns
+                .iter()
+                .zip(&values)
+                .all(|(c, (name, _))| c.name() == *name);
+        if !matches {
+            return Err(SerializationError::new(Mismatch {
+                row: values.iter().map(|(name, _)| *name).collect(),
+                statement: columns.iter().map(|c| c.name().to_owned()).collect(),
             }));
         }
-        for (column, value) in columns.iter().zip(values) {
+        for (column, (_, value)) in columns.iter().zip(values) {
             value.serialize(column.typ(), writer.make_cell_writer())?;
         }
+        let timestamp = &columns[columns.len() - 1];
+        self.write_time_us
+            .serialize(timestamp.typ(), writer.make_cell_writer())?;
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! The history store against the local stack's Cassandra (through the CQL adapter there, or
-//! straight against Scylla/Cassandra 4+ when LOCUS_CQL_ADDR points at one).
+//! straight against Cassandra 3+ when LOCUS_CQL_ADDR points at one). The tombstone count is
+//! read from Cassandra's query trace, whose wording Scylla's traces do not share.
 
 use std::sync::Arc;
 
@@ -49,15 +50,15 @@ async fn cells_read(session: &Session, table: &str, user: &str) -> (u64, u64) {
     let id = result
         .tracing_id()
         .expect("a traced query has a tracing id");
-    // The events are written in the background: asked for until the read's count is there.
-    // (Read here rather than with the driver's get_tracing_info, whose query names a column
-    // Cassandra 2.1's system_traces.sessions lacks.)
-    // system_traces is replicated twice: one node answers for this single-node stack.
+    // The events are written in the background: read until the read's own count is there
+    // (other events name tombstones too). Read here rather than with the driver's
+    // get_tracing_info, whose query names a column Cassandra 2.1's system_traces.sessions
+    // lacks; system_traces is replicated twice, one node answers for this single-node stack.
     let mut events =
         Statement::new("SELECT activity FROM system_traces.events WHERE session_id = ?");
     events.set_consistency(scylla::statement::Consistency::One);
     let mut activities: Vec<String> = Vec::new();
-    for _ in 0..50 {
+    for _ in 0..100 {
         activities = session
             .query_unpaged(events.clone(), (id,))
             .await
@@ -68,29 +69,28 @@ async fn cells_read(session: &Session, table: &str, user: &str) -> (u64, u64) {
             .expect("typed rows")
             .filter_map(|r| r.expect("a row").0)
             .collect();
-        if activities.iter().any(|a| a.contains("tombstone")) {
-            break;
+        if let Some(counts) = activities.iter().find_map(|a| cell_counts(a)) {
+            return counts;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    // Cassandra's words: "Read 3 live and 0 tombstone cells" (2.1), "Read 1 live rows and 0
-    // tombstone cells" (3 and later).
-    activities
-        .iter()
-        .find_map(|a| {
-            let words: Vec<&str> = a.split_whitespace().collect();
-            let live = match words[..] {
-                ["Read", n, "live", ..] => n.parse().ok()?,
-                _ => return None,
-            };
-            let tombstones = words
-                .windows(3)
-                .find(|w| w[0] == "and" && w[2].starts_with("tombstone"))?[1]
-                .parse()
-                .ok()?;
-            Some((live, tombstones))
-        })
-        .unwrap_or_else(|| panic!("no cell count in the trace: {activities:?}"))
+    panic!("no cell count in the trace after 10 s: {activities:?}")
+}
+
+/// (live, tombstones) from Cassandra's "Read 3 live and 0 tombstone cells" (2.1) or "Read 1
+/// live rows and 0 tombstone cells" (3 and later).
+fn cell_counts(activity: &str) -> Option<(u64, u64)> {
+    let words: Vec<&str> = activity.split_whitespace().collect();
+    let live = match words[..] {
+        ["Read", n, "live", ..] => n.parse().ok()?,
+        _ => return None,
+    };
+    let tombstones = words
+        .windows(3)
+        .find(|w| w[0] == "and" && w[2].starts_with("tombstone"))?[1]
+        .parse()
+        .ok()?;
+    Some((live, tombstones))
 }
 
 #[tokio::test]

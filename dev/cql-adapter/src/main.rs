@@ -11,6 +11,7 @@ mod rewrite;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -20,6 +21,9 @@ use tokio::sync::mpsc;
 
 use crate::frame::Frame;
 use crate::rewrite::{Outcome, Pending, PreparedPatches};
+
+/// Bytes buffered per direction and socket.
+const BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,24 +87,27 @@ async fn proxy(
         .await
         .with_context(|| format!("connecting to Cassandra at {upstream}"))?;
     server.set_nodelay(true)?;
-    // Buffered both ways: a read takes in every frame that has arrived, and a write goes out
-    // once nothing more is ready to go with it (many frames per system call under load).
+    // Buffered both ways: a read takes in what has arrived (up to BUFFER), and a write goes
+    // out once nothing more is ready to go with it (many frames per system call under load).
     let (client_rd, client_wr) = client.into_split();
     let (server_rd, server_wr) = server.into_split();
-    let (mut client_rd, mut client_wr) = (BufReader::new(client_rd), BufWriter::new(client_wr));
-    let (mut server_rd, mut server_wr) = (BufReader::new(server_rd), BufWriter::new(server_wr));
+    let mut client_rd = BufReader::with_capacity(BUFFER, client_rd);
+    let mut client_wr = BufWriter::with_capacity(BUFFER, client_wr);
+    let mut server_rd = BufReader::with_capacity(BUFFER, server_rd);
+    let mut server_wr = BufWriter::with_capacity(BUFFER, server_wr);
     let pending: Arc<Mutex<HashMap<i16, Pending>>> = Arc::default();
 
     // Frames to the client come from both directions (answers from Cassandra, and errors
     // the adapter gives itself), so one writer task owns the client socket.
     let (to_client, mut to_client_rx) = mpsc::channel::<Frame>(1024);
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         while let Some(f) = to_client_rx.recv().await {
             f.write(&mut client_wr).await?;
             if to_client_rx.is_empty() {
                 client_wr.flush().await?;
             }
         }
+        client_wr.flush().await?;
         Ok::<_, frame::ProtoError>(())
     });
 
@@ -108,26 +115,32 @@ async fn proxy(
     let up_prepared = prepared.clone();
     let up_to_client = to_client.clone();
     let upward = async move {
-        while let Some(f) = Frame::read(&mut client_rd).await? {
-            match rewrite::request(f, &up_prepared)? {
-                Outcome::Forward(f, p) => {
-                    if let Some(p) = p {
-                        lock(&up_pending).insert(f.stream, p);
+        let forwarded = async {
+            while let Some(f) = Frame::read(&mut client_rd).await? {
+                match rewrite::request(f, &up_prepared)? {
+                    Outcome::Forward(f, p) => {
+                        if let Some(p) = p {
+                            lock(&up_pending).insert(f.stream, p);
+                        }
+                        f.write(&mut server_wr).await?;
                     }
-                    f.write(&mut server_wr).await?;
+                    Outcome::Reply(e) => {
+                        if up_to_client.send(e).await.is_err() {
+                            break;
+                        }
+                    }
                 }
-                Outcome::Reply(e) => {
-                    if up_to_client.send(e).await.is_err() {
-                        break;
-                    }
+                // Out before the next read could wait for the client.
+                if !Frame::is_whole(client_rd.buffer()) {
+                    server_wr.flush().await?;
                 }
             }
-            // Out before the next read could wait for the client.
-            if !Frame::is_whole(client_rd.buffer()) {
-                server_wr.flush().await?;
-            }
+            Ok::<_, frame::ProtoError>(())
         }
-        Ok::<_, frame::ProtoError>(())
+        .await;
+        // What was forwarded goes out even when the client's stream ends or breaks after it.
+        let flushed = server_wr.flush().await;
+        forwarded.and(flushed.map_err(Into::into))
     };
     let downward = async move {
         while let Some(f) = Frame::read(&mut server_rd).await? {
@@ -147,7 +160,14 @@ async fn proxy(
         r = upward => r.context("client → Cassandra"),
         r = downward => r.context("Cassandra → client"),
     };
-    writer.abort();
+    // Both directions are done and their senders dropped: the writer sends what it holds
+    // (answers already received) and ends, unless the client stops reading.
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     result
 }
 
