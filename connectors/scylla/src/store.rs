@@ -444,24 +444,49 @@ impl InsertRow<'_> {
         }
     }
 
-    /// Whether the row has each of [`OPTIONAL`], in that order.
-    fn present(&self) -> [bool; OPTIONAL.len()] {
+    /// The values of [`REQUIRED`], in that order.
+    fn required(&self) -> [&dyn SerializeValue; REQUIRED.len()] {
         [
-            self.accuracy_m.is_some(),
-            self.altitude_m.is_some(),
-            self.speed_mps.is_some(),
-            self.heading_deg.is_some(),
-            self.battery_pct.is_some(),
-            self.activity.is_some(),
-            self.source.is_some(),
+            &self.tenant,
+            &self.user_id,
+            &self.bucket,
+            &self.ts,
+            &self.device_id,
+            &self.seq,
+            &self.lat,
+            &self.lon,
+            &self.received_at,
+        ]
+    }
+
+    /// The values of [`OPTIONAL`], in that order (`None`: the fix lacks it).
+    fn optional(&self) -> [Option<&dyn SerializeValue>; OPTIONAL.len()] {
+        [
+            self.accuracy_m.as_ref().map(|v| v as _),
+            self.altitude_m.as_ref().map(|v| v as _),
+            self.speed_mps.as_ref().map(|v| v as _),
+            self.heading_deg.as_ref().map(|v| v as _),
+            self.battery_pct.as_ref().map(|v| v as _),
+            self.activity.as_ref().map(|v| v as _),
+            self.source.as_ref().map(|v| v as _),
         ]
     }
 
     fn shape(&self) -> Shape {
-        self.present()
+        self.optional()
             .iter()
             .enumerate()
-            .fold(0, |m, (i, &has)| m | (Shape::from(has) << i))
+            .fold(0, |m, (i, v)| m | (Shape::from(v.is_some()) << i))
+    }
+
+    /// The columns the row binds, with their values, in bind order (USING TIMESTAMP apart).
+    fn values(&self) -> impl Iterator<Item = (&'static str, &dyn SerializeValue)> {
+        REQUIRED.into_iter().zip(self.required()).chain(
+            OPTIONAL
+                .into_iter()
+                .zip(self.optional())
+                .filter_map(|(name, v)| Some((name, v?))),
+        )
     }
 }
 
@@ -479,53 +504,26 @@ impl SerializeRow for InsertRow<'_> {
         ctx: &RowSerializationContext<'_>,
         writer: &mut RowWriter,
     ) -> Result<(), SerializationError> {
-        let mut values: Vec<(&str, &dyn SerializeValue)> =
-            Vec::with_capacity(REQUIRED.len() + OPTIONAL.len() + 1);
-        let required: [&dyn SerializeValue; REQUIRED.len()] = [
-            &self.tenant,
-            &self.user_id,
-            &self.bucket,
-            &self.ts,
-            &self.device_id,
-            &self.seq,
-            &self.lat,
-            &self.lon,
-            &self.received_at,
-        ];
-        values.extend(REQUIRED.into_iter().zip(required));
-        let optional: [Option<&dyn SerializeValue>; OPTIONAL.len()] = [
-            self.accuracy_m.as_ref().map(|v| v as _),
-            self.altitude_m.as_ref().map(|v| v as _),
-            self.speed_mps.as_ref().map(|v| v as _),
-            self.heading_deg.as_ref().map(|v| v as _),
-            self.battery_pct.as_ref().map(|v| v as _),
-            self.activity.as_ref().map(|v| v as _),
-            self.source.as_ref().map(|v| v as _),
-        ];
-        values.extend(
-            OPTIONAL
-                .into_iter()
-                .zip(optional)
-                .filter_map(|(name, v)| Some((name, v?))),
-        );
-        let columns = ctx.columns();
         // Every column by name (three float columns would take each other's values without
         // a complaint from the types), then the USING TIMESTAMP marker.
-        let matches = columns.len() == values.len() + 1
-            && columns
-                .iter()
-                .zip(&values)
-                .all(|(c, (name, _))| c.name() == *name);
-        if !matches {
-            return Err(SerializationError::new(Mismatch {
-                row: values.iter().map(|(name, _)| *name).collect(),
-                statement: columns.iter().map(|c| c.name().to_owned()).collect(),
-            }));
-        }
-        for (column, (_, value)) in columns.iter().zip(values) {
+        let mismatch = || {
+            SerializationError::new(Mismatch {
+                row: self.values().map(|(name, _)| name).collect(),
+                statement: ctx.columns().iter().map(|c| c.name().to_owned()).collect(),
+            })
+        };
+        let mut columns = ctx.columns().iter();
+        for (name, value) in self.values() {
+            let column = columns
+                .next()
+                .filter(|c| c.name() == name)
+                .ok_or_else(mismatch)?;
             value.serialize(column.typ(), writer.make_cell_writer())?;
         }
-        let timestamp = &columns[columns.len() - 1];
+        let timestamp = columns.next().ok_or_else(mismatch)?;
+        if columns.next().is_some() {
+            return Err(mismatch());
+        }
         self.write_time_us
             .serialize(timestamp.typ(), writer.make_cell_writer())?;
         Ok(())

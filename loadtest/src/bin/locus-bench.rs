@@ -309,14 +309,15 @@ async fn records(
     Ok(records)
 }
 
+/// CPU seconds (user + system) so far of the process whose `/proc/<pid>/stat` is `stat`.
+fn stat_cpu_seconds(stat: impl AsRef<std::path::Path>) -> Option<f64> {
+    let s = std::fs::read_to_string(stat).ok()?;
+    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+}
+
 fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(0.0)
+    stat_cpu_seconds("/proc/self/stat").unwrap_or(0.0)
 }
 
 /// CPU seconds (user + system) so far of every process whose command line contains
@@ -336,11 +337,7 @@ fn cpu_seconds_of(needle: &str) -> f64 {
             std::fs::read(e.path().join("cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
         })
-        .filter_map(|e| {
-            let s = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
+        .filter_map(|e| stat_cpu_seconds(e.path().join("stat")))
         .sum()
 }
 
