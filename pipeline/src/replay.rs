@@ -357,6 +357,7 @@ async fn sink(
             DeadLetter::skip(),
             config.history.concurrency,
             config.history.rows_per_batch,
+            config.history.batch_grouping,
         ))
     } else {
         let store = locus_redis::CacheStore::connect(&config.cache).await?;

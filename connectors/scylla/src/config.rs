@@ -252,9 +252,16 @@ pub struct HistoryConfig {
     /// 64 held the local stack's writer near 4,500 fixes/s, 256 past 6,000.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// Most rows in one unlogged batch.
+    /// Most rows in one unlogged batch: 8 bridge-shaped rows stay under Cassandra's default
+    /// `batch_size_warn_threshold_in_kb` (5), which Cassandra 2.1 logs a warning for on every
+    /// batch above it (~485 bytes a row as it counts them).
     #[serde(default = "default_rows_per_batch")]
     pub rows_per_batch: usize,
+    /// Which rows share an unlogged batch: `replica_set` (rows whose partitions have the
+    /// same replicas, node and shard, so the batch is applied where it lands) or `partition`
+    /// (rows of one partition only).
+    #[serde(default)]
+    pub batch_grouping: BatchGrouping,
     /// Default and largest page of the track query.
     #[serde(default = "default_query_limit")]
     pub query_default_limit: usize,
@@ -263,6 +270,20 @@ pub struct HistoryConfig {
     /// Longest time range of one track query, days.
     #[serde(default = "default_query_max_range_days")]
     pub query_max_range_days: u32,
+}
+
+/// How the history writer puts rows together into unlogged batches (`history.batch_grouping`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchGrouping {
+    /// Rows whose partitions have the same replica set (every replica's node and shard): the
+    /// coordinator it is routed to owns every row, so the batch costs one request instead of
+    /// one per partition and is never forwarded. The Spark Cassandra connector's
+    /// `replica_set` grouping, for the same reason.
+    #[default]
+    ReplicaSet,
+    /// Rows of one partition only (one mutation per batch).
+    Partition,
 }
 
 fn default_group() -> String {
@@ -299,7 +320,7 @@ fn default_concurrency() -> usize {
     256
 }
 fn default_rows_per_batch() -> usize {
-    32
+    8
 }
 fn default_query_limit() -> usize {
     1000
@@ -325,6 +346,7 @@ impl Default for HistoryConfig {
             max_in_flight_batches: default_max_in_flight_batches(),
             concurrency: default_concurrency(),
             rows_per_batch: default_rows_per_batch(),
+            batch_grouping: BatchGrouping::default(),
             query_default_limit: default_query_limit(),
             query_max_limit: default_query_max_limit(),
             query_max_range_days: default_query_max_range_days(),

@@ -12,6 +12,14 @@ pub enum ScyllaError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The nodes refused a statement for itself or its values (invalid, too large), not for
+    /// the cluster's state: sent again unchanged it fails again.
+    #[error("Cassandra/Scylla refused {what}: {source}")]
+    Refused {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot connect to Cassandra/Scylla at {nodes} within {timeout:?}: {source}")]
     Connect {
         nodes: String,

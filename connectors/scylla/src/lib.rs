@@ -10,10 +10,10 @@ mod sink;
 mod store;
 
 pub use api::{TrackApi, router};
-pub use config::{HistoryConfig, ScyllaConfig};
+pub use config::{BatchGrouping, HistoryConfig, ScyllaConfig};
 pub use error::ScyllaError;
 pub use locus_schemas::Secret;
 pub use metrics::init as init_metrics;
 pub use session::connect;
 pub use sink::HistorySink;
-pub use store::{Cursor, HistoryStore, migrate};
+pub use store::{Cursor, HistoryStore, migrate, token_of};

@@ -19,7 +19,7 @@ pub static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     ),
     batch_rows: histogram(
         "locus_history_batch_rows",
-        "Rows per unlogged batch (one partition)",
+        "Rows per CQL write (one insert, or an unlogged batch of one partition or one replica set)",
         buckets(1.0, 2.0, 10),
     ),
     write_latency: histogram(

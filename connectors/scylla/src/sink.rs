@@ -11,8 +11,8 @@ use locus_schemas::{Codec, CodecError, LocationFix};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
-use crate::HistoryStore;
 use crate::metrics::M;
+use crate::{BatchGrouping, HistoryStore, ScyllaError};
 
 /// Why a record is dead-lettered: no value, or a codec error's reason.
 const DLQ_REASONS: &[&str] = &["empty_value", "framing", "avro_decode", "avro_shape"];
@@ -35,6 +35,16 @@ pub struct HistorySink {
     stage: StageMetrics,
     permits: Arc<Semaphore>,
     rows_per_batch: usize,
+    grouping: BatchGrouping,
+}
+
+/// What the rows of one unlogged batch share.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Group<'a> {
+    /// The replicas (node, shard) of every row's partition.
+    Replicas(Vec<(uuid::Uuid, scylla::routing::Shard)>),
+    /// One partition: (tenant, user, bucket).
+    Partition(&'a str, &'a str, i32),
 }
 
 impl HistorySink {
@@ -44,6 +54,7 @@ impl HistorySink {
         dead_letter: DeadLetter,
         concurrency: usize,
         rows_per_batch: usize,
+        grouping: BatchGrouping,
     ) -> HistorySink {
         HistorySink {
             store,
@@ -52,28 +63,45 @@ impl HistorySink {
             stage: stage_metrics(),
             permits: Arc::new(Semaphore::new(concurrency)),
             rows_per_batch,
+            grouping,
         }
     }
 
-    /// One partition's rows, retried with backoff until written: the runner reads no further
-    /// meanwhile (back-pressure), and nothing is skipped.
+    /// One batch of rows (a partition's, or a replica set's), written before it returns: the
+    /// runner reads no further meanwhile (back-pressure), and nothing is skipped. A batch the
+    /// nodes refuse (too large for `batch_size_fail_threshold_in_kb`, say) is written again
+    /// row by row, so rows of other partitions are never held back by one.
     async fn write(&self, rows: Vec<&LocationFix>) {
         let _permit = self.permits.acquire().await;
+        if !self.write_retrying(&rows).await {
+            for row in rows {
+                self.write_retrying(&[row]).await;
+            }
+        }
+    }
+
+    /// Writes `rows`, retrying with backoff until they are written (true), except a batch of
+    /// several rows that the nodes refused (false).
+    async fn write_retrying(&self, rows: &[&LocationFix]) -> bool {
         let mut backoff = Backoff::default();
         loop {
             let started = Instant::now();
-            match self.store.write_partition(&rows).await {
+            match self.store.write_rows(rows).await {
                 Ok(()) => {
                     M.write_latency.observe(started.elapsed().as_secs_f64());
                     M.batch_rows.observe(rows.len() as f64);
                     M.rows.inc_by(rows.len() as u64);
                     self.stage.applied(rows.len() as u64);
                     self.stage.fresh(rows.iter().map(|r| r.ts));
-                    return;
+                    return true;
                 }
                 Err(error) => {
-                    self.stage.retry();
                     self.stage.error("cassandra_write");
+                    if rows.len() > 1 && matches!(error, ScyllaError::Refused { .. }) {
+                        warn!(%error, rows = rows.len(), "Cassandra refused a batch; writing its rows one by one");
+                        return false;
+                    }
+                    self.stage.retry();
                     warn!(%error, retry_in = ?backoff.current(), rows = rows.len(), "Cassandra write failed; retrying");
                     backoff.wait().await;
                 }
@@ -91,7 +119,8 @@ impl HistorySink {
             .await
     }
 
-    /// Writes decoded fixes, one Cassandra partition per batch, retrying until written.
+    /// Writes decoded fixes in unlogged batches of up to `rows_per_batch` rows that share a
+    /// partition or a replica set (`history.batch_grouping`), retrying until written.
     pub async fn apply_fixes(&self, fixes: &[LocationFix]) {
         let mut partitions: HashMap<(&str, &str, i32), Vec<&LocationFix>> = HashMap::new();
         for f in fixes {
@@ -100,8 +129,22 @@ impl HistorySink {
                 .or_default()
                 .push(f);
         }
+        let mut groups: HashMap<Group, Vec<&LocationFix>> = HashMap::new();
+        let cluster = (self.grouping == BatchGrouping::ReplicaSet).then(|| self.store.cluster());
+        for ((tenant, user, bucket), rows) in partitions {
+            let replicas = cluster
+                .as_deref()
+                .map(|c| self.store.replica_set(c, tenant, user, bucket))
+                .unwrap_or_default();
+            let group = if replicas.is_empty() {
+                Group::Partition(tenant, user, bucket)
+            } else {
+                Group::Replicas(replicas)
+            };
+            groups.entry(group).or_default().extend(rows);
+        }
         let mut writes = FuturesUnordered::new();
-        for rows in partitions.into_values() {
+        for rows in groups.into_values() {
             for chunk in rows.chunks(self.rows_per_batch) {
                 writes.push(self.write(chunk.to_vec()));
             }

@@ -5,7 +5,10 @@ use std::sync::{Arc, RwLock};
 
 use locus_schemas::LocationFix;
 use scylla::client::session::Session;
+use scylla::cluster::ClusterState;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::routing::partitioner::{Murmur3Partitioner, Partitioner};
+use scylla::routing::{Shard, Token};
 use scylla::serialize::SerializationError;
 use scylla::serialize::row::{RowSerializationContext, SerializeRow};
 use scylla::serialize::value::SerializeValue;
@@ -70,6 +73,23 @@ fn insert_statement(table: &str, shape: Shape) -> String {
         "INSERT INTO {table} ({}) VALUES ({markers}) USING TIMESTAMP ?",
         columns.join(", ")
     )
+}
+
+/// The Murmur3 token of a history partition (tenant, user_id, bucket), as Cassandra and
+/// Scylla compute it: the key in the composite encoding (each component a big-endian 2-byte
+/// length, its bytes and a 0 byte), hashed. It only groups rows into batches (the driver
+/// routes every request itself), so an id too long for its length field (the bridge admits
+/// 128 bytes) gets some token rather than an error.
+pub fn token_of(tenant: &str, user_id: &str, bucket: i32) -> Token {
+    let bucket = bucket.to_be_bytes();
+    let mut key = Vec::with_capacity(tenant.len() + user_id.len() + bucket.len() + 9);
+    for part in [tenant.as_bytes(), user_id.as_bytes(), &bucket] {
+        let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
+        key.extend_from_slice(&len.to_be_bytes());
+        key.extend_from_slice(part);
+        key.push(0);
+    }
+    Murmur3Partitioner.hash_one(&key)
 }
 
 /// Creates the keyspace and table if missing (idempotent).
@@ -157,6 +177,9 @@ fn to_fix(r: Row) -> LocationFix {
 pub struct HistoryStore {
     session: Arc<Session>,
     table: String,
+    /// The keyspace and table as the nodes name them (CQL folds unquoted names to lower
+    /// case), for looking up their replicas in the driver's metadata.
+    names: Arc<(String, String)>,
     /// Inserts by shape, prepared the first time a row of that shape is written.
     inserts: Arc<RwLock<HashMap<Shape, PreparedStatement>>>,
     select: PreparedStatement,
@@ -181,6 +204,10 @@ impl HistoryStore {
         };
         // The full shape at start-up, so a table without the expected columns fails here.
         let insert = prepare(insert_statement(&table, FULL)).await?;
+        let names = match insert.get_table_spec() {
+            Some(spec) => (spec.ks_name().to_owned(), spec.table_name().to_owned()),
+            None => (scylla.keyspace.to_lowercase(), history.table.to_lowercase()),
+        };
         let select = prepare(format!(
             "SELECT {COLUMNS} FROM {table} WHERE tenant = ? AND user_id = ? AND bucket = ? \
              AND ts >= ? AND ts < ? ORDER BY ts ASC LIMIT ?"
@@ -189,6 +216,7 @@ impl HistoryStore {
         Ok(HistoryStore {
             session,
             table,
+            names: Arc::new(names),
             inserts: Arc::new(RwLock::new(HashMap::from([(FULL, insert)]))),
             select,
             bucket_ms: history.bucket_ms(),
@@ -249,6 +277,10 @@ impl HistoryStore {
         r.map(|_| ()).map_err(|e| {
             if statement_failed(&e) {
                 write(&self.inserts).clear();
+                return ScyllaError::Refused {
+                    what: what.into(),
+                    source: Box::new(e),
+                };
             }
             ScyllaError::query(what)(e)
         })
@@ -258,11 +290,11 @@ impl HistoryStore {
         InsertRow::of(f, self.bucket_of(f.ts))
     }
 
-    /// Writes fixes of ONE partition (tenant, user, bucket), each row `USING TIMESTAMP` = its
-    /// event time (µs): a replay or a duplicate is a no-op, and an older write never
-    /// overwrites a newer one. One fix is one plain insert; several are one unlogged batch
-    /// (one mutation of the partition). Absent optional fields are left out, never null.
-    pub async fn write_partition(&self, fixes: &[&LocationFix]) -> Result<(), ScyllaError> {
+    /// Writes rows, each `USING TIMESTAMP` = its event time (µs): a replay or a duplicate is
+    /// a no-op, and an older write never overwrites a newer one. One row is one plain insert;
+    /// several are one unlogged batch, so they should share a partition or a replica set
+    /// ([`HistoryStore::replica_set`]). Absent optional fields are left out, never null.
+    pub async fn write_rows(&self, fixes: &[&LocationFix]) -> Result<(), ScyllaError> {
         if let [f] = fixes {
             return self.write_one(f).await;
         }
@@ -275,6 +307,39 @@ impl HistoryStore {
         }
         let written = self.session.batch(&batch, values).await;
         self.written(written, "writing a batch of rows")
+    }
+
+    /// The driver's view of the cluster now (ring, keyspaces, shards), for
+    /// [`HistoryStore::replica_set`]; taken once per consumer batch.
+    pub fn cluster(&self) -> Arc<ClusterState> {
+        self.session.get_cluster_state()
+    }
+
+    /// The replicas (node and shard) that own a partition of the table, in a stable order,
+    /// or none when they cannot be told reliably: a tablet keyspace (tablets move, and a
+    /// batch does not teach the driver where they went), or a cluster of several nodes whose
+    /// keyspace the driver has no metadata for (`scylla.fetch_schema_metadata = false`).
+    /// A single node without metadata owns everything (the local stack).
+    pub fn replica_set(
+        &self,
+        cluster: &ClusterState,
+        tenant: &str,
+        user_id: &str,
+        bucket: i32,
+    ) -> Vec<(uuid::Uuid, Shard)> {
+        let (keyspace, table) = (&self.names.0, &self.names.1);
+        match cluster.get_keyspace(keyspace) {
+            Some(k) if k.tablet_based => return Vec::new(),
+            None if cluster.get_nodes_info().len() != 1 => return Vec::new(),
+            _ => {}
+        }
+        let mut replicas: Vec<(uuid::Uuid, Shard)> = cluster
+            .get_token_endpoints(keyspace, table, token_of(tenant, user_id, bucket))
+            .into_iter()
+            .map(|(node, shard)| (node.host_id, shard))
+            .collect();
+        replicas.sort_unstable();
+        replicas
     }
 
     /// Fixes of one user with `from <= ts < to`, in event-time order, starting after
@@ -537,6 +602,25 @@ impl SerializeRow for InsertRow<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partition_tokens_are_the_ones_cassandra_computes() {
+        // Read back from Cassandra 2.1 with `SELECT token(tenant, user_id, bucket)`
+        // (tests/store.rs checks every row it writes the same way).
+        assert_eq!(
+            token_of("acme", "user-007", 3).value(),
+            -3928194364908417625
+        );
+        assert_eq!(token_of("acme", "user-007", 4).value(), 6430851815753102220);
+        assert_eq!(
+            token_of("acme", "user-100", -1).value(),
+            7875714859163884920
+        );
+        assert_eq!(
+            token_of("acme", "user-100", -2).value(),
+            8790863966035277007
+        );
+    }
 
     #[test]
     fn an_insert_binds_only_the_columns_its_shape_has() {

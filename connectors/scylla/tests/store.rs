@@ -4,8 +4,12 @@
 
 use std::sync::Arc;
 
-use locus_schemas::LocationFix;
-use locus_scylla::{HistoryConfig, HistoryStore, ScyllaConfig, connect, migrate};
+use locus_kafka::DeadLetter;
+use locus_schemas::{Codec, LocationFix, RegistryConfig};
+use locus_scylla::{
+    BatchGrouping, HistoryConfig, HistorySink, HistoryStore, ScyllaConfig, connect, migrate,
+    token_of,
+};
 use scylla::client::session::Session;
 use scylla::statement::unprepared::Statement;
 
@@ -111,7 +115,7 @@ async fn absent_optional_fields_are_left_out_not_written_as_tombstones() {
 
     // One fix of one partition (a plain insert) with no optional field at all.
     let bare = fix("ann", 1, 1_000);
-    store.write_partition(&[&bare]).await.expect("write one");
+    store.write_rows(&[&bare]).await.expect("write one");
 
     // Several fixes of one partition (one batch), each with another set of optional fields.
     let mut full = fix("bob", 1, 1_000);
@@ -127,7 +131,7 @@ async fn absent_optional_fields_are_left_out_not_written_as_tombstones() {
     some.source = Some("network".into());
     let none = fix("bob", 3, 3_000);
     store
-        .write_partition(&[&full, &some, &none])
+        .write_rows(&[&full, &some, &none])
         .await
         .expect("write a batch");
 
@@ -151,6 +155,190 @@ async fn absent_optional_fields_are_left_out_not_written_as_tombstones() {
     let (live, tombstones) = cells_read(&session, &table, "bob").await;
     assert!(live > 0, "bob's rows were read");
     assert_eq!(tombstones, 0, "tombstone cells in bob's partition");
+
+    session
+        .query_unpaged(format!("DROP KEYSPACE {ks}"), ())
+        .await
+        .expect("drop keyspace");
+}
+
+/// CQL writes the history sinks of this process made (`locus_history_batch_rows`' count).
+/// Only the replica-set test writes through a sink, so no other test moves it.
+fn batches_written() -> u64 {
+    prometheus::gather()
+        .iter()
+        .find(|m| m.name() == "locus_history_batch_rows")
+        .expect("the history sink's metrics are registered")
+        .get_metric()[0]
+        .get_histogram()
+        .get_sample_count()
+}
+
+/// The history store, its session and its table, in a keyspace of the test's own.
+async fn store(history: &HistoryConfig) -> (ScyllaConfig, Arc<Session>, HistoryStore) {
+    let scylla = config();
+    let session = Arc::new(connect(&scylla).await.expect("connect"));
+    migrate(&session, &scylla, history).await.expect("migrate");
+    let store = HistoryStore::prepare(session.clone(), &scylla, history)
+        .await
+        .expect("prepare");
+    (scylla, session, store)
+}
+
+#[tokio::test]
+async fn replica_set_batches_write_every_row_and_tokens_match_the_server() {
+    let history = HistoryConfig {
+        batch_grouping: BatchGrouping::ReplicaSet,
+        ..Default::default()
+    };
+    let (scylla, session, store) = store(&history).await;
+    let ks = &scylla.keyspace;
+    let table = format!("{ks}.{}", history.table);
+
+    // 120 users, three fixes each, in two buckets (one of them negative, before 1970):
+    // 240 partitions in one consumer batch, shuffled as Kafka would interleave them.
+    let day = history.bucket_ms();
+    let mut fixes: Vec<LocationFix> = (0..120)
+        .flat_map(|u| {
+            let user = format!("user-{u:03}");
+            let base = if u % 2 == 0 { -day - 5_000 } else { 3 * day };
+            [
+                fix(&user, 1, base),
+                fix(&user, 2, base + 1_000),
+                fix(&user, 3, base + day),
+            ]
+        })
+        .collect();
+    fixes.sort_by_key(|f| (f.seq, f.user_id.clone()));
+    let sink = HistorySink::new(
+        store.clone(),
+        Codec::new(&RegistryConfig::default(), "unused").expect("codec"),
+        DeadLetter::skip(),
+        16,
+        history.rows_per_batch,
+        history.batch_grouping,
+    );
+    locus_scylla::init_metrics();
+    let writes_before = batches_written();
+    tokio::time::timeout(std::time::Duration::from_secs(60), sink.apply_fixes(&fixes))
+        .await
+        .expect("every row written within 60 s");
+    // 360 rows of 240 partitions went out in batches of up to `rows_per_batch` rows (45
+    // writes of 8); grouped by partition they would have been 240.
+    let writes = batches_written() - writes_before;
+    assert_eq!(
+        writes,
+        360_u64.div_ceil(history.rows_per_batch as u64),
+        "CQL writes for 360 rows"
+    );
+
+    // Every row is there, each user's in event-time order.
+    for u in 0..120 {
+        let user = format!("user-{u:03}");
+        let (got, _) = store
+            .track("acme", &user, -10 * day, 10 * day, None, 100)
+            .await
+            .expect("track");
+        let mut want: Vec<LocationFix> = fixes
+            .iter()
+            .filter(|f| f.user_id == user)
+            .cloned()
+            .collect();
+        want.sort_by_key(|f| f.ts);
+        assert_eq!(got, want, "{user}'s track");
+    }
+
+    // The token the writer groups by is the one the server computes for the partition.
+    let rows = session
+        .query_unpaged(
+            format!("SELECT tenant, user_id, bucket, token(tenant, user_id, bucket) FROM {table}"),
+            (),
+        )
+        .await
+        .expect("select tokens")
+        .into_rows_result()
+        .expect("rows");
+    let mut partitions = 0;
+    for row in rows
+        .rows::<(String, String, i32, i64)>()
+        .expect("typed rows")
+    {
+        let (tenant, user, bucket, token) = row.expect("a row");
+        assert_eq!(
+            token_of(&tenant, &user, bucket).value(),
+            token,
+            "token of ({tenant}, {user}, {bucket})"
+        );
+        partitions += 1;
+    }
+    // Every row came back with its partition's token: three per user.
+    assert_eq!(partitions, 360, "rows read back with their tokens");
+
+    // On this one-node stack every partition has the same, known replica set: the writer put
+    // rows of many partitions into each batch.
+    let cluster = store.cluster();
+    let sets: std::collections::HashSet<_> = fixes
+        .iter()
+        .map(|f| store.replica_set(&cluster, &f.tenant, &f.user_id, store.bucket_of(f.ts)))
+        .collect();
+    assert_eq!(sets.len(), 1, "one replica set on a one-node cluster");
+    assert!(
+        !sets.iter().next().unwrap().is_empty(),
+        "the replica is known"
+    );
+
+    session
+        .query_unpaged(format!("DROP KEYSPACE {ks}"), ())
+        .await
+        .expect("drop keyspace");
+}
+
+#[tokio::test]
+async fn a_refused_batch_is_written_again_row_by_row() {
+    let history = HistoryConfig::default();
+    let (scylla, session, store) = store(&history).await;
+    let ks = &scylla.keyspace;
+    // Seven good fixes and, in the same batch, one whose user id is longer than a partition
+    // key may be (65,535 bytes): the nodes refuse the whole batch. (The bridge admits ids of
+    // 128 bytes at most; such a record can only come from another producer.)
+    let mut fixes: Vec<LocationFix> = (0..7).map(|u| fix(&format!("ok-{u}"), 1, 1_000)).collect();
+    fixes.insert(3, fix(&"x".repeat(70_000), 1, 1_000));
+    assert!(fixes.len() <= history.rows_per_batch, "one batch");
+    let sink = HistorySink::new(
+        store.clone(),
+        Codec::new(&RegistryConfig::default(), "unused").expect("codec"),
+        DeadLetter::skip(),
+        16,
+        history.rows_per_batch,
+        BatchGrouping::ReplicaSet,
+    );
+    // The refused row itself is retried for as long as it takes (it stalls the write); the
+    // seven others are in Cassandra meanwhile.
+    let writing = tokio::spawn(async move { sink.apply_fixes(&fixes).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut missing: Vec<String> = Vec::new();
+    while std::time::Instant::now() < deadline {
+        missing.clear();
+        for u in 0..7 {
+            let user = format!("ok-{u}");
+            let (got, _) = store
+                .track("acme", &user, 0, 10_000, None, 10)
+                .await
+                .expect("track");
+            if got.len() != 1 {
+                missing.push(user);
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    writing.abort();
+    assert!(
+        missing.is_empty(),
+        "not written beside the refused row: {missing:?}"
+    );
 
     session
         .query_unpaged(format!("DROP KEYSPACE {ks}"), ())

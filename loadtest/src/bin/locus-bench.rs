@@ -78,12 +78,25 @@ struct HistorySinkArgs {
     concurrency: usize,
     #[arg(long, default_value_t = 1000)]
     users: usize,
+    /// What the rows of one unlogged batch share (`history.batch_grouping`).
+    #[arg(long, value_enum, default_value_t = Grouping::ReplicaSet)]
+    grouping: Grouping,
+    /// Most rows in one unlogged batch (`history.rows_per_batch`; default its default).
+    #[arg(long)]
+    rows_per_batch: Option<usize>,
     #[arg(long, default_value = "127.0.0.1:9042")]
     node: String,
     #[arg(long)]
     keyspace: String,
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     registry: String,
+}
+
+/// `history.batch_grouping`, as a command-line value.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Grouping {
+    ReplicaSet,
+    Partition,
 }
 
 #[derive(Debug, clap::Args)]
@@ -533,10 +546,16 @@ async fn history_sink(args: HistorySinkArgs, base: i64) -> anyhow::Result<()> {
         batch,
         concurrency,
         users,
+        grouping,
+        rows_per_batch,
         node,
         keyspace,
         registry,
     } = args;
+    let grouping = match grouping {
+        Grouping::ReplicaSet => locus_scylla::BatchGrouping::ReplicaSet,
+        Grouping::Partition => locus_scylla::BatchGrouping::Partition,
+    };
     let topic = format!("bench-history-{}", std::process::id());
     let codec = codec_for(&registry, &topic)?;
     let fixes: Vec<LocationFix> = (0..count).map(|i| fix(i, users, base)).collect();
@@ -548,7 +567,8 @@ async fn history_sink(args: HistorySinkArgs, base: i64) -> anyhow::Result<()> {
         codec_for(&registry, &topic)?,
         locus_kafka::DeadLetter::to(producer, "unused-dlq"),
         concurrency,
-        history.rows_per_batch,
+        rows_per_batch.unwrap_or(history.rows_per_batch),
+        grouping,
     );
     use locus_kafka::Sink;
     let cpu0 = cpu_seconds();
@@ -561,7 +581,8 @@ async fn history_sink(args: HistorySinkArgs, base: i64) -> anyhow::Result<()> {
     }
     let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     println!(
-        "[history] sink: {count} rows of {users} users in {wall:.2} s = {:.0} rows/s, client CPU {:.1} µs/row; {}",
+        "[history] sink ({grouping:?}, {} rows a batch): {count} rows of {users} users in {wall:.2} s = {:.0} rows/s, client CPU {:.1} µs/row; {}",
+        rows_per_batch.unwrap_or(history.rows_per_batch),
         count as f64 / wall,
         1e6 * cpu / count as f64,
         cql_server_cost(server0, count)

@@ -61,6 +61,7 @@ async fn run(
         ),
         config.history.concurrency,
         config.history.rows_per_batch,
+        config.history.batch_grouping,
     ));
     let settings = locus_kafka::RunnerSettings {
         group: config.history.group.clone(),
