@@ -70,13 +70,16 @@ impl HistorySink {
     /// One batch of rows (a partition's, or a replica set's), written before it returns: the
     /// runner reads no further meanwhile (back-pressure), and nothing is skipped. A batch the
     /// nodes refuse (too large for `batch_size_fail_threshold_in_kb`, say) is written again
-    /// row by row, so rows of other partitions are never held back by one.
+    /// row by row, side by side, so rows of other partitions are never held back by one.
     async fn write(&self, rows: Vec<&LocationFix>) {
         let _permit = self.permits.acquire().await;
         if !self.write_retrying(&rows).await {
-            for row in rows {
-                self.write_retrying(&[row]).await;
-            }
+            // Side by side, so a row that is refused again (and retried) holds no other.
+            let singles: FuturesUnordered<_> = rows
+                .iter()
+                .map(|row| self.write_retrying(std::slice::from_ref(row)))
+                .collect();
+            singles.collect::<Vec<bool>>().await;
         }
     }
 
