@@ -277,9 +277,9 @@ pub struct HistoryConfig {
 #[serde(rename_all = "snake_case")]
 pub enum BatchGrouping {
     /// Rows whose partitions have the same replica set (every replica's node and shard): the
-    /// coordinator it is routed to owns every row, so the batch costs one request instead of
-    /// one per partition and is never forwarded. The Spark Cassandra connector's
-    /// `replica_set` grouping, for the same reason.
+    /// coordinator it is routed to is a replica of every row, so the batch costs one client
+    /// request instead of one per partition. The Spark Cassandra connector's `replica_set`
+    /// grouping, for the same reason.
     #[default]
     ReplicaSet,
     /// Rows of one partition only (one mutation per batch).

@@ -174,6 +174,19 @@ fn batches_written() -> u64 {
         .get_sample_count()
 }
 
+/// A history sink over `store` with `history`'s batching (decoded fixes go in through
+/// `apply_fixes`, so its codec and dead letter are never used).
+fn sink(store: &HistoryStore, history: &HistoryConfig) -> HistorySink {
+    HistorySink::new(
+        store.clone(),
+        Codec::new(&RegistryConfig::default(), "unused").expect("codec"),
+        DeadLetter::skip(),
+        16,
+        history.rows_per_batch,
+        history.batch_grouping,
+    )
+}
+
 /// The history store, its session and its table, in a keyspace of the test's own.
 async fn store(history: &HistoryConfig) -> (ScyllaConfig, Arc<Session>, HistoryStore) {
     let scylla = config();
@@ -210,14 +223,7 @@ async fn replica_set_batches_write_every_row_and_tokens_match_the_server() {
         })
         .collect();
     fixes.sort_by_key(|f| (f.seq, f.user_id.clone()));
-    let sink = HistorySink::new(
-        store.clone(),
-        Codec::new(&RegistryConfig::default(), "unused").expect("codec"),
-        DeadLetter::skip(),
-        16,
-        history.rows_per_batch,
-        history.batch_grouping,
-    );
+    let sink = sink(&store, &history);
     // The writes to expect: each replica set's rows in batches of `rows_per_batch`.
     let cluster = store.cluster();
     let mut rows_per_set: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
@@ -311,14 +317,7 @@ async fn a_refused_batch_is_written_again_row_by_row() {
     let mut fixes: Vec<LocationFix> = (0..7).map(|u| fix(&format!("ok-{u}"), 1, 1_000)).collect();
     fixes.insert(3, fix(&"x".repeat(70_000), 1, 1_000));
     assert!(fixes.len() <= history.rows_per_batch, "one batch");
-    let sink = HistorySink::new(
-        store.clone(),
-        Codec::new(&RegistryConfig::default(), "unused").expect("codec"),
-        DeadLetter::skip(),
-        16,
-        history.rows_per_batch,
-        BatchGrouping::ReplicaSet,
-    );
+    let sink = sink(&store, &history);
     // The refused row itself is retried for as long as it takes (it stalls the write); the
     // seven others are in Cassandra meanwhile.
     let writing = tokio::spawn(async move { sink.apply_fixes(&fixes).await });
