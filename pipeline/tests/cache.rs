@@ -658,6 +658,60 @@ async fn a_polar_fix_in_a_batch_stalls_nothing() {
     );
 }
 
+/// Any producer may write to `locations`: a fix the bridge would never admit (a longitude that
+/// GEOADD refuses, an id over 1,024 bytes), written there by another, is dead-lettered with its
+/// reason rather than retried for ever, and the fixes around it are applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fix_no_bridge_would_admit_is_dead_lettered_not_retried() {
+    let s = Scope::new("cache-foreign");
+    s.create_topics().await;
+    let prefix = unique("lf");
+    let now = now_ms();
+    let normal = |u: usize| {
+        fix(
+            &format!("u{u}"),
+            1,
+            now - 5_000,
+            52.0 + u as f64 * 0.01,
+            13.0,
+        )
+    };
+    let mut fixes: Vec<LocationFix> = (0..5).map(normal).collect();
+    fixes.push(fix("far-east", 1, now - 5_000, 10.0, 500.0));
+    fixes.push(fix(&"x".repeat(2_000), 1, now - 5_000, 10.0, 10.0));
+    fixes.extend((5..10).map(normal));
+    produce(&s, &fixes).await;
+    let (_c, port) = start_cache(&s, &prefix).await;
+
+    let dlq = consume_until(&s.brokers, &s.dlq, Duration::from_secs(60), |r| {
+        r.len() >= 2
+    });
+    assert_eq!(dlq.len(), 2, "both foreign fixes are dead-lettered");
+    for r in &dlq {
+        assert_eq!(r.headers["locus-reason"], "invalid_fix", "{:?}", r.headers);
+    }
+    let users: Vec<String> = (0..10).map(|u| format!("u{u}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state(port, &users).await.len() < 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        state(port, &users).await.len(),
+        10,
+        "every normal user has its position"
+    );
+    let (status, v) = get_json(port, "/v1/tenants/acme/users/far-east/position").await;
+    assert_eq!(status, 404, "{v}");
+
+    // The stage goes on: a fix produced afterwards is applied too.
+    produce(&s, &[fix("late", 1, now - 1_000, 48.1, 11.5)]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state(port, &["late".to_string()]).await.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(state(port, &["late".to_string()]).await["late"].0, 1);
+}
+
 /// The partitions `locus_consumer_lag_records` of one process reports.
 async fn lag_partitions(port: u16) -> std::collections::BTreeSet<String> {
     metrics_text(port)

@@ -176,6 +176,62 @@ async fn exact_rows_idempotent_replay_and_event_time_order() {
     assert_eq!(v["fixes"], v2["fixes"], "identical rows after the replay");
 }
 
+/// Any producer may write to `locations`: a fix the bridge would never admit, written there by
+/// another, is dead-lettered with its reason rather than retried for ever against a Cassandra
+/// that refuses it (a 70,000-byte user id is over the 65,535-byte partition key limit), and the
+/// fixes after it are written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fix_no_bridge_would_admit_is_dead_lettered_not_retried() {
+    let s = Scope::new("hist-foreign");
+    s.create_topics().await;
+    let ks = unique("hf_");
+    let now = now_ms();
+    let mut fixes: Vec<LocationFix> = (0..5).map(|i| fix("u1", i, now - 60_000 + i)).collect();
+    fixes.push(LocationFix {
+        user_id: "u".repeat(70_000),
+        ..fix("u2", 1, now - 30_000)
+    });
+    fixes.push(LocationFix {
+        lat: 91.0,
+        ..fix("u3", 1, now - 30_000)
+    });
+    fixes.extend((5..10).map(|i| fix("u1", i, now - 60_000 + i)));
+    produce(&s, &fixes).await;
+
+    let (_w, port) = locus(
+        &s,
+        "history",
+        &["history"],
+        &history_env(&s, &ks, &unique("g-")),
+    );
+    wait_ready(port, Duration::from_secs(60)).await;
+    assert_eq!(wait_rows(&ks, 10, Duration::from_secs(60)).await, 10);
+    let dlq = consume_until(&s.brokers, &s.dlq, Duration::from_secs(30), |r| {
+        r.len() >= 2
+    });
+    assert_eq!(dlq.len(), 2, "both foreign fixes are dead-lettered");
+    for r in &dlq {
+        assert_eq!(r.headers["locus-reason"], "invalid_fix", "{:?}", r.headers);
+        assert_eq!(r.headers["locus-source-topic"], s.locations);
+    }
+    let errors: BTreeSet<&str> = dlq
+        .iter()
+        .map(|r| r.headers["locus-error"].as_str())
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("user_id is 70000 bytes")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("lat = 91")), "{errors:?}");
+    // This process runs the history stage only, and nothing else was dead-lettered.
+    let dead = metric(port, "locus_stage_dead_lettered_records_total").await;
+    assert_eq!(dead, 2.0);
+
+    // The stage goes on: a fix produced afterwards is written too.
+    produce(&s, &[fix("u4", 1, now - 1_000)]).await;
+    assert_eq!(wait_rows(&ks, 11, Duration::from_secs(60)).await, 11);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn track_api_ranges_paging_formats_and_errors() {
     let s = Scope::new("hist-api");

@@ -144,10 +144,42 @@ pub fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-' | '@')
 }
 
+/// The longest tenant, user or device id a consuming stage takes from Kafka, bytes; the
+/// bridge's `max_id_len` may not be set above it. Every id of this size fits every store's key
+/// limit (Cassandra's partition key is at most 65,535 bytes).
+pub const MAX_ID_LEN: usize = 1024;
+
 impl LocationFix {
     /// Checks required ids (non-empty, at most `max_id_len` bytes, only [`is_id_char`]s),
     /// coordinate and measurement ranges, and event time against `now_ms` (the receive time).
     pub fn validate(&self, limits: &FixLimits, now_ms: i64) -> Result<(), InvalidFix> {
+        self.check_fields(limits.max_id_len)?;
+        let skew = self.ts - now_ms;
+        if skew > limits.max_future_ms {
+            return Err(InvalidFix::InFuture {
+                ts: self.ts,
+                skew_ms: skew,
+                max_ms: limits.max_future_ms,
+            });
+        }
+        if -skew > limits.max_age_ms {
+            return Err(InvalidFix::TooOld {
+                ts: self.ts,
+                age_ms: -skew,
+                max_ms: limits.max_age_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// What a consuming stage checks of a fix it read from Kafka, where any producer may have
+    /// written it: the field checks of [`LocationFix::validate`] with ids of at most
+    /// [`MAX_ID_LEN`] bytes, and no event-time check (a replay reads fixes of any age).
+    pub fn check_consumed(&self) -> Result<(), InvalidFix> {
+        self.check_fields(MAX_ID_LEN)
+    }
+
+    fn check_fields(&self, max_id_len: usize) -> Result<(), InvalidFix> {
         for (field, v) in [
             ("tenant", &self.tenant),
             ("user_id", &self.user_id),
@@ -156,11 +188,11 @@ impl LocationFix {
             if v.is_empty() {
                 return Err(InvalidFix::Missing { field });
             }
-            if v.len() > limits.max_id_len {
+            if v.len() > max_id_len {
                 return Err(InvalidFix::TooLong {
                     field,
                     len: v.len(),
-                    max: limits.max_id_len,
+                    max: max_id_len,
                 });
             }
             if let Some((at, found)) = v.char_indices().find(|(_, c)| !is_id_char(*c)) {
@@ -189,29 +221,14 @@ impl LocationFix {
         }
         for (field, v) in [("activity", &self.activity), ("source", &self.source)] {
             if let Some(v) = v
-                && v.len() > limits.max_id_len
+                && v.len() > max_id_len
             {
                 return Err(InvalidFix::TooLong {
                     field,
                     len: v.len(),
-                    max: limits.max_id_len,
+                    max: max_id_len,
                 });
             }
-        }
-        let skew = self.ts - now_ms;
-        if skew > limits.max_future_ms {
-            return Err(InvalidFix::InFuture {
-                ts: self.ts,
-                skew_ms: skew,
-                max_ms: limits.max_future_ms,
-            });
-        }
-        if -skew > limits.max_age_ms {
-            return Err(InvalidFix::TooOld {
-                ts: self.ts,
-                age_ms: -skew,
-                max_ms: limits.max_age_ms,
-            });
         }
         Ok(())
     }
@@ -238,6 +255,56 @@ mod tests {
             activity: Some("walking".into()),
             source: None,
             received_at: 1_000_100,
+        }
+    }
+
+    #[test]
+    fn a_consumed_fix_is_checked_for_its_fields_not_its_age() {
+        // A replay reads fixes of any age: no event-time check.
+        LocationFix { ts: 0, ..fix() }.check_consumed().unwrap();
+        let long = LocationFix {
+            user_id: "u".repeat(MAX_ID_LEN),
+            ..fix()
+        };
+        long.check_consumed().unwrap();
+        for (bad, reason) in [
+            (
+                LocationFix {
+                    user_id: "u".repeat(MAX_ID_LEN + 1),
+                    ..fix()
+                },
+                "field_too_long",
+            ),
+            (
+                LocationFix {
+                    lon: 500.0,
+                    ..fix()
+                },
+                "out_of_range",
+            ),
+            (
+                LocationFix {
+                    lat: f64::NAN,
+                    ..fix()
+                },
+                "out_of_range",
+            ),
+            (
+                LocationFix {
+                    tenant: "a:b".into(),
+                    ..fix()
+                },
+                "bad_id",
+            ),
+            (
+                LocationFix {
+                    device_id: String::new(),
+                    ..fix()
+                },
+                "missing_field",
+            ),
+        ] {
+            assert_eq!(bad.check_consumed().unwrap_err().reason(), reason);
         }
     }
 

@@ -5,6 +5,9 @@ use tracing::warn;
 
 use crate::{Backoff, Producer, Record, StageMetrics};
 
+/// The dead-letter reason of a decoded fix that fails [`LocationFix::check_consumed`].
+pub const INVALID_FIX: &str = "invalid_fix";
+
 /// Where a consuming stage sends records it cannot apply (undecodable, empty). The record
 /// goes as it was read (key and value) with headers naming the reason, the error and where
 /// it came from; sending is retried until Kafka takes it, so nothing is committed past a
@@ -29,8 +32,12 @@ impl DeadLetter {
     }
 
     /// Decodes a batch into fixes, dead-lettering the records that are not fixes (counted in
-    /// `stage` by reason). A registry outage fails the whole batch: it is not the records'
-    /// fault, and nothing may be committed past them.
+    /// `stage` by reason), and the fixes that fail [`LocationFix::check_consumed`] (reason
+    /// [`INVALID_FIX`]): any producer may write to the topic, and a fix the bridge would not
+    /// have admitted (an id longer than a store's key, a longitude Redis's GEOADD refuses)
+    /// would otherwise be retried against a store that refuses it for ever, stalling the stage.
+    /// A registry outage fails the whole batch: it is not the records' fault, and nothing may
+    /// be committed past them.
     pub async fn decode_fixes(
         &self,
         codec: &Codec,
@@ -42,10 +49,13 @@ impl DeadLetter {
             let (reason, error) = match r.value.as_deref() {
                 None => ("empty_value", "record has no value".to_string()),
                 Some(v) => match codec.decode(v).await {
-                    Ok(f) => {
-                        fixes.push(f);
-                        continue;
-                    }
+                    Ok(f) => match f.check_consumed() {
+                        Ok(()) => {
+                            fixes.push(f);
+                            continue;
+                        }
+                        Err(e) => (INVALID_FIX, format!("not a fix the stages take: {e}")),
+                    },
                     Err(e @ CodecError::Registry(_)) => {
                         stage.error("registry");
                         return Err(e);

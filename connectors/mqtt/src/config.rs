@@ -1,5 +1,5 @@
 use locus_schemas::tls::PemFiles;
-use locus_schemas::{FixLimits, Secret};
+use locus_schemas::{FixLimits, MAX_ID_LEN, Secret};
 use serde::{Deserialize, Serialize};
 
 use crate::BridgeError;
@@ -233,6 +233,11 @@ impl BridgeConfig {
         if self.max_in_flight == 0 {
             return bad("bridge.max_in_flight must be > 0".into());
         }
+        if !(1..=MAX_ID_LEN).contains(&self.max_id_len) {
+            return bad(format!(
+                "bridge.max_id_len must be between 1 and {MAX_ID_LEN} (the longest id the consuming stages take)"
+            ));
+        }
         if !(2..=10_000_000).contains(&self.max_held_messages) {
             return bad("bridge.max_held_messages must be between 2 and 10000000".into());
         }
@@ -279,6 +284,19 @@ impl BridgeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_may_not_be_longer_than_the_consuming_stages_take() {
+        let with = |max_id_len| BridgeConfig {
+            max_id_len,
+            ..BridgeConfig::default()
+        };
+        with(MAX_ID_LEN).validate().unwrap();
+        for bad in [0, MAX_ID_LEN + 1] {
+            let e = with(bad).validate().unwrap_err().to_string();
+            assert!(e.contains("bridge.max_id_len"), "{e}");
+        }
+    }
 
     #[test]
     fn tls_settings_are_checked() {

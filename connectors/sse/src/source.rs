@@ -34,6 +34,9 @@ pub async fn to_event(
     value: &[u8],
 ) -> Result<FixEvent, CodecError> {
     let fix: LocationFix = codec.decode(value).await?;
+    // Any producer may write to the topic: a fix the bridge would not have admitted is not sent.
+    fix.check_consumed()
+        .map_err(|e| CodecError::Shape(format!("not a fix the stages take: {e}")))?;
     let json = serde_json::to_vec(&fix).map_err(|e| CodecError::Shape(e.to_string()))?;
     Ok(FixEvent {
         partition,
