@@ -976,3 +976,55 @@ async fn push_waits_out_a_registry_failure_and_skips_no_fix() {
             >= 3.0
     );
 }
+
+/// Any producer may write to `locations`: a fix the bridge would never admit (a longitude of
+/// 500°), written there by another, is not sent to any dashboard; the fixes around it are.
+#[tokio::test(flavor = "multi_thread")]
+async fn push_sends_no_fix_the_bridge_would_not_admit() {
+    let s = Scope::new("push-foreign");
+    s.create_topics().await;
+    let t = "foreign";
+    let (_push, port) = locus(&s, "push", &["push"], &env(&s, &[]));
+    wait_ready(port, Duration::from_secs(60)).await;
+    let mut c = stream(port, &format!("access_token={}", token(t, None, 600)), None).await;
+    assert_eq!(
+        next_event(&mut c, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .kind,
+        "snapshot"
+    );
+    let fixes = vec![
+        fix(t, "u1", 1, 40.0, 20.0),
+        fix(t, "far-east", 1, 40.0, 500.0),
+        fix(t, "u3", 1, 40.1, 20.1),
+    ];
+    FixProducer::new(&s).send(&fixes).await;
+    // Both good fixes, then a while longer: the foreign one would have come by then.
+    let mut users = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut settle: Option<Instant> = None;
+    while settle.is_none_or(|at| Instant::now() < at) && Instant::now() < deadline {
+        if let Some(e) = next_event(&mut c, Duration::from_millis(500)).await
+            && e.kind == "fix"
+        {
+            users.insert(e.json()["user_id"].as_str().unwrap().to_string());
+        }
+        if settle.is_none() && users.contains("u1") && users.contains("u3") {
+            settle = Some(Instant::now() + Duration::from_secs(2));
+        }
+    }
+    assert_eq!(
+        users,
+        BTreeSet::from(["u1".to_string(), "u3".to_string()]),
+        "the good fixes are sent, the foreign one is not"
+    );
+    assert_eq!(
+        metric(
+            port,
+            "locus_stage_dead_lettered_records_total{reason=\"undecodable\",stage=\"push\"}"
+        )
+        .await,
+        1.0
+    );
+}
