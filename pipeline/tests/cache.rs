@@ -659,8 +659,10 @@ async fn a_polar_fix_in_a_batch_stalls_nothing() {
 }
 
 /// Any producer may write to `locations`: a fix the bridge would never admit (a longitude that
-/// GEOADD refuses, an id over 1,024 bytes), written there by another, is dead-lettered with its
-/// reason rather than retried for ever, and the fixes around it are applied.
+/// GEOADD refuses, an id over 1,024 bytes, an event time days ahead that would freeze its
+/// user's position), written there by another, is dead-lettered with its reason, and the fixes
+/// around it are applied whole (before, GEOADD failed the script after its HSETs, leaving the
+/// run's users without GEO and last-seen entries).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fix_no_bridge_would_admit_is_dead_lettered_not_retried() {
     let s = Scope::new("cache-foreign");
@@ -679,14 +681,21 @@ async fn a_fix_no_bridge_would_admit_is_dead_lettered_not_retried() {
     let mut fixes: Vec<LocationFix> = (0..5).map(normal).collect();
     fixes.push(fix("far-east", 1, now - 5_000, 10.0, 500.0));
     fixes.push(fix(&"x".repeat(2_000), 1, now - 5_000, 10.0, 10.0));
+    fixes.push(fix(
+        "time-traveller",
+        1,
+        now + 10 * 24 * 3_600_000,
+        10.0,
+        10.0,
+    ));
     fixes.extend((5..10).map(normal));
     produce(&s, &fixes).await;
     let (_c, port) = start_cache(&s, &prefix).await;
 
     let dlq = consume_until(&s.brokers, &s.dlq, Duration::from_secs(60), |r| {
-        r.len() >= 2
+        r.len() >= 3
     });
-    assert_eq!(dlq.len(), 2, "both foreign fixes are dead-lettered");
+    assert_eq!(dlq.len(), 3, "every foreign fix is dead-lettered");
     for r in &dlq {
         assert_eq!(r.headers["locus-reason"], "invalid_fix", "{:?}", r.headers);
     }
@@ -700,8 +709,27 @@ async fn a_fix_no_bridge_would_admit_is_dead_lettered_not_retried() {
         10,
         "every normal user has its position"
     );
-    let (status, v) = get_json(port, "/v1/tenants/acme/users/far-east/position").await;
-    assert_eq!(status, 404, "{v}");
+    for u in ["far-east", "time-traveller"] {
+        let (status, v) = get_json(port, &format!("/v1/tenants/acme/users/{u}/position")).await;
+        assert_eq!(status, 404, "{u}: {v}");
+    }
+    // Each good user is whole: in the GEO set (nearby answers it) and in last-seen.
+    let mut con = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for u in &users {
+        for set in ["geo", "seen"] {
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(format!("{prefix}:{set}:acme"))
+                .arg(u)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            assert!(score.is_some(), "{u} is in the {set} set");
+        }
+    }
 
     // The stage goes on: a fix produced afterwards is applied too.
     produce(&s, &[fix("late", 1, now - 1_000, 48.1, 11.5)]).await;

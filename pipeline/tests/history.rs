@@ -178,8 +178,8 @@ async fn exact_rows_idempotent_replay_and_event_time_order() {
 
 /// Any producer may write to `locations`: a fix the bridge would never admit, written there by
 /// another, is dead-lettered with its reason rather than retried for ever against a Cassandra
-/// that refuses it (a 70,000-byte user id is over the 65,535-byte partition key limit), and the
-/// fixes after it are written.
+/// that refuses it (a 70,000-byte user id is over the 65,535-byte partition key limit; Scylla
+/// refuses a write timestamp days ahead), and the fixes after it are written.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fix_no_bridge_would_admit_is_dead_lettered_not_retried() {
     let s = Scope::new("hist-foreign");
@@ -195,6 +195,7 @@ async fn a_fix_no_bridge_would_admit_is_dead_lettered_not_retried() {
         lat: 91.0,
         ..fix("u3", 1, now - 30_000)
     });
+    fixes.push(fix("u5", 1, now + 240 * HOUR));
     fixes.extend((5..10).map(|i| fix("u1", i, now - 60_000 + i)));
     produce(&s, &fixes).await;
 
@@ -207,9 +208,9 @@ async fn a_fix_no_bridge_would_admit_is_dead_lettered_not_retried() {
     wait_ready(port, Duration::from_secs(60)).await;
     assert_eq!(wait_rows(&ks, 10, Duration::from_secs(60)).await, 10);
     let dlq = consume_until(&s.brokers, &s.dlq, Duration::from_secs(30), |r| {
-        r.len() >= 2
+        r.len() >= 3
     });
-    assert_eq!(dlq.len(), 2, "both foreign fixes are dead-lettered");
+    assert_eq!(dlq.len(), 3, "every foreign fix is dead-lettered");
     for r in &dlq {
         assert_eq!(r.headers["locus-reason"], "invalid_fix", "{:?}", r.headers);
         assert_eq!(r.headers["locus-source-topic"], s.locations);
@@ -223,9 +224,13 @@ async fn a_fix_no_bridge_would_admit_is_dead_lettered_not_retried() {
         "{errors:?}"
     );
     assert!(errors.iter().any(|e| e.contains("lat = 91")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("in the future")),
+        "{errors:?}"
+    );
     // This process runs the history stage only, and nothing else was dead-lettered.
     let dead = metric(port, "locus_stage_dead_lettered_records_total").await;
-    assert_eq!(dead, 2.0);
+    assert_eq!(dead, 3.0);
 
     // The stage goes on: a fix produced afterwards is written too.
     produce(&s, &[fix("u4", 1, now - 1_000)]).await;

@@ -572,7 +572,8 @@ async fn push_dashboard_in_a_real_browser() {
     }
     let tenant = "fleet";
     // A hostile producer with access to Kafka writes a fix whose user id is markup (the
-    // bridge refuses such ids): the dashboard must show it as text.
+    // bridge refuses such ids): it must never reach the dashboard (browser.mjs also checks
+    // that the dashboard shows such an id as text when a stream carries one).
     let evil = "<img src=x onerror=window.__pwned=1>";
     produce(&s, &[fix(tenant, evil, 1, 52.51, 13.39)]).await;
     // A track to play back: 30 fixes a minute apart, ending 5 minutes ago.

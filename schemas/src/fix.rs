@@ -149,12 +149,21 @@ pub fn is_id_char(c: char) -> bool {
 /// limit (Cassandra's partition key is at most 65,535 bytes).
 pub const MAX_ID_LEN: usize = 1024;
 
+/// How far in the future a consuming stage takes an event time, ms (one day); the bridge's
+/// `max_future_ms` may not be set above it. Cassandra and Scylla write each row at its event
+/// time (`USING TIMESTAMP`), and Scylla refuses timestamps more than three days ahead.
+pub const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+
+/// How old an event time a bridge may take, ms (ten years): `max_age_ms` may not be set above
+/// it, so no admitted fix is from before 1970, which a consuming stage refuses.
+pub const MAX_AGE_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
+
 impl LocationFix {
     /// Checks required ids (non-empty, at most `max_id_len` bytes, only [`is_id_char`]s),
     /// coordinate and measurement ranges, and event time against `now_ms` (the receive time).
     pub fn validate(&self, limits: &FixLimits, now_ms: i64) -> Result<(), InvalidFix> {
         self.check_fields(limits.max_id_len)?;
-        let skew = self.ts - now_ms;
+        let skew = self.ts.saturating_sub(now_ms);
         if skew > limits.max_future_ms {
             return Err(InvalidFix::InFuture {
                 ts: self.ts,
@@ -162,10 +171,10 @@ impl LocationFix {
                 max_ms: limits.max_future_ms,
             });
         }
-        if -skew > limits.max_age_ms {
+        if skew.saturating_neg() > limits.max_age_ms {
             return Err(InvalidFix::TooOld {
                 ts: self.ts,
-                age_ms: -skew,
+                age_ms: skew.saturating_neg(),
                 max_ms: limits.max_age_ms,
             });
         }
@@ -174,9 +183,33 @@ impl LocationFix {
 
     /// What a consuming stage checks of a fix it read from Kafka, where any producer may have
     /// written it: the field checks of [`LocationFix::validate`] with ids of at most
-    /// [`MAX_ID_LEN`] bytes, and no event-time check (a replay reads fixes of any age).
+    /// [`MAX_ID_LEN`] bytes, and an event time from 1970 on and at most [`MAX_FUTURE_MS`]
+    /// ahead of now (no age limit: a replay reads fixes of any age).
     pub fn check_consumed(&self) -> Result<(), InvalidFix> {
-        self.check_fields(MAX_ID_LEN)
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.check_consumed_at(now_ms)
+    }
+
+    fn check_consumed_at(&self, now_ms: i64) -> Result<(), InvalidFix> {
+        self.check_fields(MAX_ID_LEN)?;
+        if self.ts < 0 {
+            return Err(InvalidFix::TooOld {
+                ts: self.ts,
+                age_ms: now_ms.saturating_sub(self.ts),
+                max_ms: now_ms,
+            });
+        }
+        let skew = self.ts.saturating_sub(now_ms);
+        if skew > MAX_FUTURE_MS {
+            return Err(InvalidFix::InFuture {
+                ts: self.ts,
+                skew_ms: skew,
+                max_ms: MAX_FUTURE_MS,
+            });
+        }
+        Ok(())
     }
 
     fn check_fields(&self, max_id_len: usize) -> Result<(), InvalidFix> {
@@ -259,9 +292,59 @@ mod tests {
     }
 
     #[test]
-    fn a_consumed_fix_is_checked_for_its_fields_not_its_age() {
-        // A replay reads fixes of any age: no event-time check.
+    fn what_the_bridge_admits_a_consuming_stage_takes() {
+        // The bridge's loosest settings: ids of MAX_ID_LEN bytes, the whole future and age allowed.
+        let l = FixLimits {
+            max_future_ms: MAX_FUTURE_MS,
+            max_age_ms: MAX_AGE_MS,
+            max_id_len: MAX_ID_LEN,
+        };
+        let now = 1_800_000_000_000;
+        let id = "a".repeat(MAX_ID_LEN);
+        for f in [
+            fix(),
+            LocationFix {
+                tenant: id.clone(),
+                user_id: id.clone(),
+                device_id: id.clone(),
+                activity: Some(id.clone()),
+                source: Some(id.clone()),
+                ..fix()
+            },
+            LocationFix {
+                lat: -90.0,
+                lon: 180.0,
+                accuracy_m: Some(1.0e6),
+                altitude_m: Some(-12_000.0),
+                speed_mps: Some(0.0),
+                heading_deg: Some(360.0),
+                battery_pct: Some(100),
+                seq: 0,
+                ..fix()
+            },
+        ] {
+            for ts in [now + MAX_FUTURE_MS, now - MAX_AGE_MS, now] {
+                let f = LocationFix { ts, ..f.clone() };
+                f.validate(&l, now).unwrap();
+                f.check_consumed_at(now).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_consumed_fix_is_checked_for_its_fields_and_a_sane_time_not_its_age() {
+        // A replay reads fixes of any age.
         LocationFix { ts: 0, ..fix() }.check_consumed().unwrap();
+        let now = 1_800_000_000_000;
+        for ts in [-1, i64::MIN, now + MAX_FUTURE_MS + 1, i64::MAX] {
+            let e = LocationFix { ts, ..fix() }
+                .check_consumed_at(now)
+                .unwrap_err();
+            assert!(
+                matches!(e.reason(), "ts_too_old" | "ts_in_future"),
+                "{ts}: {e}"
+            );
+        }
         let long = LocationFix {
             user_id: "u".repeat(MAX_ID_LEN),
             ..fix()

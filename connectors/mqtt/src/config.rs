@@ -1,5 +1,5 @@
 use locus_schemas::tls::PemFiles;
-use locus_schemas::{FixLimits, MAX_ID_LEN, Secret};
+use locus_schemas::{FixLimits, MAX_AGE_MS, MAX_FUTURE_MS, MAX_ID_LEN, Secret};
 use serde::{Deserialize, Serialize};
 
 use crate::BridgeError;
@@ -271,8 +271,12 @@ impl BridgeConfig {
         if self.max_batch_len == 0 {
             return bad("bridge.max_batch_len must be > 0".into());
         }
-        if self.max_future_ms < 0 || self.max_age_ms <= 0 {
-            return bad("bridge.max_future_ms must be >= 0 and bridge.max_age_ms > 0".into());
+        if !(0..=MAX_FUTURE_MS).contains(&self.max_future_ms)
+            || !(1..=MAX_AGE_MS).contains(&self.max_age_ms)
+        {
+            return bad(format!(
+                "bridge.max_future_ms must be 0 to {MAX_FUTURE_MS} and bridge.max_age_ms 1 to {MAX_AGE_MS} (what the consuming stages take)"
+            ));
         }
         if self.keep_alive_s < 5 {
             return bad("bridge.keep_alive_s must be >= 5".into());
@@ -295,6 +299,16 @@ mod tests {
         for bad in [0, MAX_ID_LEN + 1] {
             let e = with(bad).validate().unwrap_err().to_string();
             assert!(e.contains("bridge.max_id_len"), "{e}");
+        }
+        let times = |max_future_ms, max_age_ms| BridgeConfig {
+            max_future_ms,
+            max_age_ms,
+            ..BridgeConfig::default()
+        };
+        times(MAX_FUTURE_MS, MAX_AGE_MS).validate().unwrap();
+        for (future, age) in [(MAX_FUTURE_MS + 1, 1), (-1, 1), (0, MAX_AGE_MS + 1), (0, 0)] {
+            let e = times(future, age).validate().unwrap_err().to_string();
+            assert!(e.contains("bridge.max_future_ms"), "{e}");
         }
     }
 

@@ -78,8 +78,8 @@ fn insert_statement(table: &str, shape: Shape) -> String {
 /// The Murmur3 token of a history partition (tenant, user_id, bucket), as Cassandra and
 /// Scylla compute it: the key in the composite encoding (each component a big-endian 2-byte
 /// length, its bytes and a 0 byte), hashed. It only groups rows into batches (the driver
-/// routes every request itself), so an id too long for its length field (the bridge admits
-/// 128 bytes) gets some token rather than an error.
+/// routes every request itself), so an id too long for its length field (the stages take at
+/// most 1,024 bytes) gets some token rather than an error.
 pub fn token_of(tenant: &str, user_id: &str, bucket: i32) -> Token {
     let bucket = bucket.to_be_bytes();
     let mut key = Vec::with_capacity(tenant.len() + user_id.len() + bucket.len() + 9);

@@ -2,8 +2,10 @@
 // (pipeline/tests/push.rs), which runs the pipeline. Here: Debian's Chromium loads the
 // dashboard, a fix is published over MQTT (mosquitto_pub), its marker must appear; a second
 // fix must move it; a screenshot is saved. A user whose id is markup (written straight to
-// Kafka by the Rust test, as a hostile producer could: the bridge refuses such ids) must show
-// as text, create no element and run nothing; the page must carry its Content-Security-Policy.
+// Kafka by the Rust test, as a hostile producer could: the bridge refuses such ids) must never
+// reach the dashboard; and the same id in a stream served by the test (the dashboard's own
+// guard) must show as text, create no element and run nothing; the page must carry its
+// Content-Security-Policy.
 //
 // Then playback: a range holding REPLAY_USER's track (REPLAY_POINTS fixes written to Kafka by
 // the Rust test) is played at 3600x; the track must be drawn whole, the marker end at the last
@@ -52,23 +54,6 @@ try {
   await page.waitForSelector("#conn.conn-live", { timeout: 20_000 });
   console.log("dashboard connected");
 
-  // The markup id arrives with the snapshot: as text in the list and the tooltip, nothing run.
-  const evil = env("EVIL_USER");
-  await page.waitForFunction(
-    (id) => [...document.querySelectorAll("#users tr td:first-child")].some((td) => td.textContent === id),
-    evil,
-    { timeout: 20_000 },
-  );
-  const injected = await page.evaluate(() => ({
-    img: document.querySelectorAll('img[src="x"]').length,
-    ran: window.__pwned ?? null,
-    tooltip: [...document.querySelectorAll(".leaflet-tooltip")].some((t) => t.querySelector("img")),
-  }));
-  if (injected.img || injected.ran || injected.tooltip) {
-    throw new Error(`a device id became markup: ${JSON.stringify(injected)}`);
-  }
-  console.log("a markup id shows as text and creates no element");
-
   const parked = `path[data-user="${user}-parked"]`;
   const marker = `path[data-user="${user}"]`;
   publish(52.515, 13.40, 1, `${user}-parked`);
@@ -80,6 +65,16 @@ try {
     const [a, b] = [await centre(marker), await centre(parked)];
     return { dx: a.x - b.x, dy: a.y - b.y };
   };
+  // The markup id written straight to Kafka never reaches the dashboard: the cache
+  // dead-letters it and the push stage skips it (the consumed-fix check).
+  const evil = env("EVIL_USER");
+  const leaked = await page.evaluate((id) => ({
+    row: [...document.querySelectorAll("#users tr td:first-child")].some((td) => td.textContent === id),
+    img: document.querySelectorAll('img[src="x"]').length,
+    ran: window.__pwned ?? null,
+  }), evil);
+  if (leaked.row || leaked.img || leaked.ran) throw new Error(`the markup id reached the dashboard: ${JSON.stringify(leaked)}`);
+  console.log("the markup id in Kafka did not reach the dashboard");
   const first = await rel();
   console.log(`marker appeared, ${JSON.stringify(first)} px from the parked one`);
   const status = await page.locator(`tr[data-user="${user}"] .status`).textContent();
@@ -136,6 +131,35 @@ try {
   await page.waitForSelector("#conn.conn-live", { timeout: 20_000 });
   if (await page.locator(`path[data-track]`).count() !== 0) throw new Error("tracks left after leaving playback");
   console.log("back to live");
+
+  // ---- the dashboard's own guard, behind the pipeline's: a stream (served here, as a
+  // compromised or future server could send it) whose user id is markup shows it as text in
+  // the list and the tooltip, creates no element and runs nothing.
+  const crafted = await browser.newPage({ viewport: { width: 1200, height: 760 } });
+  await crafted.route((u) => u.pathname === "/v1/stream", (route) => route.fulfill({
+    status: 200,
+    headers: { "content-type": "text/event-stream", "cache-control": "no-store" },
+    body: `event: snapshot\ndata: ${JSON.stringify({
+      positions: [{ tenant: "fleet", user_id: evil, device_id: "d", seq: 1, ts: Date.now(), lat: 52.51, lon: 13.39 }],
+      complete: true,
+    })}\n\n`,
+  }));
+  await crafted.goto(url);
+  await crafted.waitForFunction(
+    (id) => [...document.querySelectorAll("#users tr td:first-child")].some((td) => td.textContent === id),
+    evil,
+    { timeout: 20_000 },
+  );
+  await crafted.hover(`path[data-user="${evil.replace(/"/g, '\\"')}"]`).catch(() => {});
+  const injected = await crafted.evaluate(() => ({
+    img: document.querySelectorAll('img[src="x"]').length,
+    ran: window.__pwned ?? null,
+    tooltip: [...document.querySelectorAll(".leaflet-tooltip")].some((t) => t.querySelector("img")),
+  }));
+  if (injected.img || injected.ran || injected.tooltip) {
+    throw new Error(`a device id became markup: ${JSON.stringify(injected)}`);
+  }
+  console.log("a markup id in a stream shows as text and creates no element");
 } catch (e) {
   failed = true;
   console.error(`browser test failed: ${e.message}`);
