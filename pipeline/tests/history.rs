@@ -199,12 +199,14 @@ async fn a_fix_no_bridge_would_admit_is_dead_lettered_not_retried() {
     fixes.extend((5..10).map(|i| fix("u1", i, now - 60_000 + i)));
     produce(&s, &fixes).await;
 
-    let (_w, port) = locus(
-        &s,
-        "history",
-        &["history"],
-        &history_env(&s, &ks, &unique("g-")),
-    );
+    // The long id's DLQ copy (its 70 KB key, its value, the reason headers) is over what this
+    // writer's producer may send: it goes without its key and value instead of stalling.
+    let mut env = history_env(&s, &ks, &unique("g-"));
+    env.push((
+        "LOCUS_KAFKA__PROPERTIES__MESSAGE.MAX.BYTES",
+        "\"100000\"".to_string(),
+    ));
+    let (_w, port) = locus(&s, "history", &["history"], &env);
     wait_ready(port, Duration::from_secs(60)).await;
     assert_eq!(wait_rows(&ks, 10, Duration::from_secs(60)).await, 10);
     let dlq = consume_until(&s.brokers, &s.dlq, Duration::from_secs(30), |r| {
@@ -227,6 +229,23 @@ async fn a_fix_no_bridge_would_admit_is_dead_lettered_not_retried() {
     assert!(
         errors.iter().any(|e| e.contains("in the future")),
         "{errors:?}"
+    );
+    let long = dlq
+        .iter()
+        .find(|r| r.headers["locus-error"].contains("user_id is 70000 bytes"))
+        .unwrap();
+    assert!(
+        long.key.is_empty() && long.value.is_empty(),
+        "sent without them"
+    );
+    assert_eq!(long.headers["locus-key-bytes"], "70000");
+    let value_bytes: usize = long.headers["locus-value-bytes"].parse().unwrap();
+    assert!(value_bytes > 70_000, "{value_bytes}");
+    assert!(
+        dlq.iter()
+            .filter(|r| !std::ptr::eq(*r, long))
+            .all(|r| !r.value.is_empty() && !r.headers.contains_key("locus-value-bytes")),
+        "the others go whole"
     );
     // This process runs the history stage only, and nothing else was dead-lettered.
     let dead = metric(port, "locus_stage_dead_lettered_records_total").await;

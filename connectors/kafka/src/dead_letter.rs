@@ -1,7 +1,7 @@
 //! Dead-lettering a consumed record: the same record, with why, into the DLQ topic.
 
 use locus_schemas::{Codec, CodecError, LocationFix};
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::{Backoff, Producer, Record, StageMetrics};
 
@@ -69,7 +69,12 @@ impl DeadLetter {
         Ok(fixes)
     }
 
-    /// Sends `r` to the DLQ with `reason` (a short label) and `error` (the message).
+    /// Sends `r` to the DLQ with `reason` (a short label) and `error` (the message). A copy
+    /// Kafka refuses for itself (over `message.max.bytes`: the headers make it larger than the
+    /// record it copies) is sent again without its key and value, which the `locus-key-bytes`
+    /// and `locus-value-bytes` headers then measure and the source headers locate; one refused
+    /// even so is logged and given up on, so that no record can stop a stage. Anything else
+    /// (Kafka away) is retried until Kafka takes it.
     pub async fn send(&self, r: &Record, reason: &str, error: &str) {
         let Some((producer, topic)) = &self.to else {
             warn!(
@@ -82,15 +87,21 @@ impl DeadLetter {
             return;
         };
         let (partition, offset) = (r.partition.to_string(), r.offset.to_string());
-        let headers: [(&str, &[u8]); 5] = [
+        // An error can quote what it failed on: at most 1,024 characters of it.
+        let error = match error.char_indices().nth(1024) {
+            Some((cut, _)) => &error[..cut],
+            None => error,
+        };
+        let mut key = r.key.as_deref().unwrap_or_default();
+        let mut value = r.value.as_deref().unwrap_or_default();
+        let (key_bytes, value_bytes) = (key.len().to_string(), value.len().to_string());
+        let mut headers: Vec<(&str, &[u8])> = vec![
             ("locus-reason", reason.as_bytes()),
             ("locus-error", error.as_bytes()),
             ("locus-source-topic", r.topic.as_bytes()),
             ("locus-source-partition", partition.as_bytes()),
             ("locus-source-offset", offset.as_bytes()),
         ];
-        let key = r.key.as_deref().unwrap_or_default();
-        let value = r.value.as_deref().unwrap_or_default();
         let mut backoff = Backoff::default();
         loop {
             let sent = match producer.send(topic, key, value, &headers).await {
@@ -99,6 +110,16 @@ impl DeadLetter {
             };
             match sent {
                 Ok(()) => return,
+                Err(e) if e.is_permanent() && !(key.is_empty() && value.is_empty()) => {
+                    warn!(error = %e, partition = r.partition, offset = r.offset, "Kafka refused a DLQ record; sending it again without its key and value");
+                    (key, value) = (&[], &[]);
+                    headers.push(("locus-key-bytes", key_bytes.as_bytes()));
+                    headers.push(("locus-value-bytes", value_bytes.as_bytes()));
+                }
+                Err(e) if e.is_permanent() => {
+                    error!(error = %e, reason, partition = r.partition, offset = r.offset, "Kafka refuses even the DLQ record without its key and value; the record is passed over without one");
+                    return;
+                }
                 Err(e) => {
                     warn!(error = %e, retry_in = ?backoff.current(), "DLQ write failed; retrying");
                     backoff.wait().await;
