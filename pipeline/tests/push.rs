@@ -576,6 +576,16 @@ async fn push_dashboard_in_a_real_browser() {
     // that the dashboard shows such an id as text when a stream carries one).
     let evil = "<img src=x onerror=window.__pwned=1>";
     produce(&s, &[fix(tenant, evil, 1, 52.51, 13.39)]).await;
+    // The cache (whose positions make the dashboard's snapshot) has read it and refused it
+    // before the browser looks; the live path is `push_sends_no_fix_the_bridge_would_not_admit`.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(cport, "locus_stage_dead_lettered_records_total").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the cache did not dead-letter the markup id"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A track to play back: 30 fixes a minute apart, ending 5 minutes ago.
     let now = now_ms();
     let track: Vec<LocationFix> = (0..30)

@@ -50,6 +50,8 @@ pub enum InvalidFix {
     InFuture { ts: i64, skew_ms: i64, max_ms: i64 },
     #[error("event time {ts} is {age_ms} ms in the past (at most {max_ms} allowed)")]
     TooOld { ts: i64, age_ms: i64, max_ms: i64 },
+    #[error("{field} {ts} is before 1970")]
+    BeforeEpoch { field: &'static str, ts: i64 },
     #[error("seq must be >= 0, got {0}")]
     NegativeSeq(i64),
     #[error("{field} may hold only letters, digits and . _ ~ - @ (found {found:?} at byte {at})")]
@@ -68,7 +70,7 @@ impl InvalidFix {
             InvalidFix::TooLong { .. } => "field_too_long",
             InvalidFix::OutOfRange { .. } | InvalidFix::NotFinite { .. } => "out_of_range",
             InvalidFix::InFuture { .. } => "ts_in_future",
-            InvalidFix::TooOld { .. } => "ts_too_old",
+            InvalidFix::TooOld { .. } | InvalidFix::BeforeEpoch { .. } => "ts_too_old",
             InvalidFix::NegativeSeq(_) => "bad_seq",
             InvalidFix::BadId { .. } => "bad_id",
         }

@@ -154,6 +154,10 @@ pub const MAX_ID_LEN: usize = 1024;
 /// time (`USING TIMESTAMP`), and Scylla refuses timestamps more than three days ahead.
 pub const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
 
+/// What a consuming stage allows beyond [`MAX_FUTURE_MS`], ms (an hour): its clock may be
+/// behind the bridge's that admitted the fix.
+pub const CLOCK_SKEW_MS: i64 = 3600 * 1000;
+
 /// How old an event time a bridge may take, ms (ten years): `max_age_ms` may not be set above
 /// it, so no admitted fix is from before 1970, which a consuming stage refuses.
 pub const MAX_AGE_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
@@ -183,31 +187,33 @@ impl LocationFix {
 
     /// What a consuming stage checks of a fix it read from Kafka, where any producer may have
     /// written it: the field checks of [`LocationFix::validate`] with ids of at most
-    /// [`MAX_ID_LEN`] bytes, and an event time from 1970 on and at most [`MAX_FUTURE_MS`]
-    /// ahead of now (no age limit: a replay reads fixes of any age).
+    /// [`MAX_ID_LEN`] bytes, and event and receive times from 1970 on and at most
+    /// [`MAX_FUTURE_MS`] + [`CLOCK_SKEW_MS`] ahead of now (no age limit: a replay reads fixes of
+    /// any age). A host clock before 1970 skips the look ahead rather than refuse every fix.
     pub fn check_consumed(&self) -> Result<(), InvalidFix> {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+            .ok()
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         self.check_consumed_at(now_ms)
     }
 
-    fn check_consumed_at(&self, now_ms: i64) -> Result<(), InvalidFix> {
+    fn check_consumed_at(&self, now_ms: Option<i64>) -> Result<(), InvalidFix> {
         self.check_fields(MAX_ID_LEN)?;
-        if self.ts < 0 {
-            return Err(InvalidFix::TooOld {
-                ts: self.ts,
-                age_ms: now_ms.saturating_sub(self.ts),
-                max_ms: now_ms,
-            });
-        }
-        let skew = self.ts.saturating_sub(now_ms);
-        if skew > MAX_FUTURE_MS {
-            return Err(InvalidFix::InFuture {
-                ts: self.ts,
-                skew_ms: skew,
-                max_ms: MAX_FUTURE_MS,
-            });
+        for (field, t) in [("ts", self.ts), ("received_at", self.received_at)] {
+            if t < 0 {
+                return Err(InvalidFix::BeforeEpoch { field, ts: t });
+            }
+            let max_ms = MAX_FUTURE_MS + CLOCK_SKEW_MS;
+            if let Some(now_ms) = now_ms
+                && t.saturating_sub(now_ms) > max_ms
+            {
+                return Err(InvalidFix::InFuture {
+                    ts: t,
+                    skew_ms: t.saturating_sub(now_ms),
+                    max_ms,
+                });
+            }
         }
         Ok(())
     }
@@ -326,7 +332,7 @@ mod tests {
             for ts in [now + MAX_FUTURE_MS, now - MAX_AGE_MS, now] {
                 let f = LocationFix { ts, ..f.clone() };
                 f.validate(&l, now).unwrap();
-                f.check_consumed_at(now).unwrap();
+                f.check_consumed_at(Some(now)).unwrap();
             }
         }
     }
@@ -336,15 +342,40 @@ mod tests {
         // A replay reads fixes of any age.
         LocationFix { ts: 0, ..fix() }.check_consumed().unwrap();
         let now = 1_800_000_000_000;
-        for ts in [-1, i64::MIN, now + MAX_FUTURE_MS + 1, i64::MAX] {
-            let e = LocationFix { ts, ..fix() }
-                .check_consumed_at(now)
-                .unwrap_err();
-            assert!(
-                matches!(e.reason(), "ts_too_old" | "ts_in_future"),
-                "{ts}: {e}"
-            );
+        // A stage's clock an hour behind the bridge's still takes the bridge's latest fix.
+        let latest = LocationFix {
+            ts: now + MAX_FUTURE_MS + CLOCK_SKEW_MS,
+            received_at: now + CLOCK_SKEW_MS,
+            ..fix()
+        };
+        latest.check_consumed_at(Some(now)).unwrap();
+        for ts in [
+            -1,
+            i64::MIN,
+            now + MAX_FUTURE_MS + CLOCK_SKEW_MS + 1,
+            i64::MAX,
+        ] {
+            for f in [
+                LocationFix { ts, ..fix() },
+                LocationFix {
+                    received_at: ts,
+                    ..fix()
+                },
+            ] {
+                let e = f.check_consumed_at(Some(now)).unwrap_err();
+                assert!(
+                    matches!(e.reason(), "ts_too_old" | "ts_in_future"),
+                    "{ts}: {e}"
+                );
+            }
         }
+        // No usable clock: the look ahead is skipped, not every fix refused.
+        LocationFix {
+            ts: i64::MAX,
+            ..fix()
+        }
+        .check_consumed_at(None)
+        .unwrap();
         let long = LocationFix {
             user_id: "u".repeat(MAX_ID_LEN),
             ..fix()

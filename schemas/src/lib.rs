@@ -14,7 +14,10 @@ pub use codec::{
     Codec, RegistryConfig, decode_with_schema, encode_with_schema, location_schema, value_subject,
 };
 pub use error::{CodecError, InvalidFix};
-pub use fix::{FixLimits, FixRef, LocationFix, MAX_AGE_MS, MAX_FUTURE_MS, MAX_ID_LEN, is_id_char};
+pub use fix::{
+    CLOCK_SKEW_MS, FixLimits, FixRef, LocationFix, MAX_AGE_MS, MAX_FUTURE_MS, MAX_ID_LEN,
+    is_id_char,
+};
 pub use secret::Secret;
 
 /// The one header of every `locations` record: the fix's tenant, so that a consumer can pass

@@ -8,10 +8,13 @@ use crate::{Backoff, Producer, Record, StageMetrics};
 /// The dead-letter reason of a decoded fix that fails [`LocationFix::check_consumed`].
 pub const INVALID_FIX: &str = "invalid_fix";
 
-/// Where a consuming stage sends records it cannot apply (undecodable, empty). The record
-/// goes as it was read (key and value) with headers naming the reason, the error and where
-/// it came from; sending is retried until Kafka takes it, so nothing is committed past a
-/// record that is neither applied nor dead-lettered.
+/// Where a consuming stage sends records it cannot apply (undecodable, empty, not a fix the
+/// stages take). The record goes as it was read (key and value) with headers naming the
+/// reason, the error and where it came from; sending is retried while Kafka is away, so
+/// nothing is committed past a record that is neither applied nor dead-lettered. The one
+/// exception is a record Kafka refuses for itself even without its key and value: logged,
+/// counted (`locus_stage_errors_total{kind="kafka"}`) and passed over, so that no record can
+/// stop a stage.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     to: Option<(Producer, String)>,
@@ -64,7 +67,9 @@ impl DeadLetter {
                 },
             };
             stage.dead_lettered(reason);
-            self.send(r, reason, &error).await;
+            if !self.send(r, reason, &error).await {
+                stage.error("kafka");
+            }
         }
         Ok(fixes)
     }
@@ -75,7 +80,7 @@ impl DeadLetter {
     /// and `locus-value-bytes` headers then measure and the source headers locate; one refused
     /// even so is logged and given up on, so that no record can stop a stage. Anything else
     /// (Kafka away) is retried until Kafka takes it.
-    pub async fn send(&self, r: &Record, reason: &str, error: &str) {
+    pub async fn send(&self, r: &Record, reason: &str, error: &str) -> bool {
         let Some((producer, topic)) = &self.to else {
             warn!(
                 reason,
@@ -84,7 +89,7 @@ impl DeadLetter {
                 offset = r.offset,
                 "undecodable record skipped"
             );
-            return;
+            return true;
         };
         let (partition, offset) = (r.partition.to_string(), r.offset.to_string());
         // An error can quote what it failed on: at most 1,024 characters of it.
@@ -109,16 +114,16 @@ impl DeadLetter {
                 Err(e) => Err(e),
             };
             match sent {
-                Ok(()) => return,
-                Err(e) if e.is_permanent() && !(key.is_empty() && value.is_empty()) => {
+                Ok(()) => return true,
+                Err(e) if e.is_too_large() && !(key.is_empty() && value.is_empty()) => {
                     warn!(error = %e, partition = r.partition, offset = r.offset, "Kafka refused a DLQ record; sending it again without its key and value");
                     (key, value) = (&[], &[]);
                     headers.push(("locus-key-bytes", key_bytes.as_bytes()));
                     headers.push(("locus-value-bytes", value_bytes.as_bytes()));
                 }
                 Err(e) if e.is_permanent() => {
-                    error!(error = %e, reason, partition = r.partition, offset = r.offset, "Kafka refuses even the DLQ record without its key and value; the record is passed over without one");
-                    return;
+                    error!(error = %e, reason, partition = r.partition, offset = r.offset, "Kafka refuses the DLQ record (without its key and value, if it was too large); the record is passed over without one");
+                    return false;
                 }
                 Err(e) => {
                     warn!(error = %e, retry_in = ?backoff.current(), "DLQ write failed; retrying");

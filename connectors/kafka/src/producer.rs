@@ -42,6 +42,16 @@ impl DeliveryError {
         )
     }
 
+    /// True when the record is too large for Kafka (the producer's `message.max.bytes` or the
+    /// broker's limit): the same record without its bytes may go.
+    pub fn is_too_large(&self) -> bool {
+        use RDKafkaErrorCode::*;
+        matches!(
+            self.0.rdkafka_error_code(),
+            Some(MessageSizeTooLarge | InvalidMessageSize | MessageBatchTooLarge)
+        )
+    }
+
     /// A short, fixed label for metrics and DLQ headers.
     pub fn reason(&self) -> String {
         match self.0.rdkafka_error_code() {

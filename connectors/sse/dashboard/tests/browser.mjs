@@ -66,7 +66,8 @@ try {
     return { dx: a.x - b.x, dy: a.y - b.y };
   };
   // The markup id written straight to Kafka never reaches the dashboard: the cache
-  // dead-letters it and the push stage skips it (the consumed-fix check).
+  // dead-letters it and the push stage skips it (the consumed-fix check; the Rust test waits
+  // for the cache's before it starts this page).
   const evil = env("EVIL_USER");
   const leaked = await page.evaluate((id) => ({
     row: [...document.querySelectorAll("#users tr td:first-child")].some((td) => td.textContent === id),

@@ -129,7 +129,7 @@ impl Session {
                 for (f, id) in &batch.events {
                     event(&mut buf, "fix", Some(id), &f.json);
                     M.latency
-                        .observe(((now - f.received_at).max(0) as f64) / 1000.0);
+                        .observe((now.saturating_sub(f.received_at).max(0) as f64) / 1000.0);
                 }
                 STAGE.applied(batch.events.len() as u64);
                 STAGE.fresh(batch.events.iter().map(|(f, _)| f.ts));
