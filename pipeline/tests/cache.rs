@@ -110,6 +110,31 @@ async fn wait_applied(port: u16, n: f64, timeout: Duration) {
     panic!("fewer than {n} records applied within {timeout:?}");
 }
 
+/// User `u` of ten standing apart in Berlin, with one fix `now - 5 s`.
+fn normal_user(u: usize, now: i64) -> LocationFix {
+    fix(
+        &format!("u{u}"),
+        1,
+        now - 5_000,
+        52.0 + u as f64 * 0.01,
+        13.0,
+    )
+}
+
+/// The score of `member` in the sorted set `key` (a GEO set or last-seen), if it is there.
+async fn zscore(
+    con: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    member: &str,
+) -> Option<f64> {
+    redis::cmd("ZSCORE")
+        .arg(key)
+        .arg(member)
+        .query_async(con)
+        .await
+        .unwrap()
+}
+
 /// 10 users x 30 fixes, shuffled; returns them and each user's newest (seq, ts).
 fn shuffled_fixes() -> (Vec<LocationFix>, HashMap<String, (i64, i64)>) {
     let base = now_ms() - 600_000;
@@ -592,15 +617,7 @@ async fn a_polar_fix_in_a_batch_stalls_nothing() {
     assert_eq!(state(port, &["mover".to_string()]).await["mover"].0, 1);
 
     // Ten normal users, with the two polar fixes in the middle of the batch.
-    let normal = |u: usize| {
-        fix(
-            &format!("u{u}"),
-            1,
-            now - 5_000,
-            52.0 + u as f64 * 0.01,
-            13.0,
-        )
-    };
+    let normal = |u: usize| normal_user(u, now);
     let mut fixes: Vec<LocationFix> = (0..5).map(normal).collect();
     fixes.push(fix("pole", 1, now - 5_000, 89.9, 10.0));
     fixes.push(fix("mover", 2, now - 4_000, -88.0, 20.0));
@@ -619,18 +636,8 @@ async fn a_polar_fix_in_a_batch_stalls_nothing() {
     let geo = format!("{prefix}:geo:acme");
     let seen = format!("{prefix}:seen:acme");
     for u in &users {
-        let in_geo: Option<f64> = redis::cmd("ZSCORE")
-            .arg(&geo)
-            .arg(u)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        let in_seen: Option<f64> = redis::cmd("ZSCORE")
-            .arg(&seen)
-            .arg(u)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let in_geo = zscore(&mut con, &geo, u).await;
+        let in_seen = zscore(&mut con, &seen, u).await;
         assert!(in_geo.is_some() && in_seen.is_some(), "{u} is complete");
     }
     for (u, seq, lat) in [("pole", 1, 89.9), ("mover", 2, -88.0)] {
@@ -638,12 +645,7 @@ async fn a_polar_fix_in_a_batch_stalls_nothing() {
         assert_eq!(status, 200, "{u}: {v}");
         assert_eq!(v["seq"], seq, "{u}: {v}");
         assert_eq!(v["lat"].as_f64(), Some(lat), "{u}: {v}");
-        let in_geo: Option<f64> = redis::cmd("ZSCORE")
-            .arg(&geo)
-            .arg(u)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let in_geo = zscore(&mut con, &geo, u).await;
         assert_eq!(in_geo, None, "{u} is not in the GEO set");
     }
     let (status, v) = get_json(
@@ -669,15 +671,7 @@ async fn a_fix_no_bridge_would_admit_is_dead_lettered_not_retried() {
     s.create_topics().await;
     let prefix = unique("lf");
     let now = now_ms();
-    let normal = |u: usize| {
-        fix(
-            &format!("u{u}"),
-            1,
-            now - 5_000,
-            52.0 + u as f64 * 0.01,
-            13.0,
-        )
-    };
+    let normal = |u: usize| normal_user(u, now);
     let mut fixes: Vec<LocationFix> = (0..5).map(normal).collect();
     fixes.push(fix("far-east", 1, now - 5_000, 10.0, 500.0));
     fixes.push(fix(&"x".repeat(2_000), 1, now - 5_000, 10.0, 10.0));
@@ -721,12 +715,7 @@ async fn a_fix_no_bridge_would_admit_is_dead_lettered_not_retried() {
         .unwrap();
     for u in &users {
         for set in ["geo", "seen"] {
-            let score: Option<f64> = redis::cmd("ZSCORE")
-                .arg(format!("{prefix}:{set}:acme"))
-                .arg(u)
-                .query_async(&mut con)
-                .await
-                .unwrap();
+            let score = zscore(&mut con, &format!("{prefix}:{set}:acme"), u).await;
             assert!(score.is_some(), "{u} is in the {set} set");
         }
     }

@@ -54,6 +54,24 @@ async fn next_event(c: &mut SseClient, wait: Duration) -> Option<Event> {
     }
 }
 
+/// A stream of all of `tenant`'s users, past its snapshot.
+async fn live_stream(port: u16, tenant: &str) -> SseClient {
+    let mut c = stream(
+        port,
+        &format!("access_token={}", token(tenant, None, 600)),
+        None,
+    )
+    .await;
+    assert_eq!(
+        next_event(&mut c, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .kind,
+        "snapshot"
+    );
+    c
+}
+
 async fn wait_cached(port: u16, tenant: &str, user: &str, seq: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -956,14 +974,7 @@ async fn push_waits_out_a_registry_failure_and_skips_no_fix() {
     e.push(("LOCUS_REGISTRY__URL", registry.url.clone()));
     let (_push, port) = locus(&s, "push", &["push"], &e);
     wait_ready(port, Duration::from_secs(60)).await;
-    let mut c = stream(port, &format!("access_token={}", token(t, None, 600)), None).await;
-    assert_eq!(
-        next_event(&mut c, Duration::from_secs(10))
-            .await
-            .unwrap()
-            .kind,
-        "snapshot"
-    );
+    let mut c = live_stream(port, t).await;
     let fixes: Vec<LocationFix> = (0..5)
         .map(|u| fix(t, &format!("u{u}"), 1, 40.0, 20.0))
         .collect();
@@ -997,14 +1008,7 @@ async fn push_sends_no_fix_the_bridge_would_not_admit() {
     let t = "foreign";
     let (_push, port) = locus(&s, "push", &["push"], &env(&s, &[]));
     wait_ready(port, Duration::from_secs(60)).await;
-    let mut c = stream(port, &format!("access_token={}", token(t, None, 600)), None).await;
-    assert_eq!(
-        next_event(&mut c, Duration::from_secs(10))
-            .await
-            .unwrap()
-            .kind,
-        "snapshot"
-    );
+    let mut c = live_stream(port, t).await;
     let fixes = vec![
         fix(t, "u1", 1, 40.0, 20.0),
         fix(t, "far-east", 1, 40.0, 500.0),

@@ -200,17 +200,16 @@ impl LocationFix {
 
     fn check_consumed_at(&self, now_ms: Option<i64>) -> Result<(), InvalidFix> {
         self.check_fields(MAX_ID_LEN)?;
+        let max_ms = MAX_FUTURE_MS + CLOCK_SKEW_MS;
         for (field, t) in [("ts", self.ts), ("received_at", self.received_at)] {
             if t < 0 {
                 return Err(InvalidFix::BeforeEpoch { field, ts: t });
             }
-            let max_ms = MAX_FUTURE_MS + CLOCK_SKEW_MS;
-            if let Some(now_ms) = now_ms
-                && t.saturating_sub(now_ms) > max_ms
-            {
+            let skew_ms = now_ms.map_or(0, |now_ms| t.saturating_sub(now_ms));
+            if skew_ms > max_ms {
                 return Err(InvalidFix::InFuture {
                     ts: t,
-                    skew_ms: t.saturating_sub(now_ms),
+                    skew_ms,
                     max_ms,
                 });
             }

@@ -8,6 +8,26 @@ use crate::{Backoff, Producer, Record, StageMetrics};
 /// The dead-letter reason of a decoded fix that fails [`LocationFix::check_consumed`].
 pub const INVALID_FIX: &str = "invalid_fix";
 
+/// Every reason [`DeadLetter::decode_fixes`] dead-letters with: no value, a codec error's
+/// reason, or a fix that fails the consumed-fix check (for a stage's metrics, at zero from
+/// the start).
+pub const DECODE_REASONS: &[&str] = &[
+    "empty_value",
+    "framing",
+    "avro_decode",
+    "avro_shape",
+    INVALID_FIX,
+];
+
+/// `text` cut to at most `max_chars` characters, marked with `…` where it was cut (an error
+/// can quote what it failed on: a DLQ header stays bounded).
+pub fn clip(text: &str, max_chars: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &text[..cut]).into(),
+        None => text.into(),
+    }
+}
+
 /// Where a consuming stage sends records it cannot apply (undecodable, empty, not a fix the
 /// stages take). The record goes as it was read (key and value) with headers naming the
 /// reason, the error and where it came from; sending is retried while Kafka is away, so
@@ -92,11 +112,7 @@ impl DeadLetter {
             return true;
         };
         let (partition, offset) = (r.partition.to_string(), r.offset.to_string());
-        // An error can quote what it failed on: at most 1,024 characters of it.
-        let error = match error.char_indices().nth(1024) {
-            Some((cut, _)) => &error[..cut],
-            None => error,
-        };
+        let error = clip(error, 1024);
         let mut key = r.key.as_deref().unwrap_or_default();
         let mut value = r.value.as_deref().unwrap_or_default();
         let (key_bytes, value_bytes) = (key.len().to_string(), value.len().to_string());

@@ -15,7 +15,7 @@ mod reader;
 pub use backoff::Backoff;
 pub use config::{KafkaConfig, ProducerSettings};
 pub use consumer::{Record, RunnerSettings, Sink, run as run_consumer};
-pub use dead_letter::{DeadLetter, INVALID_FIX};
+pub use dead_letter::{DECODE_REASONS, DeadLetter, INVALID_FIX, clip};
 pub use error::KafkaError;
 pub use health::{check_reachable, partition_count, partitions_of};
 pub use metrics::StageMetrics;

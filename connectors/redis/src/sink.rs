@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use locus_kafka::{Backoff, DeadLetter, INVALID_FIX, Record, Sink, StageMetrics};
+use locus_kafka::{Backoff, DECODE_REASONS, DeadLetter, Record, Sink, StageMetrics};
 use locus_schemas::{Codec, CodecError, LocationFix};
 use tracing::warn;
 
@@ -13,13 +13,7 @@ use crate::metrics::M;
 pub fn stage_metrics() -> StageMetrics {
     StageMetrics::new(
         "cache",
-        &[
-            "empty_value",
-            "framing",
-            "avro_decode",
-            "avro_shape",
-            INVALID_FIX,
-        ],
+        DECODE_REASONS,
         &["redis_write", "registry", "kafka"],
     )
 }

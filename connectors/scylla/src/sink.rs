@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use locus_kafka::{Backoff, DeadLetter, INVALID_FIX, Record, Sink, StageMetrics};
+use locus_kafka::{Backoff, DECODE_REASONS, DeadLetter, Record, Sink, StageMetrics};
 use locus_schemas::{Codec, CodecError, LocationFix};
 use tokio::sync::Semaphore;
 use tracing::warn;
@@ -14,21 +14,11 @@ use tracing::warn;
 use crate::metrics::M;
 use crate::{BatchGrouping, HistoryStore, ScyllaError};
 
-/// Why a record is dead-lettered: no value, a codec error's reason, or a fix that fails the
-/// consumed-fix check.
-const DLQ_REASONS: &[&str] = &[
-    "empty_value",
-    "framing",
-    "avro_decode",
-    "avro_shape",
-    INVALID_FIX,
-];
-
 /// The history stage's core metrics (every series at zero from the start).
 pub fn stage_metrics() -> StageMetrics {
     StageMetrics::new(
         "history",
-        DLQ_REASONS,
+        DECODE_REASONS,
         &["cassandra_write", "registry", "kafka"],
     )
 }

@@ -513,10 +513,7 @@ impl Bridge {
         debug!(reason = r.reason, detail = r.detail, "to DLQ");
         // The detail can quote the payload (a parser's message): at most 1,024 characters, so the
         // record's size is bounded by max_dlq_value_bytes and not by the payload.
-        let detail = match r.detail.char_indices().nth(1024) {
-            Some((cut, _)) => format!("{}…", &r.detail[..cut]),
-            None => r.detail.clone(),
-        };
+        let detail = locus_kafka::clip(&r.detail, 1024).into_owned();
         let mut headers: Vec<(&'static str, Vec<u8>)> = vec![
             ("locus-reason", r.reason.as_bytes().to_vec()),
             ("locus-error", detail.into_bytes()),
