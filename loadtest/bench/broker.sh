@@ -5,8 +5,11 @@
 #   loadtest/bench/broker.sh [TANSU_BIN...]     (default: the current dev/tansu build; needs
 #                                                `cargo build --release -p locus-loadtest`)
 #   ROUNDS=2 FILL=200000 SECONDS_PER_RATE=15 RATES=50,1000,5000 CATCHUP_MAX_S=120
+#                   (FILL=0: rates only)
 #   HEADERS="4 1"   headers per record, each count measured in turn within a round (default 1:
 #                   the bridge's `locus-tenant`; 4: the bridge's headers before 2026-11-30)
+#   PARTITIONS="48 12"  partitions of the topic, each count measured in turn within a round
+#                   (default 48, the declaration; the local stack caps it at 12)
 #
 # Each round, for each build in turn, on a fresh sqlite store of its own:
 #   1. rates: bridge-shaped records (key, Avro-sized value, HEADERS headers) produced
@@ -28,6 +31,7 @@ RATES="${RATES:-50,1000,5000}"
 SECS="${SECONDS_PER_RATE:-15}"
 CATCHUP_MAX_S="${CATCHUP_MAX_S:-120}"
 HEADERS="${HEADERS:-1}"
+PARTITIONS="${PARTITIONS:-48}"
 PORT="${BROKER_BENCH_PORT:-19192}"
 RUN="broker-bench-$$"
 PID=""
@@ -83,19 +87,22 @@ echo "# broker bench: ${#BINS[@]} build(s), $ROUNDS round(s), rates $RATES for $
 for round in $(seq 1 "$ROUNDS"); do
   for bin in "${BINS[@]}"; do
   for H in $HEADERS; do
-    name="$bin, $H header(s) per record"
+  for P in $PARTITIONS; do
+    name="$bin, $H header(s) per record, $P partitions"
     echo "[round $round] $name"
     start "$bin"
-    bench create --partitions 48 >/dev/null
+    bench create --partitions "$P" >/dev/null
     for rate in ${RATES//,/ }; do
       bench rates --rates "$rate" --seconds "$SECS" | show rates "$rate fixes/s"
     done
     stop
+    [[ "$FILL" == 0 ]] && continue
     start "$bin"
-    bench create --partitions 48 >/dev/null
+    bench create --partitions "$P" >/dev/null
     bench fill --count "$FILL" | show fill
     bench catchup --max-seconds "$CATCHUP_MAX_S" | show catchup
     stop
+  done
   done
   done
 done

@@ -44,7 +44,7 @@ topics:
   - {name: $RUN.locations, partitions: ${PARTITIONS:-12}, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3600000, cleanup_policy: delete, compression: producer}
   - {name: $RUN.dlq, partitions: 1, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3600000, cleanup_policy: delete, compression: producer}
 YAML
-LOCUS_TOPICS__FILE="/tmp/$RUN-topics.yaml" $LOCUS topics apply >/dev/null
+LOCUS_TOPICS__MAX_PARTITIONS="${PARTITIONS:-12}" LOCUS_TOPICS__FILE="/tmp/$RUN-topics.yaml" $LOCUS topics apply >/dev/null
 $LOCUS schemas register >/dev/null
 
 cleanup() { kill "${SIMP:-}" "${BP:-}" "${PP:-}" $PRIVATE_KAFKA_PID 2>/dev/null || true; rm -f "/tmp/$RUN.started"; }

@@ -245,6 +245,8 @@ class Scenario:
         self.env.update({
             "LOCUS_CONFIG": str(REPO / "dev" / "locus.dev.toml"),
             "LOCUS_TOPICS__FILE": str(self.out / "topics.yaml"),
+            # The run's own partition count, over the dev config's cap for the local broker.
+            "LOCUS_TOPICS__MAX_PARTITIONS": str(args.partitions),
             "LOCUS_TOPICS__LOCATIONS": self.locations,
             "LOCUS_TOPICS__DLQ": f"{self.prefix}-dlq",
             "LOCUS_LOG__FORMAT": "json",

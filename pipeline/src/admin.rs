@@ -15,8 +15,13 @@ fn topics_file(config: &Config) -> anyhow::Result<TopicsFile> {
     Ok(TopicsFile::load(&config.topics.file)?)
 }
 
+/// The declarations as this cluster gets them (`topics.max_partitions`).
+fn cluster_topics(config: &Config) -> anyhow::Result<TopicsFile> {
+    Ok(topics_file(config)?.with_max_partitions(config.topics.max_partitions))
+}
+
 pub async fn topics_plan(config: &Config) -> anyhow::Result<()> {
-    let file = topics_file(config)?;
+    let file = cluster_topics(config)?;
     let plan =
         locus_topics::plan(&config.kafka, &file, config.topics.max_replication_factor).await?;
     print!("{plan}");
@@ -55,7 +60,7 @@ pub fn topics_render(config: &Config, cluster: &str) -> anyhow::Result<()> {
 }
 
 pub async fn topics_apply(config: &Config) -> anyhow::Result<()> {
-    let file = topics_file(config)?;
+    let file = cluster_topics(config)?;
     let plan =
         locus_topics::plan(&config.kafka, &file, config.topics.max_replication_factor).await?;
     print!("{plan}");

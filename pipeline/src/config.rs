@@ -64,6 +64,10 @@ pub struct TopicsSection {
     /// unset: as declared.
     #[serde(default)]
     pub max_replication_factor: Option<u16>,
+    /// Cap on each declared topic's partitions for `topics plan|apply` (e.g. 12 for a single
+    /// local broker); unset: as declared.
+    #[serde(default)]
+    pub max_partitions: Option<u32>,
 }
 
 fn default_topics_file() -> PathBuf {
@@ -87,6 +91,7 @@ impl Default for TopicsSection {
             dlq: default_dlq(),
             groups: default_groups(),
             max_replication_factor: None,
+            max_partitions: None,
         }
     }
 }
@@ -313,6 +318,11 @@ impl Config {
                 "topics.max_replication_factor must be >= 1".into(),
             ));
         }
+        if self.topics.max_partitions == Some(0) {
+            return Err(ConfigError::Invalid(
+                "topics.max_partitions must be >= 1".into(),
+            ));
+        }
         if self.http.admin_listen == Some(self.http.listen) {
             return Err(ConfigError::Invalid(
                 "http.admin_listen must differ from http.listen (unset it to serve both on one port)"
@@ -418,6 +428,10 @@ mod tests {
         assert!(e.contains("brotli"), "{e}");
         let e = load("[kafka\n", &[]).unwrap_err().to_string();
         assert!(e.contains("not valid TOML"), "{e}");
+        let e = load("[topics]\nmax_partitions = 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("topics.max_partitions"), "{e}");
     }
 
     #[test]
@@ -429,6 +443,7 @@ mod tests {
                 ("LOCUS_KAFKA__PRODUCER__LINGER_MS", "20"),
                 ("LOCUS_SCYLLA__FETCH_SCHEMA_METADATA", "false"),
                 ("LOCUS_TOPICS__MAX_REPLICATION_FACTOR", "1"),
+                ("LOCUS_TOPICS__MAX_PARTITIONS", "12"),
                 ("LOCUS_REGISTRY__URL", "http://r:1"),
                 ("LOCUS_KAFKA_PORT", "9092"), // the stack's, not an override
             ],
@@ -438,6 +453,7 @@ mod tests {
         assert_eq!(c.kafka.producer.linger_ms, 20);
         assert!(!c.scylla.fetch_schema_metadata);
         assert_eq!(c.topics.max_replication_factor, Some(1));
+        assert_eq!(c.topics.max_partitions, Some(12));
         assert_eq!(c.registry.url, "http://r:1");
         let e = load("", &[("LOCUS_KAFKA__NOPE", "1")])
             .unwrap_err()

@@ -134,6 +134,17 @@ impl TopicsFile {
     pub fn get(&self, name: &str) -> Option<&TopicSpec> {
         self.topics.iter().find(|t| t.name == name)
     }
+
+    /// The declarations with no topic over `max` partitions: the shape for a small cluster
+    /// (the local stack's single broker, where every partition costs each produce and fetch).
+    pub fn with_max_partitions(mut self, max: Option<u32>) -> TopicsFile {
+        if let Some(max) = max {
+            for t in &mut self.topics {
+                t.partitions = t.partitions.min(max);
+            }
+        }
+        self
+    }
 }
 
 #[cfg(test)]
@@ -167,5 +178,19 @@ mod tests {
         assert_eq!(t.effective_replication_factor(Some(1)), 1);
         assert_eq!(t.configs(Some(1))["min.insync.replicas"], "1");
         assert_eq!(t.configs(None)["min.insync.replicas"], "2");
+    }
+
+    #[test]
+    fn the_partition_cap_lowers_only_what_is_over_it() {
+        let f = TopicsFile::parse(crate::DEFAULT_TOPICS_YAML, "topics.yaml").unwrap();
+        let parts = |f: &TopicsFile, n: &str| f.get(n).unwrap().partitions;
+        assert_eq!(parts(&f, "locations"), 48);
+        let same = f.clone().with_max_partitions(None);
+        assert_eq!(same, f);
+        let capped = f.clone().with_max_partitions(Some(12));
+        assert_eq!(parts(&capped, "locations"), 12);
+        assert_eq!(parts(&capped, "locations.dlq"), parts(&f, "locations.dlq"));
+        assert_eq!(parts(&capped, "groups"), 1);
+        assert_eq!(parts(&f.with_max_partitions(Some(1)), "locations.dlq"), 1);
     }
 }

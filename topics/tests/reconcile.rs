@@ -128,3 +128,32 @@ async fn unreachable_kafka_is_a_clear_error() {
         .to_string();
     assert!(err.contains("127.0.0.1:1"), "{err}");
 }
+
+#[tokio::test]
+async fn a_partition_cap_creates_the_capped_count_and_then_agrees() {
+    let k = kafka();
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let capped = || file(&prefix, 6, 86_400_000).with_max_partitions(Some(2));
+
+    apply(&k, &plan(&k, &capped(), Some(1)).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        locus_kafka::partition_count(&k, &format!("{prefix}.a"))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        locus_kafka::partition_count(&k, &format!("{prefix}.b"))
+            .await
+            .unwrap(),
+        1
+    );
+    // The capped declaration is what the cluster has: nothing to do, nothing refused.
+    let again = plan(&k, &capped(), Some(1)).await.unwrap();
+    assert!(
+        again.is_empty() && again.refusals.is_empty(),
+        "capped plan should be empty:\n{again}"
+    );
+}
