@@ -20,10 +20,26 @@ fn cluster_topics(config: &Config) -> anyhow::Result<TopicsFile> {
     Ok(topics_file(config)?.with_max_partitions(config.topics.max_partitions))
 }
 
+/// Plans `file` against the cluster; a refused shrink under `topics.max_partitions` says
+/// where the smaller count comes from (a topic made before the cap, on an older local stack).
+async fn cluster_plan(config: &Config, file: &TopicsFile) -> anyhow::Result<locus_topics::Plan> {
+    let mut plan =
+        locus_topics::plan(&config.kafka, file, config.topics.max_replication_factor).await?;
+    if let Some(max) = config.topics.max_partitions
+        && plan.refusals.iter().any(|r| r.contains("cannot shrink"))
+    {
+        plan.notes.push(format!(
+            "topics.max_partitions = {max} caps the declared partitions here; a topic made \
+             with more before the cap (an older local stack: `dev/stack down kafka && rm -rf \
+             .stack/kafka && dev/stack up`) keeps them"
+        ));
+    }
+    Ok(plan)
+}
+
 pub async fn topics_plan(config: &Config) -> anyhow::Result<()> {
     let file = cluster_topics(config)?;
-    let plan =
-        locus_topics::plan(&config.kafka, &file, config.topics.max_replication_factor).await?;
+    let plan = cluster_plan(config, &file).await?;
     print!("{plan}");
     Ok(())
 }
@@ -61,8 +77,7 @@ pub fn topics_render(config: &Config, cluster: &str) -> anyhow::Result<()> {
 
 pub async fn topics_apply(config: &Config) -> anyhow::Result<()> {
     let file = cluster_topics(config)?;
-    let plan =
-        locus_topics::plan(&config.kafka, &file, config.topics.max_replication_factor).await?;
+    let plan = cluster_plan(config, &file).await?;
     print!("{plan}");
     if plan.is_empty() {
         return Ok(());
