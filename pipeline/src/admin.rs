@@ -15,16 +15,13 @@ fn topics_file(config: &Config) -> anyhow::Result<TopicsFile> {
     Ok(TopicsFile::load(&config.topics.file)?)
 }
 
-/// The declarations as this cluster gets them (`topics.max_partitions`).
-fn cluster_topics(config: &Config) -> anyhow::Result<TopicsFile> {
-    Ok(topics_file(config)?.with_max_partitions(config.topics.max_partitions))
-}
-
-/// Plans `file` against the cluster; a refused shrink under `topics.max_partitions` says
-/// where the smaller count comes from (a topic made before the cap, on an older local stack).
-async fn cluster_plan(config: &Config, file: &TopicsFile) -> anyhow::Result<locus_topics::Plan> {
+/// The declarations as this cluster gets them (`topics.max_partitions`), planned against it;
+/// a refused shrink under the cap says where the smaller count comes from (a topic made
+/// before the cap, on an older local stack).
+async fn cluster_plan(config: &Config) -> anyhow::Result<locus_topics::Plan> {
+    let file = topics_file(config)?.with_max_partitions(config.topics.max_partitions);
     let mut plan =
-        locus_topics::plan(&config.kafka, file, config.topics.max_replication_factor).await?;
+        locus_topics::plan(&config.kafka, &file, config.topics.max_replication_factor).await?;
     if let Some(max) = config.topics.max_partitions
         && plan.refusals.iter().any(|r| r.contains("cannot shrink"))
     {
@@ -38,8 +35,7 @@ async fn cluster_plan(config: &Config, file: &TopicsFile) -> anyhow::Result<locu
 }
 
 pub async fn topics_plan(config: &Config) -> anyhow::Result<()> {
-    let file = cluster_topics(config)?;
-    let plan = cluster_plan(config, &file).await?;
+    let plan = cluster_plan(config).await?;
     print!("{plan}");
     Ok(())
 }
@@ -76,8 +72,7 @@ pub fn topics_render(config: &Config, cluster: &str) -> anyhow::Result<()> {
 }
 
 pub async fn topics_apply(config: &Config) -> anyhow::Result<()> {
-    let file = cluster_topics(config)?;
-    let plan = cluster_plan(config, &file).await?;
+    let plan = cluster_plan(config).await?;
     print!("{plan}");
     if plan.is_empty() {
         return Ok(());
